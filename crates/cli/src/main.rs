@@ -1,0 +1,2 @@
+//! The pbft command-line tool.
+fn main() {}

@@ -1,0 +1,1 @@
+//! pbft-node (under construction)

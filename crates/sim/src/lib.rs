@@ -1,0 +1,1 @@
+//! pbft-sim (under construction)
