@@ -1,1 +1,27 @@
-//! pbft-core (under construction)
+//! The PBFT replica (Castro & Liskov, OSDI 1999 / TOCS 2002) as a pure,
+//! deterministic state machine.
+//!
+//! No I/O, no clock, no randomness: everything comes in through
+//! [`Replica::handle`] as an [`Input`] with the current time, and everything
+//! the replica wants done goes out as [`Output`]s, executed by a driver (the
+//! node on tokio, or the simulator) in order. [`Replica::poll_timeout`] tells
+//! the driver when to deliver the next [`Input::Tick`].
+//!
+//! Start reading at [`replica`] (state and dispatch), then [`normal`]
+//! (request, pre-prepare, prepare, commit, execute), [`checkpoint`]
+//! (checkpoints, garbage collection, state transfer) and [`view_change`].
+
+pub mod checkpoint;
+pub mod config;
+pub mod ids;
+pub mod io;
+pub mod message;
+pub mod normal;
+pub mod replica;
+pub mod view_change;
+
+pub use config::{Config, ConfigError};
+pub use ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
+pub use io::{Input, Output, Record};
+pub use message::Message;
+pub use replica::{Replica, RestoreError, Status};

@@ -1,0 +1,200 @@
+//! Cluster configuration and quorum arithmetic.
+
+use crate::ids::{ReplicaId, View};
+use pbft_crypto::{ClusterId, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A configuration that cannot run PBFT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// n must be 3f+1 for some f >= 0.
+    #[error("a cluster needs n = 3f+1 replicas (1, 4, 7, 10, ...); got {0}")]
+    ReplicaCount(usize),
+    /// Two replicas share a key.
+    #[error("replicas {0} and {1} have the same public key")]
+    DuplicateKey(usize, usize),
+    /// The log window must be a positive multiple of the checkpoint interval.
+    #[error("log_window ({window}) must be a positive multiple of checkpoint_interval ({interval})")]
+    Window {
+        /// L.
+        window: u64,
+        /// K.
+        interval: u64,
+    },
+    /// A bound that must be positive is zero.
+    #[error("{0} must be positive")]
+    Zero(&'static str),
+}
+
+/// Everything every replica of one cluster must agree on, plus local tuning.
+///
+/// Every timeout derives from `timeout_base`: view change
+/// (`timeout_base`, doubling), view-change resend (`timeout_base / 2`),
+/// state-transfer source switch (`timeout_base / 2`). The client's default
+/// timeout must exceed a view change (see the client SDK).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Part of every signature's domain.
+    pub cluster: ClusterId,
+    /// Replica public keys; the index is the [`ReplicaId`].
+    pub replicas: Vec<PublicKey>,
+    /// K: a checkpoint every K sequence numbers.
+    pub checkpoint_interval: u64,
+    /// L: sequence numbers in (h, h+L] are accepted, h the stable checkpoint.
+    pub log_window: u64,
+    /// Most requests in one batch.
+    pub batch_size_max: usize,
+    /// How long the primary waits to fill a batch before proposing a partial one
+    /// (zero: propose as soon as the window has room).
+    pub batch_delay: Duration,
+    /// The base every protocol timeout derives from.
+    pub timeout_base: Duration,
+    /// Most distinct clients with a request waiting at one replica.
+    pub pending_requests_max: usize,
+}
+
+impl Config {
+    /// A configuration with the default tuning for these replicas.
+    pub fn new(cluster: ClusterId, replicas: Vec<PublicKey>) -> Self {
+        Config {
+            cluster,
+            replicas,
+            checkpoint_interval: 64,
+            log_window: 128,
+            batch_size_max: 64,
+            batch_delay: Duration::from_millis(0),
+            timeout_base: Duration::from_millis(1000),
+            pending_requests_max: 100_000,
+        }
+    }
+
+    /// Checks the invariants the protocol relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.replicas.len();
+        if n == 0 || n % 3 != 1 {
+            return Err(ConfigError::ReplicaCount(n));
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                if self.replicas[i] == self.replicas[j] {
+                    return Err(ConfigError::DuplicateKey(i, j));
+                }
+            }
+        }
+        if self.checkpoint_interval == 0 {
+            return Err(ConfigError::Zero("checkpoint_interval"));
+        }
+        if self.log_window == 0 || self.log_window % self.checkpoint_interval != 0 {
+            return Err(ConfigError::Window {
+                window: self.log_window,
+                interval: self.checkpoint_interval,
+            });
+        }
+        if self.batch_size_max == 0 {
+            return Err(ConfigError::Zero("batch_size_max"));
+        }
+        if self.timeout_base.is_zero() {
+            return Err(ConfigError::Zero("timeout_base"));
+        }
+        if self.pending_requests_max == 0 {
+            return Err(ConfigError::Zero("pending_requests_max"));
+        }
+        Ok(())
+    }
+
+    /// n.
+    pub fn n(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// f = (n-1)/3, the number of faulty replicas tolerated.
+    pub fn f(&self) -> usize {
+        (self.n() - 1) / 3
+    }
+
+    /// 2f+1: any two quorums share at least f+1 replicas, so at least one honest.
+    pub fn quorum(&self) -> usize {
+        2 * self.f() + 1
+    }
+
+    /// f+1: at least one of any f+1 replicas is honest.
+    pub fn weak_quorum(&self) -> usize {
+        self.f() + 1
+    }
+
+    /// The primary of view `v`.
+    pub fn primary(&self, v: View) -> ReplicaId {
+        ReplicaId((v.0 % self.n() as u64) as u32)
+    }
+
+    /// The key of replica `id`, if it exists.
+    pub fn key(&self, id: ReplicaId) -> Option<&PublicKey> {
+        self.replicas.get(id.index())
+    }
+
+    /// All replica ids.
+    pub fn ids(&self) -> impl Iterator<Item = ReplicaId> {
+        (0..self.n() as u32).map(ReplicaId)
+    }
+
+    /// The id of the replica with `key`.
+    pub fn id_of(&self, key: &PublicKey) -> Option<ReplicaId> {
+        self.replicas
+            .iter()
+            .position(|k| k == key)
+            .map(|i| ReplicaId(i as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbft_crypto::KeyPair;
+
+    fn config(n: usize) -> Config {
+        let keys = (0..n)
+            .map(|i| KeyPair::from_seed([i as u8 + 1; 32]).public())
+            .collect();
+        Config::new(ClusterId(1), keys)
+    }
+
+    #[test]
+    fn quorum_arithmetic() {
+        for (n, f, q) in [(1, 0, 1), (4, 1, 3), (7, 2, 5), (10, 3, 7)] {
+            let c = config(n);
+            assert_eq!(c.validate(), Ok(()));
+            assert_eq!((c.f(), c.quorum(), c.weak_quorum()), (f, q, f + 1));
+            // Two quorums intersect in at least f+1 replicas.
+            assert!(2 * c.quorum() - n > f);
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        for n in [0, 2, 3, 5, 6] {
+            assert_eq!(config(n).validate(), Err(ConfigError::ReplicaCount(n)));
+        }
+    }
+
+    #[test]
+    fn window_must_be_multiple_of_interval() {
+        let mut c = config(4);
+        c.log_window = 100;
+        assert!(matches!(c.validate(), Err(ConfigError::Window { .. })));
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let mut c = config(4);
+        c.replicas[3] = c.replicas[1];
+        assert_eq!(c.validate(), Err(ConfigError::DuplicateKey(1, 3)));
+    }
+
+    #[test]
+    fn primary_rotates() {
+        let c = config(4);
+        let p: Vec<u32> = (0..6).map(|v| c.primary(View(v)).0).collect();
+        assert_eq!(p, vec![0, 1, 2, 3, 0, 1]);
+    }
+}

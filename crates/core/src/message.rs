@@ -1,0 +1,397 @@
+//! Protocol messages (Castro & Liskov, TOCS 2002, section 4), their signatures
+//! and their wire form.
+//!
+//! Every message that crosses the network is, or carries, a [`Signed`] value
+//! whose signer is named inside it (a replica id, or a client key for
+//! requests). [`Message`] implements [`Authenticated`], so the verification
+//! stage checks every signature, nested certificates included, before the core
+//! sees a [`pbft_crypto::Verified<Message>`]. Signatures say *who* sent what;
+//! everything else (quorum sizes, matching digests, water marks) the core
+//! checks itself.
+
+use crate::config::Config;
+use crate::ids::{ClientId, ReplicaId, RequestId, SeqNum, View};
+use pbft_crypto::{Authenticated, Digest, SigChecks, Signable, Signed, UnknownSigner};
+use serde::{Deserialize, Serialize};
+
+/// A client's request: signed by the client, so no replica can alter or forge it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Who asks.
+    pub client: ClientId,
+    /// Strictly increasing per client.
+    pub request_id: RequestId,
+    /// The application operation.
+    pub op: Vec<u8>,
+    /// Ask for the read-only fast path (answered without ordering).
+    pub read_only: bool,
+}
+
+/// The ordered contents of one sequence number. Its digest commits to the
+/// exact signed requests in order; the empty batch is the null request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The requests, in execution order.
+    pub requests: Vec<Signed<Request>>,
+}
+
+impl Batch {
+    /// The batch digest that pre-prepares carry.
+    pub fn digest(&self) -> Digest {
+        Digest::of_value(&self.requests)
+    }
+
+    /// The digest of the null request (the empty batch).
+    pub fn null_digest() -> Digest {
+        Batch::default().digest()
+    }
+}
+
+/// PRE-PREPARE: the primary of `view` assigns `seq` to the batch with `digest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrePrepare {
+    /// The view.
+    pub view: View,
+    /// The assigned sequence number.
+    pub seq: SeqNum,
+    /// The batch digest.
+    pub digest: Digest,
+    /// The sender; valid only if it is the primary of `view`.
+    pub replica: ReplicaId,
+}
+
+/// PREPARE: a backup accepted the pre-prepare for (view, seq, digest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    /// The view.
+    pub view: View,
+    /// The sequence number.
+    pub seq: SeqNum,
+    /// The batch digest.
+    pub digest: Digest,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// COMMIT: the sender holds a prepared certificate for (view, seq, digest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The view.
+    pub view: View,
+    /// The sequence number.
+    pub seq: SeqNum,
+    /// The batch digest.
+    pub digest: Digest,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// CHECKPOINT: the sender's state after executing `seq` has digest `digest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The sequence number (a multiple of K).
+    pub seq: SeqNum,
+    /// Digest of the checkpoint snapshot (application state and client table).
+    pub digest: Digest,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// A stable-checkpoint certificate: 2f+1 matching CHECKPOINTs from distinct
+/// replicas. Sequence number 0 (the start state) needs no signatures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointProof {
+    /// The checkpoint's sequence number.
+    pub seq: SeqNum,
+    /// The certified state digest.
+    pub digest: Digest,
+    /// The matching checkpoint messages.
+    pub checkpoints: Vec<Signed<Checkpoint>>,
+}
+
+/// A prepared certificate: a pre-prepare from its view's primary and 2f
+/// matching prepares from distinct other replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedProof {
+    /// The pre-prepare.
+    pub pre_prepare: Signed<PrePrepare>,
+    /// The 2f prepares.
+    pub prepares: Vec<Signed<Prepare>>,
+}
+
+/// VIEW-CHANGE to `new_view`: the sender's stable checkpoint and every
+/// prepared certificate above it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    /// The view being moved to.
+    pub new_view: View,
+    /// The sender's stable checkpoint.
+    pub checkpoint: CheckpointProof,
+    /// For each sequence number above the checkpoint that prepared at the
+    /// sender, the certificate of the latest view in which it prepared.
+    pub prepared: Vec<PreparedProof>,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// NEW-VIEW: the new primary's proof (2f+1 view changes) and the pre-prepares
+/// it re-issues, which every replica recomputes and compares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewView {
+    /// The new view.
+    pub view: View,
+    /// The 2f+1 view-change messages.
+    pub view_changes: Vec<Signed<ViewChange>>,
+    /// The re-issued pre-prepares for (min-s, max-s].
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
+    /// The sender (the primary of `view`).
+    pub replica: ReplicaId,
+}
+
+/// REPLY to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The replica's current view, so clients learn the primary.
+    pub view: View,
+    /// The client.
+    pub client: ClientId,
+    /// The request answered.
+    pub request_id: RequestId,
+    /// The result bytes.
+    pub result: Vec<u8>,
+    /// Whether this is a read-only (unordered, tentative) answer.
+    pub read_only: bool,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// Asks for the batch with `digest` (after a NEW-VIEW re-issued its digest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchBatch {
+    /// The batch digest.
+    pub digest: Digest,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// A batch sent in answer to [`FetchBatch`]; checked against its digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchData {
+    /// The batch.
+    pub batch: Batch,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// Asks for the snapshot of a stable checkpoint at or above `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchState {
+    /// The lowest checkpoint that helps.
+    pub seq: SeqNum,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// A checkpoint snapshot with the certificate that makes it trustworthy: the
+/// receiver checks the proof and that the snapshot hashes to its digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateData {
+    /// 2f+1 signatures on the snapshot's digest.
+    pub proof: CheckpointProof,
+    /// The snapshot (see `checkpoint::Snapshot`).
+    pub snapshot: Vec<u8>,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+macro_rules! signable {
+    ($($t:ty => $kind:literal),* $(,)?) => {
+        $(impl Signable for $t { const KIND: &'static str = $kind; })*
+    };
+}
+
+signable! {
+    Request => "request",
+    PrePrepare => "pre-prepare",
+    Prepare => "prepare",
+    Commit => "commit",
+    Checkpoint => "checkpoint",
+    ViewChange => "view-change",
+    NewView => "new-view",
+    Reply => "reply",
+    FetchBatch => "fetch-batch",
+    BatchData => "batch-data",
+    FetchState => "fetch-state",
+    StateData => "state-data",
+}
+
+/// Everything replicas and clients send each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// A client request (from the client, or forwarded by a backup).
+    Request(Signed<Request>),
+    /// A pre-prepare with the batch it names.
+    PrePrepare(Signed<PrePrepare>, Batch),
+    /// A prepare.
+    Prepare(Signed<Prepare>),
+    /// A commit.
+    Commit(Signed<Commit>),
+    /// A checkpoint.
+    Checkpoint(Signed<Checkpoint>),
+    /// A view change.
+    ViewChange(Signed<ViewChange>),
+    /// A new view, with the batches of its re-issued pre-prepares that the
+    /// primary has (each checked against its digest).
+    NewView(Signed<NewView>, Vec<Batch>),
+    /// A batch request.
+    FetchBatch(Signed<FetchBatch>),
+    /// A batch.
+    BatchData(Signed<BatchData>),
+    /// A state request.
+    FetchState(Signed<FetchState>),
+    /// A checkpoint snapshot.
+    StateData(Signed<StateData>),
+    /// A reply (replica to client).
+    Reply(Signed<Reply>),
+}
+
+impl Message {
+    /// The message kind, for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Request(_) => Request::KIND,
+            Message::PrePrepare(..) => PrePrepare::KIND,
+            Message::Prepare(_) => Prepare::KIND,
+            Message::Commit(_) => Commit::KIND,
+            Message::Checkpoint(_) => Checkpoint::KIND,
+            Message::ViewChange(_) => ViewChange::KIND,
+            Message::NewView(..) => NewView::KIND,
+            Message::FetchBatch(_) => FetchBatch::KIND,
+            Message::BatchData(_) => BatchData::KIND,
+            Message::FetchState(_) => FetchState::KIND,
+            Message::StateData(_) => StateData::KIND,
+            Message::Reply(_) => Reply::KIND,
+        }
+    }
+
+    /// The replica that signed this message, if a replica did.
+    pub fn replica(&self) -> Option<ReplicaId> {
+        Some(match self {
+            Message::Request(_) => return None,
+            Message::PrePrepare(m, _) => m.replica,
+            Message::Prepare(m) => m.replica,
+            Message::Commit(m) => m.replica,
+            Message::Checkpoint(m) => m.replica,
+            Message::ViewChange(m) => m.replica,
+            Message::NewView(m, _) => m.replica,
+            Message::FetchBatch(m) => m.replica,
+            Message::BatchData(m) => m.replica,
+            Message::FetchState(m) => m.replica,
+            Message::StateData(m) => m.replica,
+            Message::Reply(m) => m.replica,
+        })
+    }
+
+    /// The wire encoding (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data into a Vec: cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes the wire encoding; garbage is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Message, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+fn replica_key(config: &Config, id: ReplicaId) -> Result<pbft_crypto::PublicKey, UnknownSigner> {
+    config
+        .key(id)
+        .copied()
+        .ok_or_else(|| UnknownSigner(format!("replica {id}")))
+}
+
+fn add_replica<T: Signable>(
+    config: &Config,
+    id: ReplicaId,
+    signed: &Signed<T>,
+    checks: &mut SigChecks,
+) -> Result<(), UnknownSigner> {
+    checks.add(replica_key(config, id)?, signed);
+    Ok(())
+}
+
+fn add_batch(batch: &Batch, checks: &mut SigChecks) {
+    for request in &batch.requests {
+        checks.add(request.client.0, request);
+    }
+}
+
+fn add_checkpoint_proof(
+    config: &Config,
+    proof: &CheckpointProof,
+    checks: &mut SigChecks,
+) -> Result<(), UnknownSigner> {
+    for c in &proof.checkpoints {
+        add_replica(config, c.replica, c, checks)?;
+    }
+    Ok(())
+}
+
+fn add_view_change(
+    config: &Config,
+    vc: &Signed<ViewChange>,
+    checks: &mut SigChecks,
+) -> Result<(), UnknownSigner> {
+    add_replica(config, vc.replica, vc, checks)?;
+    add_checkpoint_proof(config, &vc.checkpoint, checks)?;
+    for p in &vc.prepared {
+        add_replica(config, p.pre_prepare.replica, &p.pre_prepare, checks)?;
+        for prepare in &p.prepares {
+            add_replica(config, prepare.replica, prepare, checks)?;
+        }
+    }
+    Ok(())
+}
+
+impl Authenticated for Message {
+    type Keys = Config;
+
+    fn collect_signatures(&self, config: &Config, checks: &mut SigChecks) -> Result<(), UnknownSigner> {
+        match self {
+            Message::Request(r) => checks.add(r.client.0, r),
+            Message::PrePrepare(m, batch) => {
+                add_replica(config, m.replica, m, checks)?;
+                add_batch(batch, checks);
+            }
+            Message::Prepare(m) => add_replica(config, m.replica, m, checks)?,
+            Message::Commit(m) => add_replica(config, m.replica, m, checks)?,
+            Message::Checkpoint(m) => add_replica(config, m.replica, m, checks)?,
+            Message::ViewChange(m) => add_view_change(config, m, checks)?,
+            Message::NewView(m, batches) => {
+                add_replica(config, m.replica, m, checks)?;
+                for vc in &m.view_changes {
+                    add_view_change(config, vc, checks)?;
+                }
+                for pp in &m.pre_prepares {
+                    add_replica(config, pp.replica, pp, checks)?;
+                }
+                for b in batches {
+                    add_batch(b, checks);
+                }
+            }
+            Message::FetchBatch(m) => add_replica(config, m.replica, m, checks)?,
+            Message::BatchData(m) => {
+                add_replica(config, m.replica, m, checks)?;
+                add_batch(&m.batch, checks);
+            }
+            Message::FetchState(m) => add_replica(config, m.replica, m, checks)?,
+            Message::StateData(m) => {
+                add_replica(config, m.replica, m, checks)?;
+                add_checkpoint_proof(config, &m.proof, checks)?;
+            }
+            Message::Reply(m) => add_replica(config, m.replica, m, checks)?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,498 @@
+//! Normal-case operation (TOCS 2002, section 4.2): REQUEST, PRE-PREPARE,
+//! PREPARE, COMMIT, execution and REPLY.
+//!
+//! ```text
+//! client --REQUEST--> primary --PRE-PREPARE(v,n,d)+batch--> backups
+//!   (backups persist the pre-prepare, then) --PREPARE(v,n,d)--> all
+//!   prepared(v,n,d) = pre-prepare + 2f matching prepares from distinct backups
+//!   (persist the certificate, then) --COMMIT(v,n,d)--> all
+//!   committed-local = prepared + 2f+1 matching commits
+//!   execute in sequence order --REPLY--> client (f+1 matching replies decide)
+//! ```
+//!
+//! Filters (each failure drops the message with a counter): the view is the
+//! current active view, the sender of a pre-prepare is its view's primary, the
+//! sender of a prepare is not, `n` is within the water marks `(h, h+L]`, the
+//! batch matches the digest, and a replica never accepts two pre-prepares with
+//! different digests for one `(v, n)`.
+
+use crate::checkpoint::ClientEntry;
+use crate::ids::{ClientId, SeqNum};
+use crate::io::{Output, Record};
+use crate::message::{Batch, Commit, Message, PrePrepare, Prepare, PreparedProof, Reply, Request};
+use crate::replica::{Pending, Replica, BATCH_LIMIT};
+use pbft_crypto::{Digest, Signed};
+
+impl Replica {
+    /// REQUEST from a client, or forwarded by a backup.
+    pub(crate) fn on_request(&mut self, request: Signed<Request>, out: &mut Vec<Output>) {
+        let client = request.client;
+        if request.read_only {
+            return self.answer_read_only(&request, out);
+        }
+        // Exactly-once: an old request is ignored, the last one re-answered.
+        if let Some(entry) = self.clients.get(&client) {
+            if request.request_id < entry.request_id {
+                return self.drop_input("request older than the client's last");
+            }
+            if request.request_id == entry.request_id {
+                let reply = self.sign_reply(&request.value, entry.result.clone(), false);
+                out.push(Output::Reply(client, reply));
+                return;
+            }
+        }
+        match self.pending.get(&client) {
+            Some(p) if p.request.request_id > request.request_id => {
+                return self.drop_input("request older than a pending one");
+            }
+            Some(p) if p.request.request_id == request.request_id => {
+                // A retransmission: the client suspects the primary.
+                if !self.is_primary() {
+                    out.push(Output::Send(self.primary(), Message::Request(request)));
+                }
+                self.update_view_change_timer(false);
+                return;
+            }
+            Some(_) => {}
+            None if self.pending.len() >= self.config.pending_requests_max => {
+                return self.drop_input("too many pending requests");
+            }
+            None => {}
+        }
+        self.pending_order
+            .push_back((client, request.request_id));
+        self.pending.insert(
+            client,
+            Pending {
+                request: request.clone(),
+                proposed: false,
+                arrived: self.now,
+            },
+        );
+        if self.active {
+            if self.is_primary() {
+                self.try_propose(out);
+            } else {
+                out.push(Output::Send(self.primary(), Message::Request(request)));
+            }
+        }
+        self.update_view_change_timer(false);
+    }
+
+    /// The read-only fast path: answered at once from the current state; the
+    /// client accepts 2f+1 matching answers or falls back to an ordered request.
+    fn answer_read_only(&mut self, request: &Signed<Request>, out: &mut Vec<Output>) {
+        if !self.app.is_read_only(&request.op) {
+            return self.drop_input("read-only request with a write operation");
+        }
+        let result = self.app.query(&request.op);
+        let reply = self.sign_reply(&request.value, result, true);
+        out.push(Output::Reply(request.client, reply));
+    }
+
+    fn sign_reply(&self, request: &Request, result: Vec<u8>, read_only: bool) -> Signed<Reply> {
+        self.signer.sign(Reply {
+            view: self.view,
+            client: request.client,
+            request_id: request.request_id,
+            result,
+            read_only,
+            replica: self.id,
+        })
+    }
+
+    /// The primary assigns sequence numbers to waiting requests while the
+    /// window has room: a full batch at once, a partial one after `batch_delay`.
+    pub(crate) fn try_propose(&mut self, out: &mut Vec<Output>) {
+        if !self.active || !self.is_primary() {
+            return;
+        }
+        loop {
+            if self.last_assigned >= self.high_water_mark() {
+                return; // the window is full; a stable checkpoint will open it
+            }
+            let waiting: Vec<ClientId> = self.unproposed(self.config.batch_size_max);
+            if waiting.is_empty() {
+                self.timer_batch = None;
+                return;
+            }
+            if waiting.len() < self.config.batch_size_max && !self.config.batch_delay.is_zero() {
+                let oldest = waiting
+                    .iter()
+                    .filter_map(|c| self.pending.get(c))
+                    .map(|p| p.arrived)
+                    .min()
+                    .unwrap_or(self.now);
+                let due = oldest + self.config.batch_delay;
+                if due > self.now {
+                    self.timer_batch = Some(due);
+                    return;
+                }
+            }
+            let mut requests = Vec::with_capacity(waiting.len());
+            for client in waiting {
+                if let Some(p) = self.pending.get_mut(&client) {
+                    p.proposed = true;
+                    requests.push(p.request.clone());
+                }
+            }
+            let batch = Batch { requests };
+            let seq = self.last_assigned.next();
+            self.last_assigned = seq;
+            let pp = self.signer.sign(PrePrepare {
+                view: self.view,
+                seq,
+                digest: batch.digest(),
+                replica: self.id,
+            });
+            tracing::debug!(seq = seq.0, requests = batch.requests.len(), "pre-prepare");
+            self.batches.insert(pp.digest, batch.clone());
+            self.slot(seq).pre_prepare = Some(pp.clone());
+            out.push(Output::Persist(Record::PrePrepare(pp.clone(), Some(batch.clone()))));
+            out.push(Output::Broadcast(Message::PrePrepare(pp, batch)));
+            self.try_prepared(seq, out);
+        }
+    }
+
+    /// Up to `max` waiting clients not yet proposed in this view, oldest first.
+    fn unproposed(&mut self, max: usize) -> Vec<ClientId> {
+        let mut chosen = Vec::new();
+        let mut kept = std::collections::VecDeque::new();
+        while let Some((client, id)) = self.pending_order.pop_front() {
+            let live = self
+                .pending
+                .get(&client)
+                .is_some_and(|p| p.request.request_id == id && !p.proposed);
+            if !live {
+                continue;
+            }
+            if chosen.len() < max {
+                chosen.push(client);
+            }
+            kept.push_back((client, id));
+        }
+        self.pending_order = kept;
+        chosen
+    }
+
+    /// PRE-PREPARE (already known to be for the current active view).
+    pub(crate) fn on_pre_prepare(
+        &mut self,
+        pp: Signed<PrePrepare>,
+        batch: Batch,
+        out: &mut Vec<Output>,
+    ) {
+        if pp.replica != self.primary() {
+            return self.drop_input("pre-prepare not from the primary");
+        }
+        if !self.in_window(pp.seq) {
+            return self.drop_input("pre-prepare outside the water marks");
+        }
+        if batch.requests.len() > BATCH_LIMIT {
+            return self.drop_input("batch too large");
+        }
+        if batch.digest() != pp.digest {
+            return self.drop_input("pre-prepare batch does not match its digest");
+        }
+        if let Some(existing) = &self.slot(pp.seq).pre_prepare {
+            if existing.digest != pp.digest {
+                tracing::warn!(seq = pp.seq.0, "primary equivocated: two pre-prepares for one (view, seq)");
+                return self.drop_input("conflicting pre-prepare");
+            }
+            return self.drop_input("duplicate pre-prepare");
+        }
+        let seq = pp.seq;
+        self.accept_pre_prepare(pp, Some(batch), out);
+        self.try_prepared(seq, out);
+    }
+
+    /// Logs a pre-prepare of the current view, persists it and (as a backup)
+    /// sends PREPARE. Used for normal pre-prepares and those of a NEW-VIEW.
+    pub(crate) fn accept_pre_prepare(
+        &mut self,
+        pp: Signed<PrePrepare>,
+        batch: Option<Batch>,
+        out: &mut Vec<Output>,
+    ) {
+        debug_assert_eq!(pp.view, self.view);
+        let seq = pp.seq;
+        let digest = pp.digest;
+        self.last_assigned = self.last_assigned.max(seq);
+        if let Some(batch) = &batch {
+            self.batches.insert(digest, batch.clone());
+            // Requests in the batch now wait for execution here too.
+            for request in &batch.requests {
+                self.note_pending(request);
+            }
+            self.update_view_change_timer(false);
+        } else if !self.batches.contains_key(&digest) {
+            self.missing_batches.insert(digest);
+        }
+        self.slot(seq).pre_prepare = Some(pp.clone());
+        if self.id != pp.replica {
+            let prepare = self.signer.sign(Prepare {
+                view: self.view,
+                seq,
+                digest,
+                replica: self.id,
+            });
+            let me = self.id;
+            self.slot(seq).prepares.insert(me, prepare.clone());
+            if batch.is_some() {
+                out.push(Output::Persist(Record::PrePrepare(pp, batch)));
+            }
+            out.push(Output::Broadcast(Message::Prepare(prepare)));
+        }
+    }
+
+    /// Tracks a request seen inside a batch as pending (for the timer), unless
+    /// it already executed or a newer one waits.
+    fn note_pending(&mut self, request: &Signed<Request>) {
+        let client = request.client;
+        if self
+            .clients
+            .get(&client)
+            .is_some_and(|e| e.request_id >= request.request_id)
+        {
+            return;
+        }
+        if let Some(p) = self.pending.get(&client) {
+            if p.request.request_id >= request.request_id {
+                return;
+            }
+        } else if self.pending.len() >= self.config.pending_requests_max {
+            return;
+        }
+        self.pending.insert(
+            client,
+            Pending {
+                request: request.clone(),
+                proposed: true,
+                arrived: self.now,
+            },
+        );
+    }
+
+    /// PREPARE (current active view).
+    pub(crate) fn on_prepare(&mut self, prepare: Signed<Prepare>, out: &mut Vec<Output>) {
+        if prepare.replica == self.primary() {
+            return self.drop_input("prepare from the primary");
+        }
+        if !self.in_window(prepare.seq) {
+            return self.drop_input("prepare outside the water marks");
+        }
+        let seq = prepare.seq;
+        let slot = self.slot(seq);
+        if slot.prepares.contains_key(&prepare.replica) {
+            return self.drop_input("duplicate prepare");
+        }
+        slot.prepares.insert(prepare.replica, prepare);
+        self.try_prepared(seq, out);
+    }
+
+    /// COMMIT (current active view).
+    pub(crate) fn on_commit(&mut self, commit: Signed<Commit>, out: &mut Vec<Output>) {
+        if !self.in_window(commit.seq) {
+            return self.drop_input("commit outside the water marks");
+        }
+        let seq = commit.seq;
+        let slot = self.slot(seq);
+        if slot.commits.contains_key(&commit.replica) {
+            return self.drop_input("duplicate commit");
+        }
+        slot.commits.insert(commit.replica, commit);
+        self.try_committed(seq, out);
+    }
+
+    /// prepared(m, v, n, i): the pre-prepare and 2f matching prepares from
+    /// distinct backups. On becoming prepared: persist the certificate, then COMMIT.
+    pub(crate) fn try_prepared(&mut self, seq: SeqNum, out: &mut Vec<Output>) {
+        let view = self.view;
+        let needed = 2 * self.config.f();
+        let Some(slot) = self.log.get(&seq) else { return };
+        let Some(pp) = slot.pre_prepare.clone() else { return };
+        if slot.prepared_in(view) {
+            return;
+        }
+        let matching: Vec<Signed<Prepare>> = slot
+            .prepares
+            .values()
+            .filter(|p| p.digest == pp.digest && p.replica != pp.replica)
+            .take(needed)
+            .cloned()
+            .collect();
+        if matching.len() < needed {
+            return;
+        }
+        let proof = PreparedProof {
+            pre_prepare: pp.clone(),
+            prepares: matching,
+        };
+        let commit = self.signer.sign(Commit {
+            view,
+            seq,
+            digest: pp.digest,
+            replica: self.id,
+        });
+        let slot = self.slot(seq);
+        slot.prepared = Some(proof.clone());
+        slot.commits.insert(commit.replica, commit.clone());
+        tracing::trace!(seq = seq.0, "prepared");
+        out.push(Output::Persist(Record::Prepared(proof)));
+        out.push(Output::Broadcast(Message::Commit(commit)));
+        self.try_committed(seq, out);
+    }
+
+    /// committed-local(m, v, n, i): prepared and 2f+1 matching commits.
+    pub(crate) fn try_committed(&mut self, seq: SeqNum, out: &mut Vec<Output>) {
+        let view = self.view;
+        let quorum = self.config.quorum();
+        let Some(slot) = self.log.get_mut(&seq) else { return };
+        if slot.committed || !slot.prepared_in(view) {
+            return;
+        }
+        let Some(digest) = slot.pre_prepare.as_ref().map(|pp| pp.digest) else {
+            return;
+        };
+        let matching = slot.commits.values().filter(|c| c.digest == digest).count();
+        if matching >= quorum {
+            slot.committed = true;
+            tracing::trace!(seq = seq.0, "committed");
+            self.try_execute(out);
+        }
+    }
+
+    /// Executes committed batches in sequence order, as far as possible.
+    pub(crate) fn try_execute(&mut self, out: &mut Vec<Output>) {
+        if self.state_fetch.is_some() {
+            return; // the state is about to be replaced
+        }
+        let mut progressed = false;
+        loop {
+            let seq = self.last_executed.next();
+            let Some(slot) = self.log.get(&seq) else { break };
+            if !slot.committed {
+                break;
+            }
+            let Some(digest) = slot.pre_prepare.as_ref().map(|pp| pp.digest) else {
+                break;
+            };
+            let Some(batch) = self.batches.get(&digest).cloned() else {
+                if self.missing_batches.insert(digest) {
+                    self.request_missing_batches(out);
+                }
+                break;
+            };
+            let requests = self.execute_batch(&batch, out);
+            self.last_executed = seq;
+            progressed |= requests > 0;
+            out.push(Output::Executed {
+                seq,
+                view: self.view,
+                digest,
+                requests,
+            });
+            if seq.0 % self.config.checkpoint_interval == 0 {
+                self.take_checkpoint(out);
+            }
+        }
+        if progressed {
+            // Progress in this view: the next view change starts from the base timeout.
+            self.view_change_attempts = 0;
+            self.update_view_change_timer(true);
+            self.try_propose(out);
+        }
+    }
+
+    /// Applies each request that has not executed before, in batch order, and
+    /// replies. Returns how many ran.
+    fn execute_batch(&mut self, batch: &Batch, out: &mut Vec<Output>) -> usize {
+        let mut ran = 0;
+        for request in &batch.requests {
+            let client = request.client;
+            if self
+                .clients
+                .get(&client)
+                .is_some_and(|e| e.request_id >= request.request_id)
+            {
+                continue; // duplicate: executed at most once per (client, id)
+            }
+            let result = self.app.apply(&request.op);
+            let reply = self.sign_reply(&request.value, result.clone(), false);
+            self.clients.insert(
+                client,
+                ClientEntry {
+                    request_id: request.request_id,
+                    result,
+                },
+            );
+            if self
+                .pending
+                .get(&client)
+                .is_some_and(|p| p.request.request_id <= request.request_id)
+            {
+                self.pending.remove(&client);
+            }
+            out.push(Output::Reply(client, reply));
+            ran += 1;
+        }
+        ran
+    }
+
+    /// Recomputes which batches the log names but this replica lacks.
+    pub(crate) fn refresh_missing_batches(&mut self) {
+        let needed: Vec<Digest> = self
+            .log
+            .iter()
+            .filter(|(seq, _)| **seq > self.last_executed)
+            .filter_map(|(_, slot)| slot.pre_prepare.as_ref().map(|pp| pp.digest))
+            .filter(|d| !self.batches.contains_key(d))
+            .collect();
+        self.missing_batches = needed.into_iter().collect();
+    }
+
+    /// Asks every replica for the batches still missing, and retries later.
+    pub(crate) fn request_missing_batches(&mut self, out: &mut Vec<Output>) {
+        self.refresh_missing_batches();
+        if self.missing_batches.is_empty() {
+            self.timer_fetch_batches = None;
+            return;
+        }
+        for digest in self.missing_batches.clone() {
+            let fetch = self.signer.sign(crate::message::FetchBatch {
+                digest,
+                replica: self.id,
+            });
+            out.push(Output::Broadcast(Message::FetchBatch(fetch)));
+        }
+        self.timer_fetch_batches = Some(self.now + self.retry_interval());
+    }
+
+    /// FETCH-BATCH: answer if the batch is known.
+    pub(crate) fn on_fetch_batch(&mut self, fetch: crate::message::FetchBatch, out: &mut Vec<Output>) {
+        let Some(batch) = self.batches.get(&fetch.digest).cloned() else {
+            return self.drop_input("fetch of an unknown batch");
+        };
+        if self.config.key(fetch.replica).is_none() {
+            return;
+        }
+        let data = self.signer.sign(crate::message::BatchData {
+            batch,
+            replica: self.id,
+        });
+        out.push(Output::Send(fetch.replica, Message::BatchData(data)));
+    }
+
+    /// BATCH-DATA: kept only if some pre-prepare in the log needs it.
+    pub(crate) fn on_batch_data(&mut self, batch: Batch, out: &mut Vec<Output>) {
+        let digest = batch.digest();
+        if !self.missing_batches.remove(&digest) {
+            return self.drop_input("unrequested batch");
+        }
+        self.batches.insert(digest, batch);
+        if self.missing_batches.is_empty() {
+            self.timer_fetch_batches = None;
+        }
+        self.try_execute(out);
+    }
+}

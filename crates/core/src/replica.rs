@@ -1,0 +1,603 @@
+//! The replica: its state, the single entry point [`Replica::handle`], timers,
+//! restart from persisted records, and the invariants checked after every step.
+//!
+//! # State, in the paper's terms
+//! * `view`/`active`: the current view; `active == false` while changing to it
+//!   (then only CHECKPOINT, VIEW-CHANGE, NEW-VIEW and state transfer are
+//!   processed; normal-case messages for the new view wait in `deferred`).
+//! * `log`: one [`Slot`] per sequence number in `(h, h+L]`, `h = stable.seq`
+//!   the low water mark.
+//! * `clients`: per client, the last executed request id and its result
+//!   (exactly-once); part of every checkpoint.
+//! * `pending`: requests received but not yet executed, at most one per client;
+//!   they drive the view-change timer and the primary's batches.
+//!
+//! # Invariants (checked at the end of every `handle`)
+//! * Every slot's sequence number is in `(h, h+L]`.
+//! * `last_executed >= h`, unless a state transfer towards `h` is under way.
+//! * A slot's pre-prepare, prepares and commits are all for the current view.
+//! * An inactive replica has sent its VIEW-CHANGE for `view`.
+
+use crate::checkpoint::{ClientEntry, Snapshot, StateFetch};
+use crate::config::{Config, ConfigError};
+use crate::ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
+use crate::io::{Input, Output, Record};
+use crate::message::{
+    Batch, CheckpointProof, Commit, Message, NewView, PrePrepare, Prepare, PreparedProof, Request,
+    ViewChange,
+};
+use pbft_app::StateMachine;
+use pbft_crypto::{Digest, Signed, Signer};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// Most normal-case messages held for a view this replica has not entered yet.
+pub(crate) const DEFERRED_MAX: usize = 4096;
+/// Most requests accepted in one batch from a primary (a protocol limit,
+/// independent of the local `batch_size_max`).
+pub(crate) const BATCH_LIMIT: usize = 10_000;
+/// The view-change timeout stops doubling after this many consecutive failures.
+const VIEW_CHANGE_BACKOFF_MAX: u32 = 6;
+
+/// Votes and certificates for one sequence number.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Slot {
+    /// The accepted pre-prepare of the current view.
+    pub pre_prepare: Option<Signed<PrePrepare>>,
+    /// Prepares of the current view, one per replica (first one wins).
+    pub prepares: BTreeMap<ReplicaId, Signed<Prepare>>,
+    /// Commits of the current view, one per replica (first one wins).
+    pub commits: BTreeMap<ReplicaId, Signed<Commit>>,
+    /// The prepared certificate of the latest view in which this slot
+    /// prepared here; survives view changes (it goes into VIEW-CHANGE).
+    pub prepared: Option<PreparedProof>,
+    /// Committed-local in the current view.
+    pub committed: bool,
+}
+
+impl Slot {
+    /// Forgets the votes of the old view; keeps the prepared certificate.
+    pub(crate) fn clear_votes(&mut self) {
+        self.pre_prepare = None;
+        self.prepares.clear();
+        self.commits.clear();
+        self.committed = false;
+    }
+
+    /// Whether the slot prepared in `view`.
+    pub fn prepared_in(&self, view: View) -> bool {
+        self.prepared
+            .as_ref()
+            .is_some_and(|p| p.pre_prepare.view == view)
+    }
+}
+
+/// A request waiting for execution.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub request: Signed<Request>,
+    /// Put in a pre-prepare of the current view by this replica (as primary).
+    pub proposed: bool,
+    /// When it arrived (for the batch delay).
+    pub arrived: Instant,
+}
+
+/// A snapshot of a replica's progress, for status endpoints and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This replica.
+    pub id: ReplicaId,
+    /// The current view.
+    pub view: View,
+    /// False while a view change to `view` is under way.
+    pub active: bool,
+    /// The primary of `view`.
+    pub primary: ReplicaId,
+    /// The last executed sequence number.
+    pub last_executed: SeqNum,
+    /// The stable checkpoint (low water mark).
+    pub stable_checkpoint: SeqNum,
+    /// The application state digest.
+    pub state_digest: Digest,
+    /// Requests waiting for execution.
+    pub pending_requests: usize,
+}
+
+/// Persisted records that cannot be turned back into a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A checkpoint record whose snapshot does not match its certified digest.
+    #[error("checkpoint record at {seq}: snapshot digest {actual} differs from the certified {expected}")]
+    CheckpointDigest {
+        /// The checkpoint.
+        seq: SeqNum,
+        /// The certified digest.
+        expected: Digest,
+        /// The snapshot's digest.
+        actual: Digest,
+    },
+    /// A snapshot that does not decode or restore.
+    #[error("checkpoint record at {seq}: {reason}")]
+    Snapshot {
+        /// The checkpoint.
+        seq: SeqNum,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The records were written by another replica.
+    #[error("records were written by replica {found}, not {expected}")]
+    WrongReplica {
+        /// This replica.
+        expected: ReplicaId,
+        /// The writer.
+        found: ReplicaId,
+    },
+}
+
+/// The PBFT replica state machine. See the module docs.
+pub struct Replica {
+    pub(crate) id: ReplicaId,
+    pub(crate) config: Config,
+    pub(crate) signer: Signer,
+    pub(crate) app: Box<dyn StateMachine>,
+    pub(crate) now: Instant,
+
+    pub(crate) view: View,
+    pub(crate) active: bool,
+    pub(crate) log: BTreeMap<SeqNum, Slot>,
+    /// Batches named by pre-prepares in the log (and fetched ones).
+    pub(crate) batches: BTreeMap<Digest, Batch>,
+    /// Batch digests the log needs and this replica lacks.
+    pub(crate) missing_batches: BTreeSet<Digest>,
+    /// The highest sequence number assigned in the current view.
+    pub(crate) last_assigned: SeqNum,
+    pub(crate) last_executed: SeqNum,
+
+    pub(crate) genesis_digest: Digest,
+    /// The stable checkpoint; `stable.seq` is the low water mark h.
+    pub(crate) stable: CheckpointProof,
+    /// The snapshot of the stable checkpoint (empty while it is being fetched).
+    pub(crate) stable_snapshot: Vec<u8>,
+    /// Own checkpoints above the stable one: digest and snapshot.
+    pub(crate) own_checkpoints: BTreeMap<SeqNum, (Digest, Vec<u8>)>,
+    /// CHECKPOINT messages above the stable checkpoint, by sequence number.
+    pub(crate) checkpoint_votes: BTreeMap<SeqNum, BTreeMap<ReplicaId, Signed<crate::message::Checkpoint>>>,
+    pub(crate) state_fetch: Option<StateFetch>,
+
+    pub(crate) clients: BTreeMap<ClientId, ClientEntry>,
+    pub(crate) pending: BTreeMap<ClientId, Pending>,
+    /// Arrival order of pending requests, for fair batching (may hold stale entries).
+    pub(crate) pending_order: VecDeque<(ClientId, RequestId)>,
+
+    /// Each replica's latest valid VIEW-CHANGE (its highest view).
+    pub(crate) view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
+    /// The NEW-VIEW that started the current view (relayed to stragglers).
+    pub(crate) new_view: Option<Signed<NewView>>,
+    /// Normal-case messages for views not yet entered.
+    pub(crate) deferred: Vec<Message>,
+    /// Consecutive view changes without progress; the timeout is base * 2^this.
+    pub(crate) view_change_attempts: u32,
+
+    pub(crate) timer_view_change: Option<Instant>,
+    pub(crate) timer_view_change_resend: Option<Instant>,
+    pub(crate) timer_batch: Option<Instant>,
+    pub(crate) timer_fetch_batches: Option<Instant>,
+
+    /// Dropped inputs by reason (messages a peer or client controls).
+    pub(crate) dropped: BTreeMap<&'static str, u64>,
+}
+
+impl Replica {
+    /// A replica in view 0 with `app` in its start state.
+    pub fn new(
+        config: Config,
+        id: ReplicaId,
+        signer: Signer,
+        app: Box<dyn StateMachine>,
+    ) -> Result<Replica, ConfigError> {
+        config.validate()?;
+        if id.index() >= config.n() {
+            return Err(ConfigError::ReplicaCount(config.n()));
+        }
+        let clients = BTreeMap::new();
+        let snapshot = Snapshot::encode_parts(app.snapshot(), &clients);
+        let genesis_digest = Digest::of(&snapshot);
+        Ok(Replica {
+            id,
+            signer,
+            app,
+            now: Instant(0),
+            view: View(0),
+            active: true,
+            log: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            missing_batches: BTreeSet::new(),
+            last_assigned: SeqNum(0),
+            last_executed: SeqNum(0),
+            genesis_digest,
+            stable: CheckpointProof {
+                seq: SeqNum(0),
+                digest: genesis_digest,
+                checkpoints: Vec::new(),
+            },
+            stable_snapshot: snapshot,
+            own_checkpoints: BTreeMap::new(),
+            checkpoint_votes: BTreeMap::new(),
+            state_fetch: None,
+            clients,
+            pending: BTreeMap::new(),
+            pending_order: VecDeque::new(),
+            view_changes: BTreeMap::new(),
+            new_view: None,
+            deferred: Vec::new(),
+            view_change_attempts: 0,
+            timer_view_change: None,
+            timer_view_change_resend: None,
+            timer_batch: None,
+            timer_fetch_batches: None,
+            dropped: BTreeMap::new(),
+            config,
+        })
+    }
+
+    /// Rebuilds a replica after a crash from the records it persisted (in the
+    /// order they were written). The replica comes back at its last stable
+    /// checkpoint, in the view it was in, holding every pre-prepare and
+    /// prepared certificate it had vouched for, and catches up through the
+    /// protocol (state transfer at the next stable checkpoint, or view change).
+    pub fn restore(
+        config: Config,
+        id: ReplicaId,
+        signer: Signer,
+        app: Box<dyn StateMachine>,
+        records: &[Record],
+        now: Instant,
+    ) -> Result<Replica, RestoreError> {
+        let mut r = Replica::new(config, id, signer, app)?;
+        r.now = now;
+        for record in records {
+            match record {
+                Record::Checkpoint(proof, snapshot) => {
+                    if proof.seq <= r.stable.seq {
+                        continue;
+                    }
+                    let actual = Digest::of(snapshot);
+                    if actual != proof.digest {
+                        return Err(RestoreError::CheckpointDigest {
+                            seq: proof.seq,
+                            expected: proof.digest,
+                            actual,
+                        });
+                    }
+                    r.install_snapshot(proof.clone(), snapshot.clone())
+                        .map_err(|reason| RestoreError::Snapshot {
+                            seq: proof.seq,
+                            reason,
+                        })?;
+                }
+                Record::PrePrepare(pp, batch) => {
+                    if pp.view > r.view {
+                        r.view = pp.view;
+                        r.active = true;
+                    }
+                    if let Some(batch) = batch {
+                        r.batches.insert(pp.digest, batch.clone());
+                    }
+                    if pp.seq > r.stable.seq && pp.view == r.view {
+                        r.log.entry(pp.seq).or_default().pre_prepare = Some(pp.clone());
+                    }
+                }
+                Record::Prepared(proof) => {
+                    let seq = proof.pre_prepare.seq;
+                    if seq > r.stable.seq {
+                        let slot = r.log.entry(seq).or_default();
+                        if slot
+                            .prepared
+                            .as_ref()
+                            .is_none_or(|p| p.pre_prepare.view <= proof.pre_prepare.view)
+                        {
+                            slot.prepared = Some(proof.clone());
+                        }
+                    }
+                }
+                Record::ViewChange(vc) => {
+                    if vc.replica != id {
+                        return Err(RestoreError::WrongReplica {
+                            expected: id,
+                            found: vc.replica,
+                        });
+                    }
+                    if vc.new_view >= r.view {
+                        r.view = vc.new_view;
+                        r.active = false;
+                        r.view_changes.insert(id, vc.clone());
+                    }
+                }
+                Record::NewView(nv) => {
+                    if nv.view >= r.view {
+                        r.view = nv.view;
+                        r.active = true;
+                        r.new_view = Some(nv.clone());
+                        for pp in &nv.pre_prepares {
+                            if pp.seq > r.stable.seq {
+                                r.log.entry(pp.seq).or_default().pre_prepare = Some(pp.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Keep only what belongs to the current view; re-derive own votes.
+        let (view, me, primary) = (r.view, r.id, r.primary());
+        let stable_seq = r.stable.seq;
+        let high = r.high_water_mark();
+        r.log.retain(|seq, _| *seq > stable_seq && *seq <= high);
+        let mut own_votes = Vec::new();
+        for (seq, slot) in r.log.iter_mut() {
+            if slot.pre_prepare.as_ref().is_some_and(|pp| pp.view != view) {
+                slot.pre_prepare = None;
+            }
+            if let Some(pp) = &slot.pre_prepare {
+                r.last_assigned = r.last_assigned.max(*seq);
+                own_votes.push((pp.value.clone(), slot.prepared_in(view)));
+            }
+        }
+        if let Some(nv) = &r.new_view {
+            if nv.view == view {
+                let max_s = nv.pre_prepares.iter().map(|pp| pp.seq).max();
+                r.last_assigned = r.last_assigned.max(max_s.unwrap_or(SeqNum(0)));
+            }
+        }
+        r.last_assigned = r.last_assigned.max(r.stable.seq);
+        for (pp, prepared) in own_votes {
+            if me != primary {
+                let prepare = r.signer.sign(Prepare {
+                    view,
+                    seq: pp.seq,
+                    digest: pp.digest,
+                    replica: me,
+                });
+                r.slot(pp.seq).prepares.insert(me, prepare);
+            }
+            if prepared {
+                let commit = r.signer.sign(Commit {
+                    view,
+                    seq: pp.seq,
+                    digest: pp.digest,
+                    replica: me,
+                });
+                r.slot(pp.seq).commits.insert(me, commit);
+            }
+        }
+        r.refresh_missing_batches();
+        if !r.active {
+            // Resume the view change: re-send the VIEW-CHANGE at once.
+            r.timer_view_change = Some(now + r.view_change_timeout());
+            r.timer_view_change_resend = Some(now);
+        }
+        r.check_invariants();
+        Ok(r)
+    }
+
+    /// The single entry point: process `input` at time `now`, appending what
+    /// must be done to `out` (to be executed in order, see [`Output`]).
+    pub fn handle(&mut self, now: Instant, input: Input, out: &mut Vec<Output>) {
+        debug_assert!(now >= self.now, "time went backwards");
+        self.now = self.now.max(now);
+        let _span = tracing::debug_span!("replica", id = self.id.0, view = self.view.0).entered();
+        match input {
+            Input::Message(message) => self.on_message(message.into_inner(), out),
+            Input::Tick => self.on_tick(out),
+        }
+        self.check_invariants();
+    }
+
+    /// When the driver should next deliver [`Input::Tick`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.timer_view_change,
+            self.timer_view_change_resend,
+            self.timer_batch,
+            self.timer_fetch_batches,
+            self.state_fetch.as_ref().map(|f| f.deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Progress figures for status endpoints and tests.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            view: self.view,
+            active: self.active,
+            primary: self.primary(),
+            last_executed: self.last_executed,
+            stable_checkpoint: self.stable.seq,
+            state_digest: self.app.digest(),
+            pending_requests: self.pending.len(),
+        }
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counts of dropped inputs by reason.
+    pub fn dropped(&self) -> &BTreeMap<&'static str, u64> {
+        &self.dropped
+    }
+
+    /// The application state (read-only).
+    pub fn app(&self) -> &dyn StateMachine {
+        self.app.as_ref()
+    }
+
+    pub(crate) fn primary(&self) -> ReplicaId {
+        self.config.primary(self.view)
+    }
+
+    pub(crate) fn is_primary(&self) -> bool {
+        self.primary() == self.id
+    }
+
+    /// The high water mark H = h + L.
+    pub(crate) fn high_water_mark(&self) -> SeqNum {
+        SeqNum(self.stable.seq.0 + self.config.log_window)
+    }
+
+    /// Whether `seq` is in the window (h, H].
+    pub(crate) fn in_window(&self, seq: SeqNum) -> bool {
+        seq > self.stable.seq && seq <= self.high_water_mark()
+    }
+
+    pub(crate) fn slot(&mut self, seq: SeqNum) -> &mut Slot {
+        self.log.entry(seq).or_default()
+    }
+
+    /// Records that an input from a peer or client was dropped.
+    pub(crate) fn drop_input(&mut self, reason: &'static str) {
+        tracing::debug!(reason, "dropped input");
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+
+    /// The view-change timeout: the base, doubled per consecutive failed view change.
+    pub(crate) fn view_change_timeout(&self) -> Duration {
+        self.config.timeout_base * (1u32 << self.view_change_attempts.min(VIEW_CHANGE_BACKOFF_MAX))
+    }
+
+    /// Half the base: resend and state-transfer source-switch period.
+    pub(crate) fn retry_interval(&self) -> Duration {
+        self.config.timeout_base / 2
+    }
+
+    fn on_message(&mut self, message: Message, out: &mut Vec<Output>) {
+        if message.replica() == Some(self.id) {
+            return self.drop_input("own message echoed back");
+        }
+        match message {
+            Message::Request(request) => self.on_request(request, out),
+            Message::PrePrepare(..) | Message::Prepare(_) | Message::Commit(_) => {
+                self.on_normal_case(message, out)
+            }
+            Message::Checkpoint(c) => self.on_checkpoint(c, out),
+            Message::ViewChange(vc) => self.on_view_change(vc, out),
+            Message::NewView(nv, batches) => self.on_new_view(nv, batches, out),
+            Message::FetchBatch(m) => self.on_fetch_batch(m.value, out),
+            Message::BatchData(m) => self.on_batch_data(m.value.batch, out),
+            Message::FetchState(m) => self.on_fetch_state(m.value, out),
+            Message::StateData(m) => self.on_state_data(m.value, out),
+            Message::Reply(_) => self.drop_input("reply sent to a replica"),
+        }
+    }
+
+    /// Routes PRE-PREPARE, PREPARE and COMMIT: processed in the current
+    /// active view, held back for a later view, dropped otherwise.
+    fn on_normal_case(&mut self, message: Message, out: &mut Vec<Output>) {
+        let view = match &message {
+            Message::PrePrepare(pp, _) => pp.view,
+            Message::Prepare(p) => p.view,
+            Message::Commit(c) => c.view,
+            _ => return,
+        };
+        if view < self.view {
+            return self.drop_input("normal-case message for an old view");
+        }
+        if view > self.view || !self.active {
+            if self.deferred.len() >= DEFERRED_MAX {
+                return self.drop_input("deferred buffer full");
+            }
+            self.deferred.push(message);
+            return;
+        }
+        match message {
+            Message::PrePrepare(pp, batch) => self.on_pre_prepare(pp, batch, out),
+            Message::Prepare(p) => self.on_prepare(p, out),
+            Message::Commit(c) => self.on_commit(c, out),
+            _ => {}
+        }
+    }
+
+    /// Re-processes held-back messages after entering a view.
+    pub(crate) fn replay_deferred(&mut self, out: &mut Vec<Output>) {
+        let deferred = std::mem::take(&mut self.deferred);
+        for message in deferred {
+            self.on_normal_case(message, out);
+        }
+    }
+
+    fn on_tick(&mut self, out: &mut Vec<Output>) {
+        let now = self.now;
+        if self.timer_view_change.is_some_and(|t| t <= now) {
+            self.timer_view_change = None;
+            self.on_timeout_view_change(out);
+        }
+        if self.timer_view_change_resend.is_some_and(|t| t <= now) {
+            self.timer_view_change_resend = None;
+            self.on_timeout_view_change_resend(out);
+        }
+        if self.timer_batch.is_some_and(|t| t <= now) {
+            self.timer_batch = None;
+            self.try_propose(out);
+        }
+        if self.timer_fetch_batches.is_some_and(|t| t <= now) {
+            self.timer_fetch_batches = None;
+            self.request_missing_batches(out);
+        }
+        if self.state_fetch.as_ref().is_some_and(|f| f.deadline <= now) {
+            self.on_timeout_state_fetch(out);
+        }
+    }
+
+    /// (Re)starts or stops the view-change timer after the set of pending
+    /// requests changed or a request executed: running while a request waits
+    /// (in an active view), restarted after each execution, stopped when idle.
+    pub(crate) fn update_view_change_timer(&mut self, restart: bool) {
+        if !self.active {
+            return;
+        }
+        if self.pending.is_empty() {
+            self.timer_view_change = None;
+        } else if restart || self.timer_view_change.is_none() {
+            self.timer_view_change = Some(self.now + self.view_change_timeout());
+        }
+    }
+
+    /// The invariants of the module docs; a violation is a bug in this crate.
+    fn check_invariants(&self) {
+        if let (Some((first, _)), Some((last, _))) =
+            (self.log.first_key_value(), self.log.last_key_value())
+        {
+            assert!(*first > self.stable.seq, "slot at or below the low water mark");
+            assert!(*last <= self.high_water_mark(), "slot above the high water mark");
+        }
+        assert!(
+            self.last_executed >= self.stable.seq || self.state_fetch.is_some(),
+            "behind the stable checkpoint without fetching state"
+        );
+        for slot in self.log.values() {
+            assert!(slot.pre_prepare.as_ref().is_none_or(|pp| pp.view == self.view));
+            assert!(slot.prepares.values().all(|p| p.view == self.view));
+            assert!(slot.commits.values().all(|c| c.view == self.view));
+        }
+        assert!(
+            self.active
+                || self
+                    .view_changes
+                    .get(&self.id)
+                    .is_some_and(|vc| vc.new_view == self.view),
+            "changing view without an own VIEW-CHANGE"
+        );
+        assert!(self.pending.len() <= self.config.pending_requests_max);
+    }
+}

@@ -1,0 +1,72 @@
+//! Tunables of an [`Endpoint`](crate::Endpoint).
+
+use crate::NetError;
+use std::time::Duration;
+
+/// Tunables of an [`Endpoint`](crate::Endpoint). Every queue and size here is a
+/// hard bound; see the crate documentation for what they bound together.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Largest frame payload accepted or sent, in bytes (default 16 MiB, at most
+    /// `u32::MAX`). A peer that announces a larger frame has its connection closed.
+    pub max_frame_len: usize,
+    /// Frames queued per peer connection before [`Endpoint::send`](crate::Endpoint::send)
+    /// drops new ones with [`SendError::QueueFull`](crate::SendError::QueueFull) (default 1024).
+    pub send_queue_len: usize,
+    /// Capacity of the inbound frame channel shared by all peers (default 4096).
+    /// When it is full, readers wait, and QUIC flow control slows the senders.
+    pub recv_queue_len: usize,
+    /// Most inbound connections (handshaking or established) at once; further
+    /// connection attempts are refused before the handshake (default 1024).
+    pub max_connections: usize,
+    /// First delay before redialling a peer (default 100 ms).
+    pub reconnect_backoff_min: Duration,
+    /// Largest delay between redials; the delay doubles from the minimum up to
+    /// this (default 5 s). Each delay gets up to 25 % random jitter.
+    pub reconnect_backoff_max: Duration,
+    /// A connection (or handshake) silent for this long is closed (default 10 s).
+    pub idle_timeout: Duration,
+    /// Interval of keep-alive packets on idle connections; must be below
+    /// `idle_timeout` (default 2 s).
+    pub keep_alive: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            max_frame_len: 16 * 1024 * 1024,
+            send_queue_len: 1024,
+            recv_queue_len: 4096,
+            max_connections: 1024,
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+        }
+    }
+}
+
+impl NetConfig {
+    /// Checks that the values are usable.
+    pub fn validate(&self) -> Result<(), NetError> {
+        let bad = |msg: &str| Err(NetError::Config(msg.to_string()));
+        if self.max_frame_len == 0 || u32::try_from(self.max_frame_len).is_err() {
+            return bad("max_frame_len must be between 1 and u32::MAX");
+        }
+        if self.send_queue_len == 0 || self.recv_queue_len == 0 {
+            return bad("send_queue_len and recv_queue_len must be positive");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be positive");
+        }
+        if self.reconnect_backoff_min.is_zero()
+            || self.reconnect_backoff_min > self.reconnect_backoff_max
+        {
+            return bad("need 0 < reconnect_backoff_min <= reconnect_backoff_max");
+        }
+        if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
+            return bad("need 0 < keep_alive < idle_timeout");
+        }
+        Ok(())
+    }
+}
