@@ -82,7 +82,9 @@ impl Replica {
         if proof.seq == SeqNum(0) {
             return proof.digest == self.genesis_digest && proof.checkpoints.is_empty();
         }
-        if proof.seq.0 % self.config.checkpoint_interval != 0 || proof.checkpoints.len() > self.config.n() {
+        if proof.seq.0 % self.config.checkpoint_interval != 0
+            || proof.checkpoints.len() > self.config.n()
+        {
             return false;
         }
         let mut signers = BTreeSet::new();
@@ -153,7 +155,9 @@ impl Replica {
 
     /// Checks whether the checkpoint at `seq` has 2f+1 matching votes.
     fn try_stable(&mut self, seq: SeqNum, out: &mut Vec<Output>) {
-        let Some(votes) = self.checkpoint_votes.get(&seq) else { return };
+        let Some(votes) = self.checkpoint_votes.get(&seq) else {
+            return;
+        };
         let mut by_digest: BTreeMap<Digest, Vec<Signed<Checkpoint>>> = BTreeMap::new();
         for v in votes.values() {
             by_digest.entry(v.digest).or_default().push(v.clone());
@@ -183,7 +187,10 @@ impl Replica {
             Some((digest, snapshot)) if *digest == proof.digest => {
                 let snapshot = snapshot.clone();
                 tracing::debug!(seq = seq.0, "checkpoint stable");
-                out.push(Output::Persist(Record::Checkpoint(proof.clone(), snapshot.clone())));
+                out.push(Output::Persist(Record::Checkpoint(
+                    proof.clone(),
+                    snapshot.clone(),
+                )));
                 self.stable_snapshot = snapshot;
             }
             Some((digest, _)) => {
@@ -248,7 +255,9 @@ impl Replica {
         let retry = self.retry_interval();
         let now = self.now;
         let me = self.id;
-        let Some(fetch) = self.state_fetch.as_mut() else { return };
+        let Some(fetch) = self.state_fetch.as_mut() else {
+            return;
+        };
         let sources: Vec<_> = fetch
             .target
             .checkpoints
@@ -276,7 +285,10 @@ impl Replica {
 
     /// FETCH-STATE: serve the stable checkpoint if it is recent enough.
     pub(crate) fn on_fetch_state(&mut self, request: FetchState, out: &mut Vec<Output>) {
-        if self.stable.seq < request.seq || self.stable_snapshot.is_empty() || self.stable.seq == SeqNum(0) {
+        if self.stable.seq < request.seq
+            || self.stable_snapshot.is_empty()
+            || self.stable.seq == SeqNum(0)
+        {
             return self.drop_input("state request for a checkpoint not held");
         }
         let data = self.signer.sign(StateData {
@@ -308,7 +320,10 @@ impl Replica {
             return self.drop_input("certified snapshot failed to restore");
         }
         self.state_fetch = None;
-        out.push(Output::Persist(Record::Checkpoint(data.proof.clone(), data.snapshot)));
+        out.push(Output::Persist(Record::Checkpoint(
+            data.proof.clone(),
+            data.snapshot,
+        )));
         out.push(Output::StateTransferred {
             seq,
             digest: data.proof.digest,
@@ -318,8 +333,13 @@ impl Replica {
     }
 
     /// Replaces the state with a certified snapshot (whose digest was checked).
-    pub(crate) fn install_snapshot(&mut self, proof: CheckpointProof, snapshot: Vec<u8>) -> Result<(), String> {
-        let decoded = Snapshot::decode(&snapshot).map_err(|e| format!("snapshot does not decode: {e}"))?;
+    pub(crate) fn install_snapshot(
+        &mut self,
+        proof: CheckpointProof,
+        snapshot: Vec<u8>,
+    ) -> Result<(), String> {
+        let decoded =
+            Snapshot::decode(&snapshot).map_err(|e| format!("snapshot does not decode: {e}"))?;
         self.app.restore(&decoded.app).map_err(|e| e.to_string())?;
         self.clients = decoded.clients;
         // Slots above the checkpoint that had executed run again from this

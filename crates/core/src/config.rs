@@ -15,7 +15,9 @@ pub enum ConfigError {
     #[error("replicas {0} and {1} have the same public key")]
     DuplicateKey(usize, usize),
     /// The log window must be a positive multiple of the checkpoint interval.
-    #[error("log_window ({window}) must be a positive multiple of checkpoint_interval ({interval})")]
+    #[error(
+        "log_window ({window}) must be a positive multiple of checkpoint_interval ({interval})"
+    )]
     Window {
         /// L.
         window: u64,

@@ -1,7 +1,9 @@
 //! What goes into the core and what comes out.
 
 use crate::ids::{ClientId, SeqNum, View};
-use crate::message::{Batch, CheckpointProof, Message, NewView, PrePrepare, PreparedProof, Reply, ViewChange};
+use crate::message::{
+    Batch, CheckpointProof, Message, NewView, PrePrepare, PreparedProof, Reply, ViewChange,
+};
 use pbft_crypto::{Digest, Signed, Verified};
 use serde::{Deserialize, Serialize};
 

@@ -357,7 +357,11 @@ fn add_view_change(
 impl Authenticated for Message {
     type Keys = Config;
 
-    fn collect_signatures(&self, config: &Config, checks: &mut SigChecks) -> Result<(), UnknownSigner> {
+    fn collect_signatures(
+        &self,
+        config: &Config,
+        checks: &mut SigChecks,
+    ) -> Result<(), UnknownSigner> {
         match self {
             Message::Request(r) => checks.add(r.client.0, r),
             Message::PrePrepare(m, batch) => {

@@ -59,8 +59,7 @@ impl Replica {
             }
             None => {}
         }
-        self.pending_order
-            .push_back((client, request.request_id));
+        self.pending_order.push_back((client, request.request_id));
         self.pending.insert(
             client,
             Pending {
@@ -148,7 +147,10 @@ impl Replica {
             tracing::debug!(seq = seq.0, requests = batch.requests.len(), "pre-prepare");
             self.batches.insert(pp.digest, batch.clone());
             self.slot(seq).pre_prepare = Some(pp.clone());
-            out.push(Output::Persist(Record::PrePrepare(pp.clone(), Some(batch.clone()))));
+            out.push(Output::Persist(Record::PrePrepare(
+                pp.clone(),
+                Some(batch.clone()),
+            )));
             out.push(Output::Broadcast(Message::PrePrepare(pp, batch)));
             self.try_prepared(seq, out);
         }
@@ -196,7 +198,10 @@ impl Replica {
         }
         if let Some(existing) = &self.slot(pp.seq).pre_prepare {
             if existing.digest != pp.digest {
-                tracing::warn!(seq = pp.seq.0, "primary equivocated: two pre-prepares for one (view, seq)");
+                tracing::warn!(
+                    seq = pp.seq.0,
+                    "primary equivocated: two pre-prepares for one (view, seq)"
+                );
                 return self.drop_input("conflicting pre-prepare");
             }
             return self.drop_input("duplicate pre-prepare");
@@ -309,8 +314,12 @@ impl Replica {
     pub(crate) fn try_prepared(&mut self, seq: SeqNum, out: &mut Vec<Output>) {
         let view = self.view;
         let needed = 2 * self.config.f();
-        let Some(slot) = self.log.get(&seq) else { return };
-        let Some(pp) = slot.pre_prepare.clone() else { return };
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
+        let Some(pp) = slot.pre_prepare.clone() else {
+            return;
+        };
         if slot.prepared_in(view) {
             return;
         }
@@ -347,7 +356,9 @@ impl Replica {
     pub(crate) fn try_committed(&mut self, seq: SeqNum, out: &mut Vec<Output>) {
         let view = self.view;
         let quorum = self.config.quorum();
-        let Some(slot) = self.log.get_mut(&seq) else { return };
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return;
+        };
         if slot.committed || !slot.prepared_in(view) {
             return;
         }
@@ -370,7 +381,9 @@ impl Replica {
         let mut progressed = false;
         loop {
             let seq = self.last_executed.next();
-            let Some(slot) = self.log.get(&seq) else { break };
+            let Some(slot) = self.log.get(&seq) else {
+                break;
+            };
             if !slot.committed {
                 break;
             }
@@ -469,7 +482,11 @@ impl Replica {
     }
 
     /// FETCH-BATCH: answer if the batch is known.
-    pub(crate) fn on_fetch_batch(&mut self, fetch: crate::message::FetchBatch, out: &mut Vec<Output>) {
+    pub(crate) fn on_fetch_batch(
+        &mut self,
+        fetch: crate::message::FetchBatch,
+        out: &mut Vec<Output>,
+    ) {
         let Some(batch) = self.batches.get(&fetch.digest).cloned() else {
             return self.drop_input("fetch of an unknown batch");
         };

@@ -164,7 +164,8 @@ pub struct Replica {
     /// Own checkpoints above the stable one: digest and snapshot.
     pub(crate) own_checkpoints: BTreeMap<SeqNum, (Digest, Vec<u8>)>,
     /// CHECKPOINT messages above the stable checkpoint, by sequence number.
-    pub(crate) checkpoint_votes: BTreeMap<SeqNum, BTreeMap<ReplicaId, Signed<crate::message::Checkpoint>>>,
+    pub(crate) checkpoint_votes:
+        BTreeMap<SeqNum, BTreeMap<ReplicaId, Signed<crate::message::Checkpoint>>>,
     pub(crate) state_fetch: Option<StateFetch>,
 
     pub(crate) clients: BTreeMap<ClientId, ClientEntry>,
@@ -578,15 +579,24 @@ impl Replica {
         if let (Some((first, _)), Some((last, _))) =
             (self.log.first_key_value(), self.log.last_key_value())
         {
-            assert!(*first > self.stable.seq, "slot at or below the low water mark");
-            assert!(*last <= self.high_water_mark(), "slot above the high water mark");
+            assert!(
+                *first > self.stable.seq,
+                "slot at or below the low water mark"
+            );
+            assert!(
+                *last <= self.high_water_mark(),
+                "slot above the high water mark"
+            );
         }
         assert!(
             self.last_executed >= self.stable.seq || self.state_fetch.is_some(),
             "behind the stable checkpoint without fetching state"
         );
         for slot in self.log.values() {
-            assert!(slot.pre_prepare.as_ref().is_none_or(|pp| pp.view == self.view));
+            assert!(slot
+                .pre_prepare
+                .as_ref()
+                .is_none_or(|pp| pp.view == self.view));
             assert!(slot.prepares.values().all(|p| p.view == self.view));
             assert!(slot.commits.values().all(|c| c.view == self.view));
         }

@@ -127,7 +127,11 @@ impl Replica {
     /// NEW-VIEW in time). Move to the next view.
     pub(crate) fn on_timeout_view_change(&mut self, out: &mut Vec<Output>) {
         let target = self.view.next();
-        tracing::info!(from = self.view.0, to = target.0, "view-change timer expired");
+        tracing::info!(
+            from = self.view.0,
+            to = target.0,
+            "view-change timer expired"
+        );
         self.start_view_change(target, out);
     }
 
@@ -222,13 +226,19 @@ impl Replica {
         }
         views.sort_unstable_by(|a, b| b.cmp(a));
         let target = views[weak - 1];
-        tracing::info!(to = target.0, "joining a view change started by f+1 replicas");
+        tracing::info!(
+            to = target.0,
+            "joining a view change started by f+1 replicas"
+        );
         self.start_view_change(target, out);
     }
 
     /// The valid VIEW-CHANGEs for `view`: ours first, then by replica id.
     fn view_changes_for(&self, view: View) -> Vec<Signed<ViewChange>> {
-        let own = self.view_changes.get(&self.id).filter(|vc| vc.new_view == view);
+        let own = self
+            .view_changes
+            .get(&self.id)
+            .filter(|vc| vc.new_view == view);
         own.into_iter()
             .chain(
                 self.view_changes
@@ -251,7 +261,9 @@ impl Replica {
             return;
         }
         view_changes.truncate(self.config.quorum());
-        let Some(plan) = plan_new_view(&view_changes) else { return };
+        let Some(plan) = plan_new_view(&view_changes) else {
+            return;
+        };
         let pre_prepares = plan
             .pre_prepares
             .iter()
@@ -270,10 +282,17 @@ impl Replica {
             pre_prepares,
             replica: self.id,
         });
-        tracing::info!(view = self.view.0, reissued = plan.pre_prepares.len(), "sending new-view");
+        tracing::info!(
+            view = self.view.0,
+            reissued = plan.pre_prepares.len(),
+            "sending new-view"
+        );
         let batches = self.batches_for(&nv);
         out.push(Output::Persist(Record::NewView(nv.clone())));
-        out.push(Output::Broadcast(Message::NewView(nv.clone(), batches.clone())));
+        out.push(Output::Broadcast(Message::NewView(
+            nv.clone(),
+            batches.clone(),
+        )));
         self.enter_view(nv, plan.checkpoint, batches, out);
     }
 
@@ -293,7 +312,12 @@ impl Replica {
     }
 
     /// NEW-VIEW from a peer: check it all, recompute O, then enter the view.
-    pub(crate) fn on_new_view(&mut self, nv: Signed<NewView>, batches: Vec<Batch>, out: &mut Vec<Output>) {
+    pub(crate) fn on_new_view(
+        &mut self,
+        nv: Signed<NewView>,
+        batches: Vec<Batch>,
+        out: &mut Vec<Output>,
+    ) {
         if nv.view < self.view || (nv.view == self.view && self.active) {
             return self.drop_input("new-view for an old view");
         }
@@ -302,7 +326,8 @@ impl Replica {
         }
         let mut senders = BTreeSet::new();
         for vc in &nv.view_changes {
-            if vc.new_view != nv.view || !senders.insert(vc.replica) || !self.check_view_change(vc) {
+            if vc.new_view != nv.view || !senders.insert(vc.replica) || !self.check_view_change(vc)
+            {
                 tracing::warn!(view = nv.view.0, "new-view with an invalid view-change");
                 return self.drop_input("new-view with an invalid view-change");
             }
@@ -314,11 +339,21 @@ impl Replica {
             return self.drop_input("new-view without view-changes");
         };
         let matches = plan.pre_prepares.len() == nv.pre_prepares.len()
-            && plan.pre_prepares.iter().zip(&nv.pre_prepares).all(|((seq, digest), pp)| {
-                pp.view == nv.view && pp.replica == nv.replica && pp.seq == *seq && pp.digest == *digest
-            });
+            && plan
+                .pre_prepares
+                .iter()
+                .zip(&nv.pre_prepares)
+                .all(|((seq, digest), pp)| {
+                    pp.view == nv.view
+                        && pp.replica == nv.replica
+                        && pp.seq == *seq
+                        && pp.digest == *digest
+                });
         if !matches {
-            tracing::warn!(view = nv.view.0, "new-view pre-prepares differ from those its view-changes imply");
+            tracing::warn!(
+                view = nv.view.0,
+                "new-view pre-prepares differ from those its view-changes imply"
+            );
             return self.drop_input("new-view with wrong pre-prepares");
         }
         if nv.view > self.view {
@@ -341,7 +376,11 @@ impl Replica {
         out: &mut Vec<Output>,
     ) {
         debug_assert_eq!(nv.view, self.view);
-        tracing::info!(view = self.view.0, primary = self.primary().0, "entered view");
+        tracing::info!(
+            view = self.view.0,
+            primary = self.primary().0,
+            "entered view"
+        );
         self.active = true;
         self.timer_view_change = None;
         self.timer_view_change_resend = None;
@@ -361,7 +400,10 @@ impl Replica {
                 .or_else(|| self.batches.get(&pp.digest).cloned());
             self.accept_pre_prepare(pp.clone(), batch, out);
         }
-        self.last_assigned = self.last_assigned.max(max_s.unwrap_or(self.stable.seq)).max(self.stable.seq);
+        self.last_assigned = self
+            .last_assigned
+            .max(max_s.unwrap_or(self.stable.seq))
+            .max(self.stable.seq);
         self.new_view = Some(nv);
         out.push(Output::EnteredView(self.view));
         self.request_missing_batches(out);

@@ -171,7 +171,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p.pub");
         fs::write(&path, "not hex\n").expect("write");
-        assert!(matches!(read_public(&path), Err(KeyFileError::Format { .. })));
+        assert!(matches!(
+            read_public(&path),
+            Err(KeyFileError::Format { .. })
+        ));
         let key = KeyPair::from_seed([4; 32]).public();
         let path2 = dir.path().join("q.pub");
         write_public(&path2, &key).expect("write");

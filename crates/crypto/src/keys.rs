@@ -76,7 +76,10 @@ impl<'de> Deserialize<'de> for Signature {
                     .map_err(|_| E::invalid_length(v.len(), &self))?;
                 Ok(Signature(bytes))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Signature, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Signature, A::Error> {
                 let mut bytes = [0u8; 64];
                 for (i, b) in bytes.iter_mut().enumerate() {
                     *b = seq

@@ -21,13 +21,13 @@
 //! make keys and sign.
 
 mod digest;
-mod keys;
 pub mod keyfile;
+mod keys;
 mod sign;
 
 pub use digest::Digest;
 pub use keys::{KeyError, KeyPair, PublicKey, Signature};
 pub use sign::{
-    Authenticated, ClusterId, Scheme, SigChecks, Signable, Signed, Signer, UnknownSigner,
-    Verified, VerifyError, Verifier,
+    Authenticated, ClusterId, Scheme, SigChecks, Signable, Signed, Signer, UnknownSigner, Verified,
+    Verifier, VerifyError,
 };

@@ -148,8 +148,11 @@ pub struct SigChecks {
 impl SigChecks {
     /// Adds the check that `key` signed `signed`.
     pub fn add<T: Signable>(&mut self, key: PublicKey, signed: &Signed<T>) {
-        self.items
-            .push((key, signing_bytes(self.cluster, &signed.value), signed.signature));
+        self.items.push((
+            key,
+            signing_bytes(self.cluster, &signed.value),
+            signed.signature,
+        ));
     }
 
     /// How many signatures were collected.
@@ -168,8 +171,11 @@ pub trait Authenticated {
     /// What resolves signer ids to public keys (for example the cluster configuration).
     type Keys: ?Sized;
     /// Adds a check for every signature in `self`, nested ones included.
-    fn collect_signatures(&self, keys: &Self::Keys, checks: &mut SigChecks)
-        -> Result<(), UnknownSigner>;
+    fn collect_signatures(
+        &self,
+        keys: &Self::Keys,
+        checks: &mut SigChecks,
+    ) -> Result<(), UnknownSigner>;
 }
 
 /// Why a value failed verification.
@@ -227,7 +233,11 @@ impl Verifier {
         self.cluster
     }
 
-    fn collect<T: Authenticated>(&self, value: &T, keys: &T::Keys) -> Result<SigChecks, VerifyError> {
+    fn collect<T: Authenticated>(
+        &self,
+        value: &T,
+        keys: &T::Keys,
+    ) -> Result<SigChecks, VerifyError> {
         let mut checks = SigChecks {
             cluster: self.cluster,
             items: Vec::new(),
@@ -237,7 +247,11 @@ impl Verifier {
     }
 
     /// Checks every signature of `value`.
-    pub fn verify<T: Authenticated>(&self, value: T, keys: &T::Keys) -> Result<Verified<T>, VerifyError> {
+    pub fn verify<T: Authenticated>(
+        &self,
+        value: T,
+        keys: &T::Keys,
+    ) -> Result<Verified<T>, VerifyError> {
         let checks = self.collect(&value, keys)?;
         if self.check_all(&checks.items) {
             Ok(Verified(value))
@@ -334,7 +348,11 @@ mod tests {
 
     impl Authenticated for Signed<Note> {
         type Keys = Keys;
-        fn collect_signatures(&self, keys: &Keys, checks: &mut SigChecks) -> Result<(), UnknownSigner> {
+        fn collect_signatures(
+            &self,
+            keys: &Keys,
+            checks: &mut SigChecks,
+        ) -> Result<(), UnknownSigner> {
             let key = keys
                 .0
                 .get(self.value.author as usize)
@@ -451,7 +469,11 @@ mod tests {
     #[test]
     fn sim_scheme_is_never_accepted_as_ed25519() {
         let (_, keys) = setup();
-        let sim = Signer::with_scheme(KeyPair::from_seed([1; 32]), ClusterId(7), Scheme::InsecureSim);
+        let sim = Signer::with_scheme(
+            KeyPair::from_seed([1; 32]),
+            ClusterId(7),
+            Scheme::InsecureSim,
+        );
         let signed = sim.sign(note(0, "x"));
         assert!(Verifier::with_scheme(ClusterId(7), Scheme::InsecureSim)
             .verify(signed.clone(), &keys)

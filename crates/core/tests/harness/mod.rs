@@ -1,0 +1,282 @@
+//! An in-memory cluster for core tests: FIFO delivery, time advanced by hand,
+//! fault helpers named after what they do (`isolate`, `heal`, `crash`).
+
+#![allow(dead_code)]
+
+use pbft_app::kv::{KvOp, KvResult, KvStore};
+use pbft_core::message::{Message, Reply, Request};
+use pbft_core::{
+    ClientId, Config, Input, Instant, Output, Record, Replica, ReplicaId, RequestId, SeqNum,
+};
+use pbft_crypto::{ClusterId, Digest, KeyPair, Scheme, Signed, Signer, Verifier};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// Where a message is going.
+#[derive(Clone, Debug)]
+pub enum To {
+    Replica(ReplicaId),
+    Client(ClientId),
+}
+
+pub struct Cluster {
+    pub config: Config,
+    pub replicas: Vec<Option<Replica>>,
+    pub signers: Vec<Signer>,
+    pub storage: Vec<Vec<Record>>,
+    pub queue: VecDeque<(ReplicaId, To, Message)>,
+    pub now: Instant,
+    /// Replicas whose traffic (both ways) is dropped.
+    pub isolated: BTreeSet<ReplicaId>,
+    /// Replicas whose outputs are all dropped (silent Byzantine).
+    pub silent: BTreeSet<ReplicaId>,
+    pub replies: BTreeMap<ClientId, Vec<Signed<Reply>>>,
+    pub executed: BTreeMap<ReplicaId, BTreeMap<SeqNum, Digest>>,
+    pub verifier: Verifier,
+    pub entered_views: Vec<(ReplicaId, pbft_core::View)>,
+}
+
+pub fn config(n: usize) -> (Config, Vec<Signer>) {
+    let cluster = ClusterId(42);
+    let keys: Vec<KeyPair> = (0..n)
+        .map(|i| KeyPair::from_seed([i as u8 + 1; 32]))
+        .collect();
+    let signers = keys
+        .iter()
+        .map(|k| Signer::with_scheme(k.clone(), cluster, Scheme::InsecureSim))
+        .collect();
+    let mut config = Config::new(cluster, keys.iter().map(|k| k.public()).collect());
+    config.checkpoint_interval = 4;
+    config.log_window = 8;
+    config.batch_size_max = 4;
+    config.timeout_base = Duration::from_millis(100);
+    (config, signers)
+}
+
+impl Cluster {
+    pub fn new(n: usize) -> Self {
+        let (config, signers) = config(n);
+        Self::with_config(config, signers)
+    }
+
+    pub fn with_config(config: Config, signers: Vec<Signer>) -> Self {
+        let n = config.n();
+        let replicas = (0..n)
+            .map(|i| {
+                Some(
+                    Replica::new(
+                        config.clone(),
+                        ReplicaId(i as u32),
+                        signers[i].clone(),
+                        Box::new(KvStore::new()),
+                    )
+                    .expect("valid config"),
+                )
+            })
+            .collect();
+        Cluster {
+            verifier: Verifier::with_scheme(config.cluster, Scheme::InsecureSim),
+            config,
+            replicas,
+            signers,
+            storage: vec![Vec::new(); n],
+            queue: VecDeque::new(),
+            now: Instant(1),
+            isolated: BTreeSet::new(),
+            silent: BTreeSet::new(),
+            replies: BTreeMap::new(),
+            executed: BTreeMap::new(),
+            entered_views: Vec::new(),
+        }
+    }
+
+    pub fn replica(&self, i: u32) -> &Replica {
+        self.replicas[i as usize].as_ref().expect("replica is up")
+    }
+
+    fn input(&mut self, id: ReplicaId, input: Input) {
+        let Some(replica) = self.replicas[id.index()].as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        replica.handle(self.now, input, &mut out);
+        self.outputs(id, out);
+    }
+
+    pub fn outputs(&mut self, id: ReplicaId, out: Vec<Output>) {
+        let n = self.config.n() as u32;
+        for o in out {
+            match o {
+                Output::Persist(r) => self.storage[id.index()].push(r),
+                _ if self.silent.contains(&id) => {}
+                Output::Send(to, m) => self.queue.push_back((id, To::Replica(to), m)),
+                Output::Broadcast(m) => {
+                    for r in 0..n {
+                        if r != id.0 {
+                            self.queue
+                                .push_back((id, To::Replica(ReplicaId(r)), m.clone()));
+                        }
+                    }
+                }
+                Output::Reply(c, r) => self.queue.push_back((id, To::Client(c), Message::Reply(r))),
+                Output::Executed { seq, digest, .. } => {
+                    let prev = self.executed.entry(id).or_default().insert(seq, digest);
+                    if let Some(prev) = prev {
+                        assert_eq!(prev, digest, "{id} re-executed {seq} with another batch");
+                    }
+                }
+                Output::EnteredView(v) => self.entered_views.push((id, v)),
+                Output::Checkpointed { .. } | Output::StateTransferred { .. } => {}
+            }
+        }
+    }
+
+    /// Delivers one message from the queue; false when it is empty.
+    pub fn step(&mut self) -> bool {
+        let Some((from, to, message)) = self.queue.pop_front() else {
+            return false;
+        };
+        match to {
+            To::Replica(r) => {
+                if self.isolated.contains(&r) || self.isolated.contains(&from) {
+                    return true;
+                }
+                let verified = self
+                    .verifier
+                    .verify(message, &self.config)
+                    .expect("honest signatures");
+                self.input(r, Input::Message(verified));
+            }
+            To::Client(c) => {
+                if let Message::Reply(r) = message {
+                    self.replies.entry(c).or_default().push(r);
+                }
+            }
+        }
+        true
+    }
+
+    /// Delivers until quiet (bounded).
+    pub fn run(&mut self) {
+        for _ in 0..1_000_000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("message storm: the queue never drained");
+    }
+
+    /// Advances time by `d`, firing due timers, and runs to quiet.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.run();
+            let next = (0..self.replicas.len())
+                .filter_map(|i| {
+                    self.replicas[i]
+                        .as_ref()
+                        .and_then(|r| r.poll_timeout())
+                        .map(|t| (t, i))
+                })
+                .min();
+            match next {
+                Some((t, i)) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.input(ReplicaId(i as u32), Input::Tick);
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        self.run();
+    }
+
+    /// Injects a message as if `from` had sent it to `to`.
+    pub fn deliver(&mut self, to: ReplicaId, message: Message) {
+        let verified = self
+            .verifier
+            .verify(message, &self.config)
+            .expect("valid signatures");
+        self.input(to, Input::Message(verified));
+    }
+
+    pub fn crash(&mut self, id: u32) {
+        self.replicas[id as usize] = None;
+    }
+
+    pub fn restart(&mut self, id: u32) {
+        let i = id as usize;
+        let replica = Replica::restore(
+            self.config.clone(),
+            ReplicaId(id),
+            self.signers[i].clone(),
+            Box::new(KvStore::new()),
+            &self.storage[i],
+            self.now,
+        )
+        .expect("restore");
+        self.replicas[i] = Some(replica);
+    }
+}
+
+/// A test client.
+pub struct Client {
+    pub key: KeyPair,
+    pub signer: Signer,
+    pub next_id: u64,
+}
+
+impl Client {
+    pub fn new(seed: u8, cluster: &Cluster) -> Self {
+        let key = KeyPair::from_seed([200 + seed; 32]);
+        Client {
+            signer: Signer::with_scheme(key.clone(), cluster.config.cluster, Scheme::InsecureSim),
+            key,
+            next_id: 1,
+        }
+    }
+
+    pub fn id(&self) -> ClientId {
+        ClientId(self.key.public())
+    }
+
+    pub fn request(&mut self, op: KvOp) -> Signed<Request> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.signer.sign(Request {
+            client: self.id(),
+            request_id: RequestId(id),
+            op: op.encode(),
+            read_only: false,
+        })
+    }
+
+    /// The result that f+1 replicas agree on for `request_id`, if any.
+    pub fn result(&self, cluster: &Cluster, request_id: u64) -> Option<KvResult> {
+        let replies = cluster.replies.get(&self.id())?;
+        let mut votes: BTreeMap<Vec<u8>, BTreeSet<ReplicaId>> = BTreeMap::new();
+        for r in replies
+            .iter()
+            .filter(|r| r.request_id == RequestId(request_id) && !r.read_only)
+        {
+            votes.entry(r.result.clone()).or_default().insert(r.replica);
+        }
+        votes
+            .into_iter()
+            .find(|(_, who)| who.len() > cluster.config.f())
+            .map(|(result, _)| KvResult::decode(&result).expect("result decodes"))
+    }
+}
+
+pub fn put(key: &str, value: &str) -> KvOp {
+    KvOp::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+pub fn get(key: &str) -> KvOp {
+    KvOp::Get {
+        key: key.as_bytes().to_vec(),
+    }
+}

@@ -1,0 +1,300 @@
+//! Paper-conformance tests of the core on an in-memory cluster
+//! (Castro & Liskov, TOCS 2002; section numbers cited per test).
+
+mod harness;
+
+use harness::{get, put, Client, Cluster};
+use pbft_app::kv::KvResult;
+use pbft_core::message::{Batch, Message, PrePrepare};
+use pbft_core::{ReplicaId, SeqNum, View};
+use std::time::Duration;
+
+fn submit(cluster: &mut Cluster, client: &mut Client, to: u32, op: pbft_app::kv::KvOp) -> u64 {
+    let request = client.request(op);
+    let id = request.request_id.0;
+    cluster.deliver(ReplicaId(to), Message::Request(request));
+    cluster.run();
+    id
+}
+
+fn broadcast(cluster: &mut Cluster, client: &mut Client, op: pbft_app::kv::KvOp) -> u64 {
+    let request = client.request(op);
+    let id = request.request_id.0;
+    for r in 0..cluster.config.n() as u32 {
+        cluster.deliver(ReplicaId(r), Message::Request(request.clone()));
+    }
+    cluster.run();
+    id
+}
+
+/// 4.2: a request sent to the primary executes at every replica, in order, and
+/// f+1 (here all) replicas reply with the same result.
+#[test]
+fn normal_case_executes_everywhere() {
+    for n in [4, 7, 10] {
+        let mut cluster = Cluster::new(n);
+        let mut client = Client::new(1, &cluster);
+        let a = submit(&mut cluster, &mut client, 0, put("k", "v1"));
+        let b = submit(&mut cluster, &mut client, 0, get("k"));
+        assert_eq!(
+            client.result(&cluster, a),
+            Some(KvResult::Put { previous: None })
+        );
+        assert_eq!(
+            client.result(&cluster, b),
+            Some(KvResult::Get {
+                value: Some(b"v1".to_vec())
+            })
+        );
+        for r in 0..n as u32 {
+            assert_eq!(
+                cluster.replica(r).status().last_executed,
+                SeqNum(2),
+                "n={n} replica {r}"
+            );
+        }
+        let digests: Vec<_> = (0..n as u32)
+            .map(|r| cluster.replica(r).status().state_digest)
+            .collect();
+        assert!(digests.windows(2).all(|w| w[0] == w[1]));
+    }
+}
+
+/// 4.1: a retransmitted request is answered from the reply cache and not
+/// executed again; an older request is ignored.
+#[test]
+fn exactly_once() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    let request = client.request(put("k", "v"));
+    cluster.deliver(ReplicaId(0), Message::Request(request.clone()));
+    cluster.run();
+    let replies_before = cluster.replies[&client.id()].len();
+    cluster.deliver(ReplicaId(0), Message::Request(request.clone()));
+    cluster.deliver(ReplicaId(1), Message::Request(request));
+    cluster.run();
+    assert_eq!(
+        cluster.replica(0).status().last_executed,
+        SeqNum(1),
+        "not executed twice"
+    );
+    assert_eq!(
+        cluster.replies[&client.id()].len(),
+        replies_before + 2,
+        "cached replies re-sent"
+    );
+}
+
+/// 4.3: checkpoints become stable with 2f+1 matching messages, and the log
+/// below is discarded; sequence numbers never pass the high water mark.
+#[test]
+fn checkpoints_become_stable() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    for i in 0..10 {
+        let id = submit(&mut cluster, &mut client, 0, put("k", &format!("v{i}")));
+        assert!(
+            client.result(&cluster, id).is_some(),
+            "request {i} completed"
+        );
+    }
+    for r in 0..4 {
+        let s = cluster.replica(r).status();
+        assert_eq!(s.last_executed, SeqNum(10));
+        assert_eq!(s.stable_checkpoint, SeqNum(8), "K=4: stable at 8");
+    }
+}
+
+/// 4.4: a silent primary is replaced after the view-change timeout, and the
+/// waiting request executes in the new view.
+#[test]
+fn silent_primary_is_replaced() {
+    for n in [4, 7] {
+        let mut cluster = Cluster::new(n);
+        let mut client = Client::new(1, &cluster);
+        let warmup = submit(&mut cluster, &mut client, 0, put("a", "1"));
+        assert!(client.result(&cluster, warmup).is_some());
+        cluster.silent.insert(ReplicaId(0));
+        let id = broadcast(&mut cluster, &mut client, put("b", "2"));
+        assert!(
+            client.result(&cluster, id).is_none(),
+            "cannot complete without the primary"
+        );
+        cluster.advance(Duration::from_millis(500));
+        assert_eq!(
+            client.result(&cluster, id),
+            Some(KvResult::Put { previous: None }),
+            "n={n}"
+        );
+        for r in 1..n as u32 {
+            let s = cluster.replica(r).status();
+            assert_eq!(s.view, View(1), "n={n}");
+            assert!(s.active);
+        }
+    }
+}
+
+/// 4.4: a request prepared (but not executed everywhere) before a view change
+/// keeps its sequence number in the new view.
+#[test]
+fn prepared_requests_survive_view_change() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    // Replica 3 misses everything: it will need the new view to learn seq 1.
+    cluster.isolated.insert(ReplicaId(3));
+    let id = submit(&mut cluster, &mut client, 0, put("k", "v"));
+    assert!(client.result(&cluster, id).is_some());
+    cluster.isolated.clear();
+    cluster.silent.insert(ReplicaId(0));
+    let id2 = broadcast(&mut cluster, &mut client, put("k", "w"));
+    cluster.advance(Duration::from_millis(500));
+    assert_eq!(
+        client.result(&cluster, id2),
+        Some(KvResult::Put {
+            previous: Some(b"v".to_vec())
+        })
+    );
+    // Replica 3 executed seq 1 with the same batch as the others.
+    let ex = &cluster.executed;
+    assert_eq!(ex[&ReplicaId(3)][&SeqNum(1)], ex[&ReplicaId(1)][&SeqNum(1)]);
+}
+
+/// 4.2: a backup never accepts two pre-prepares with different digests for
+/// one (view, seq).
+#[test]
+fn equivocating_pre_prepare_is_rejected() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    let r1 = client.request(put("k", "one"));
+    let r2 = client.request(put("k", "two"));
+    let primary = cluster.signers[0].clone();
+    let b1 = Batch { requests: vec![r1] };
+    let b2 = Batch { requests: vec![r2] };
+    let pp = |b: &Batch| {
+        primary.sign(PrePrepare {
+            view: View(0),
+            seq: SeqNum(1),
+            digest: b.digest(),
+            replica: ReplicaId(0),
+        })
+    };
+    cluster.deliver(ReplicaId(1), Message::PrePrepare(pp(&b1), b1.clone()));
+    cluster.queue.clear();
+    cluster.deliver(ReplicaId(1), Message::PrePrepare(pp(&b2), b2.clone()));
+    assert!(
+        cluster.queue.is_empty(),
+        "no prepare for the second pre-prepare"
+    );
+    assert_eq!(
+        cluster.replica(1).dropped().get("conflicting pre-prepare"),
+        Some(&1)
+    );
+}
+
+/// 4.2: a pre-prepare whose batch does not match its digest, or from a
+/// replica that is not the primary, or beyond the high water mark, is dropped.
+#[test]
+fn pre_prepare_filters() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    let b = Batch {
+        requests: vec![client.request(put("k", "v"))],
+    };
+    let other = Batch::default();
+    let sign = |signer: usize, seq: u64, digest| {
+        cluster.signers[signer].sign(PrePrepare {
+            view: View(0),
+            seq: SeqNum(seq),
+            digest,
+            replica: ReplicaId(signer as u32),
+        })
+    };
+    let cases = vec![
+        (
+            Message::PrePrepare(sign(0, 1, other.digest()), b.clone()),
+            "pre-prepare batch does not match its digest",
+        ),
+        (
+            Message::PrePrepare(sign(2, 1, b.digest()), b.clone()),
+            "pre-prepare not from the primary",
+        ),
+        (
+            Message::PrePrepare(sign(0, 9, b.digest()), b.clone()),
+            "pre-prepare outside the water marks",
+        ),
+    ];
+    for (message, reason) in cases {
+        cluster.deliver(ReplicaId(1), message);
+        assert!(cluster.queue.is_empty(), "{reason}");
+        assert_eq!(
+            cluster.replica(1).dropped().get(reason),
+            Some(&1),
+            "{reason}"
+        );
+    }
+}
+
+/// 5.3.2: a replica cut off while the others move past a stable checkpoint
+/// catches up by state transfer.
+#[test]
+fn lagging_replica_catches_up_by_state_transfer() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    cluster.isolated.insert(ReplicaId(3));
+    for i in 0..9 {
+        let id = submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+        assert!(client.result(&cluster, id).is_some());
+    }
+    assert_eq!(cluster.replica(3).status().last_executed, SeqNum(0));
+    cluster.isolated.clear();
+    // Four more requests: the checkpoint at 12 becomes stable everywhere.
+    for i in 9..13 {
+        submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+    }
+    cluster.advance(Duration::from_millis(200));
+    let s3 = cluster.replica(3).status();
+    let s0 = cluster.replica(0).status();
+    assert!(s3.last_executed >= SeqNum(12), "caught up: {s3:?}");
+    assert_eq!(s3.last_executed, s0.last_executed);
+    assert_eq!(s3.state_digest, s0.state_digest);
+}
+
+/// Section 3 of ARCHITECTURE.md: a crashed replica restarts from what it
+/// persisted and rejoins.
+#[test]
+fn restart_from_persisted_records() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    for i in 0..5 {
+        submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+    }
+    cluster.crash(2);
+    cluster.restart(2);
+    let s = cluster.replica(2).status();
+    assert_eq!(s.stable_checkpoint, SeqNum(4));
+    assert_eq!(s.last_executed, SeqNum(4));
+    for i in 5..14 {
+        let id = submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+        assert!(client.result(&cluster, id).is_some());
+    }
+    cluster.advance(Duration::from_millis(200));
+    assert_eq!(
+        cluster.replica(2).status().state_digest,
+        cluster.replica(0).status().state_digest
+    );
+}
+
+/// A restarted primary never reuses a sequence number.
+#[test]
+fn restarted_primary_does_not_reuse_sequence_numbers() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    for i in 0..3 {
+        submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+    }
+    cluster.crash(0);
+    cluster.restart(0);
+    let id = submit(&mut cluster, &mut client, 0, put("x", "y"));
+    assert!(client.result(&cluster, id).is_some());
+    assert_eq!(cluster.replica(1).status().last_executed, SeqNum(4));
+}
