@@ -156,6 +156,21 @@ impl Replica {
         }
     }
 
+    /// A new view: every waiting request is to be proposed again (by the new
+    /// primary), oldest first.
+    pub(crate) fn requeue_pending(&mut self) {
+        let mut order: Vec<(crate::Instant, ClientId, crate::ids::RequestId)> = self
+            .pending
+            .iter_mut()
+            .map(|(c, p)| {
+                p.proposed = false;
+                (p.arrived, *c, p.request.request_id)
+            })
+            .collect();
+        order.sort();
+        self.pending_order = order.into_iter().map(|(_, c, id)| (c, id)).collect();
+    }
+
     /// Up to `max` waiting clients not yet proposed in this view, oldest first.
     fn unproposed(&mut self, max: usize) -> Vec<ClientId> {
         let mut chosen = Vec::new();

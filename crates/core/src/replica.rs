@@ -515,7 +515,14 @@ impl Replica {
             return self.drop_input("normal-case message for an old view");
         }
         if view > self.view || !self.active {
-            if self.deferred.len() >= DEFERRED_MAX {
+            // Bounded per sender, so faulty replicas cannot crowd out the rest.
+            let sender = message.replica();
+            let from_sender = self
+                .deferred
+                .iter()
+                .filter(|m| m.replica() == sender)
+                .count();
+            if from_sender >= DEFERRED_MAX / self.config.n() {
                 return self.drop_input("deferred buffer full");
             }
             self.deferred.push(message);

@@ -157,9 +157,6 @@ impl Replica {
         for slot in self.log.values_mut() {
             slot.clear_votes();
         }
-        for p in self.pending.values_mut() {
-            p.proposed = false;
-        }
         self.timer_batch = None;
         let prepared: Vec<PreparedProof> = self
             .log
@@ -385,12 +382,15 @@ impl Replica {
         self.timer_view_change = None;
         self.timer_view_change_resend = None;
         self.view_changes.retain(|_, vc| vc.new_view > nv.view);
+        self.requeue_pending();
+        // New proposals start above max-s (set before anything can propose).
+        let max_s = nv.pre_prepares.iter().map(|pp| pp.seq).max();
+        self.last_assigned = max_s.unwrap_or(checkpoint.seq).max(checkpoint.seq);
         // min-s: a stable checkpoint newer than ours (fetch its state if behind).
         self.advance_stable(checkpoint, out);
         let mut batches: BTreeMap<Digest, Batch> =
             batches.into_iter().map(|b| (b.digest(), b)).collect();
         batches.insert(Batch::null_digest(), Batch::default());
-        let max_s = nv.pre_prepares.iter().map(|pp| pp.seq).max();
         for pp in nv.pre_prepares.iter() {
             if !self.in_window(pp.seq) {
                 continue;
@@ -400,10 +400,7 @@ impl Replica {
                 .or_else(|| self.batches.get(&pp.digest).cloned());
             self.accept_pre_prepare(pp.clone(), batch, out);
         }
-        self.last_assigned = self
-            .last_assigned
-            .max(max_s.unwrap_or(self.stable.seq))
-            .max(self.stable.seq);
+        self.last_assigned = self.last_assigned.max(self.stable.seq);
         self.new_view = Some(nv);
         out.push(Output::EnteredView(self.view));
         self.request_missing_batches(out);

@@ -465,6 +465,34 @@ mod tests {
         assert!(postcard::from_bytes::<Signed<Note>>(&bytes[..bytes.len() - 1]).is_err());
     }
 
+    /// One verdict per signature: an edge case on which cofactored and
+    /// cofactorless equations disagree (small-order key and R, S = 0: case 1 of
+    /// the "Taming the many EdDSAs" condition table) gets the same verdict
+    /// alone and inside a batch of good signatures. Under ZIP-215 it verifies.
+    #[test]
+    fn small_order_edge_case_has_one_verdict() {
+        let (signers, mut keys) = setup();
+        let mut identity = [0u8; 32];
+        identity[0] = 1; // the encoding of the identity point (order 1)
+        keys.0.push(PublicKey(identity));
+        let mut sig = [0u8; 64];
+        sig[0] = 1; // R = identity, S = 0
+        let edge = Signed {
+            value: note(3, "edge"),
+            signature: Signature(sig),
+        };
+        let verifier = Verifier::new(ClusterId(7));
+        let alone = verifier.verify(edge.clone(), &keys).is_ok();
+        let mut batch: Vec<Signed<Note>> = (0..5)
+            .map(|i| signers[i % 3].sign(note((i % 3) as u8, "ok")))
+            .collect();
+        batch.insert(2, edge);
+        let results = verifier.verify_batch(batch, &keys);
+        assert!(alone, "ZIP-215 accepts the small-order case");
+        assert_eq!(results[2].is_ok(), alone, "same verdict in a batch");
+        assert!(results.iter().all(|r| r.is_ok()));
+    }
+
     #[cfg(feature = "insecure-sim")]
     #[test]
     fn sim_scheme_is_never_accepted_as_ed25519() {
