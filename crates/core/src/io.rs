@@ -2,7 +2,8 @@
 
 use crate::ids::{ClientId, SeqNum, View};
 use crate::message::{
-    Batch, CheckpointProof, Message, NewView, PrePrepare, PreparedProof, Reply, ViewChange,
+    Batch, CheckpointProof, Message, NewView, PrePrepare, PreparedProof, Reply, StatusReport,
+    ViewChange,
 };
 use pbft_crypto::{Digest, Signed, Verified};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,8 @@ pub enum Output {
     Broadcast(Message),
     /// Send a reply to a client.
     Reply(ClientId, Signed<Reply>),
+    /// Send a status report to a client.
+    Status(ClientId, Signed<StatusReport>),
     /// A batch was executed (for checkers, metrics and logs).
     Executed {
         /// Its sequence number.

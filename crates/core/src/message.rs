@@ -204,6 +204,36 @@ pub struct StateData {
     pub replica: ReplicaId,
 }
 
+/// Asks a replica for its [`StatusReport`] (signed by the client).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Who asks.
+    pub client: ClientId,
+    /// Echoed in the report, to match answers to questions.
+    pub nonce: u64,
+}
+
+/// A replica's progress, signed, for operators and the `pbft status` command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The current view.
+    pub view: View,
+    /// False while a view change is under way.
+    pub active: bool,
+    /// The primary of `view`.
+    pub primary: ReplicaId,
+    /// The last executed sequence number.
+    pub last_executed: SeqNum,
+    /// The stable checkpoint.
+    pub stable_checkpoint: SeqNum,
+    /// The application state digest.
+    pub state_digest: Digest,
+    /// The request's nonce.
+    pub nonce: u64,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
 macro_rules! signable {
     ($($t:ty => $kind:literal),* $(,)?) => {
         $(impl Signable for $t { const KIND: &'static str = $kind; })*
@@ -223,6 +253,8 @@ signable! {
     BatchData => "batch-data",
     FetchState => "fetch-state",
     StateData => "state-data",
+    StatusRequest => "status-request",
+    StatusReport => "status-report",
 }
 
 /// Everything replicas and clients send each other.
@@ -253,6 +285,10 @@ pub enum Message {
     StateData(Signed<StateData>),
     /// A reply (replica to client).
     Reply(Signed<Reply>),
+    /// A status question (client to replica).
+    StatusRequest(Signed<StatusRequest>),
+    /// A status answer (replica to client).
+    StatusReport(Signed<StatusReport>),
 }
 
 impl Message {
@@ -271,13 +307,15 @@ impl Message {
             Message::FetchState(_) => FetchState::KIND,
             Message::StateData(_) => StateData::KIND,
             Message::Reply(_) => Reply::KIND,
+            Message::StatusRequest(_) => StatusRequest::KIND,
+            Message::StatusReport(_) => StatusReport::KIND,
         }
     }
 
     /// The replica that signed this message, if a replica did.
     pub fn replica(&self) -> Option<ReplicaId> {
         Some(match self {
-            Message::Request(_) => return None,
+            Message::Request(_) | Message::StatusRequest(_) => return None,
             Message::PrePrepare(m, _) => m.replica,
             Message::Prepare(m) => m.replica,
             Message::Commit(m) => m.replica,
@@ -289,6 +327,7 @@ impl Message {
             Message::FetchState(m) => m.replica,
             Message::StateData(m) => m.replica,
             Message::Reply(m) => m.replica,
+            Message::StatusReport(m) => m.replica,
         })
     }
 
@@ -395,6 +434,8 @@ impl Authenticated for Message {
                 add_checkpoint_proof(config, &m.proof, checks)?;
             }
             Message::Reply(m) => add_replica(config, m.replica, m, checks)?,
+            Message::StatusRequest(m) => checks.add(m.client.0, m),
+            Message::StatusReport(m) => add_replica(config, m.replica, m, checks)?,
         }
         Ok(())
     }

@@ -498,7 +498,22 @@ impl Replica {
             Message::BatchData(m) => self.on_batch_data(m.value.batch, out),
             Message::FetchState(m) => self.on_fetch_state(m.value, out),
             Message::StateData(m) => self.on_state_data(m.value, out),
-            Message::Reply(_) => self.drop_input("reply sent to a replica"),
+            Message::StatusRequest(m) => {
+                let report = self.signer.sign(crate::message::StatusReport {
+                    view: self.view,
+                    active: self.active,
+                    primary: self.primary(),
+                    last_executed: self.last_executed,
+                    stable_checkpoint: self.stable.seq,
+                    state_digest: self.app.digest(),
+                    nonce: m.nonce,
+                    replica: self.id,
+                });
+                out.push(Output::Status(m.client, report));
+            }
+            Message::Reply(_) | Message::StatusReport(_) => {
+                self.drop_input("client-bound message sent to a replica")
+            }
         }
     }
 

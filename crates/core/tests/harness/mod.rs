@@ -126,7 +126,9 @@ impl Cluster {
                     }
                 }
                 Output::EnteredView(v) => self.entered_views.push((id, v)),
-                Output::Checkpointed { .. } | Output::StateTransferred { .. } => {}
+                Output::Checkpointed { .. }
+                | Output::StateTransferred { .. }
+                | Output::Status(..) => {}
             }
         }
     }
