@@ -98,3 +98,42 @@ impl Record {
         }
     }
 }
+
+/// Drops the records a restart no longer needs: everything at or below the
+/// latest checkpoint record (except that record), and every view-change or
+/// new-view record but the latest of each. Order is kept.
+pub fn compact(records: &mut Vec<Record>) {
+    let Some(stable) = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Checkpoint(proof, _) => Some(proof.seq),
+            _ => None,
+        })
+        .max()
+    else {
+        return;
+    };
+    let last_view_change = records
+        .iter()
+        .rposition(|r| matches!(r, Record::ViewChange(_)));
+    let last_new_view = records
+        .iter()
+        .rposition(|r| matches!(r, Record::NewView(_)));
+    let mut kept_checkpoint = false;
+    let mut index = 0;
+    records.retain(|r| {
+        let i = index;
+        index += 1;
+        match r {
+            Record::Checkpoint(proof, _) => {
+                // Keep exactly one: the first record for the highest checkpoint.
+                let keep = proof.seq == stable && !kept_checkpoint;
+                kept_checkpoint |= keep;
+                keep
+            }
+            Record::ViewChange(_) => Some(i) == last_view_change,
+            Record::NewView(_) => Some(i) == last_new_view,
+            Record::PrePrepare(..) | Record::Prepared(_) => r.seq().is_some_and(|s| s > stable),
+        }
+    });
+}

@@ -298,3 +298,28 @@ fn restarted_primary_does_not_reuse_sequence_numbers() {
     assert!(client.result(&cluster, id).is_some());
     assert_eq!(cluster.replica(1).status().last_executed, SeqNum(4));
 }
+
+/// Compacted records restore the same replica as the full ones.
+#[test]
+fn compacted_records_restore_the_same_replica() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    for i in 0..11 {
+        submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+    }
+    let full = cluster.storage[1].clone();
+    let mut compacted = full.clone();
+    pbft_core::io::compact(&mut compacted);
+    assert!(compacted.len() < full.len());
+    assert!(compacted
+        .iter()
+        .all(|r| r.seq().is_none_or(|s| s >= SeqNum(8))));
+    cluster.crash(1);
+    cluster.storage[1] = compacted;
+    cluster.restart(1);
+    let s = cluster.replica(1).status();
+    assert_eq!(
+        (s.stable_checkpoint, s.last_executed),
+        (SeqNum(8), SeqNum(8))
+    );
+}
