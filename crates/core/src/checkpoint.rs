@@ -82,7 +82,7 @@ impl Replica {
         if proof.seq == SeqNum(0) {
             return proof.digest == self.genesis_digest && proof.checkpoints.is_empty();
         }
-        if proof.seq.0 % self.config.checkpoint_interval != 0
+        if !proof.seq.0.is_multiple_of(self.config.checkpoint_interval)
             || proof.checkpoints.len() > self.config.n()
         {
             return false;
@@ -122,7 +122,7 @@ impl Replica {
         if checkpoint.seq <= self.stable.seq {
             return self.drop_input("checkpoint at or below the stable one");
         }
-        if checkpoint.seq.0 % self.config.checkpoint_interval != 0 {
+        if !checkpoint.seq.0.is_multiple_of(self.config.checkpoint_interval) {
             return self.drop_input("checkpoint off the interval");
         }
         self.record_checkpoint_vote(checkpoint, out);

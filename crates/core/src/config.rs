@@ -87,7 +87,7 @@ impl Config {
         if self.checkpoint_interval == 0 {
             return Err(ConfigError::Zero("checkpoint_interval"));
         }
-        if self.log_window == 0 || self.log_window % self.checkpoint_interval != 0 {
+        if self.log_window == 0 || !self.log_window.is_multiple_of(self.checkpoint_interval) {
             return Err(ConfigError::Window {
                 window: self.log_window,
                 interval: self.checkpoint_interval,

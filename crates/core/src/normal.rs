@@ -420,7 +420,7 @@ impl Replica {
                 digest,
                 requests,
             });
-            if seq.0 % self.config.checkpoint_interval == 0 {
+            if seq.0.is_multiple_of(self.config.checkpoint_interval) {
                 self.take_checkpoint(out);
             }
         }
