@@ -1,0 +1,474 @@
+//! The configuration files of the PBFT replication service.
+//!
+//! * `cluster.toml` ([`ClusterFile`]): what every replica and client must
+//!   agree on: the cluster id, each replica's id, address and public key, and
+//!   the protocol parameters (checkpoint interval, log window).
+//! * `node-<i>.toml` ([`NodeFile`]): one replica's local settings: its id,
+//!   key file, data directory, listen address, tuning, client admission, logs.
+//! * `client.toml` ([`ClientFile`]): a client's key file, the cluster file and
+//!   its timeout.
+//!
+//! Relative paths inside a file are relative to that file's directory.
+//! Unknown fields are errors (a typo must not silently fall back to a
+//! default). `configs/` at the repository root has commented examples.
+
+use pbft_core::{Config, ReplicaId};
+use pbft_crypto::{ClusterId, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for its kind.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (with line and column).
+        message: String,
+    },
+    /// The values are inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Resolves `p` relative to the directory of the file `base`.
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// One replica in `cluster.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// Its id: replicas are numbered 0..n in file order.
+    pub id: u32,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Its ed25519 public key (hex).
+    pub public_key: String,
+}
+
+/// `cluster.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Part of every signature's domain: messages of one cluster never verify in another.
+    pub cluster_id: u64,
+    /// K: a checkpoint every K sequence numbers.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// L: the log window, a multiple of K.
+    #[serde(default = "default_log_window")]
+    pub log_window: u64,
+    /// The replicas, n = 3f+1 of them.
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    64
+}
+fn default_log_window() -> u64 {
+    128
+}
+
+/// A checked `cluster.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster id.
+    pub id: ClusterId,
+    /// Addresses, indexed by replica id.
+    pub addresses: Vec<SocketAddr>,
+    /// Public keys, indexed by replica id.
+    pub keys: Vec<PublicKey>,
+    /// K.
+    pub checkpoint_interval: u64,
+    /// L.
+    pub log_window: u64,
+}
+
+impl ClusterFile {
+    /// Reads and checks a cluster file.
+    pub fn load(path: &Path) -> Result<Cluster, ConfigError> {
+        let file: ClusterFile = read(path)?;
+        file.check(path)
+    }
+
+    /// Checks the values (`path` names the file in errors).
+    pub fn check(&self, path: &Path) -> Result<Cluster, ConfigError> {
+        let mut keys = Vec::new();
+        let mut addresses = Vec::new();
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.id as usize != i {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "replica ids must be 0, 1, 2, ... in order; entry {i} has id {}",
+                        r.id
+                    ),
+                ));
+            }
+            let key = PublicKey::from_hex(&r.public_key)
+                .map_err(|e| invalid(path, format!("replica {i}: public_key: {e}")))?;
+            keys.push(key);
+            addresses.push(r.address);
+        }
+        let cluster = Cluster {
+            id: ClusterId(self.cluster_id),
+            addresses,
+            keys,
+            checkpoint_interval: self.checkpoint_interval,
+            log_window: self.log_window,
+        };
+        cluster
+            .core_config(&Tuning::default())
+            .validate()
+            .map_err(|e| invalid(path, e.to_string()))?;
+        Ok(cluster)
+    }
+}
+
+impl Cluster {
+    /// The protocol configuration with local `tuning`.
+    pub fn core_config(&self, tuning: &Tuning) -> Config {
+        let mut c = Config::new(self.id, self.keys.clone());
+        c.checkpoint_interval = self.checkpoint_interval;
+        c.log_window = self.log_window;
+        c.batch_size_max = tuning.batch_size_max;
+        c.batch_delay = Duration::from_millis(tuning.batch_delay_ms);
+        c.timeout_base = Duration::from_millis(tuning.timeout_base_ms);
+        c
+    }
+
+    /// n.
+    pub fn n(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// f.
+    pub fn f(&self) -> usize {
+        (self.n() - 1) / 3
+    }
+}
+
+/// Local tuning of a replica (`[tuning]` in `node-<i>.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// Most requests per batch.
+    pub batch_size_max: usize,
+    /// How long the primary waits to fill a batch (0: propose at once).
+    pub batch_delay_ms: u64,
+    /// The base of every protocol timeout (view change, retransmissions).
+    pub timeout_base_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            batch_size_max: 64,
+            batch_delay_ms: 0,
+            timeout_base_ms: 1000,
+        }
+    }
+}
+
+/// Who may submit requests (`[clients]` in `node-<i>.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientAdmission {
+    /// Accept any client key (its signatures still authenticate it).
+    pub allow_any: bool,
+    /// With `allow_any = false`, the client public keys (hex) accepted.
+    pub allow: Vec<String>,
+}
+
+impl Default for ClientAdmission {
+    fn default() -> Self {
+        ClientAdmission {
+            allow_any: true,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `node-<i>.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This replica's id in the cluster file.
+    pub id: u32,
+    /// The cluster file.
+    pub cluster: PathBuf,
+    /// This replica's secret key file (mode 0600).
+    pub key: PathBuf,
+    /// Where the replica keeps its record log.
+    pub data_dir: PathBuf,
+    /// Where to listen (default: this replica's address in the cluster file).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Local tuning.
+    #[serde(default)]
+    pub tuning: Tuning,
+    /// Client admission.
+    #[serde(default)]
+    pub clients: ClientAdmission,
+    /// Log format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// A checked `node-<i>.toml` with its cluster file.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// This replica.
+    pub id: ReplicaId,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The secret key file (absolute or relative to the working directory).
+    pub key: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The listen address.
+    pub listen: SocketAddr,
+    /// Local tuning.
+    pub tuning: Tuning,
+    /// Client admission: `None` for any client, else the allowed keys.
+    pub allowed_clients: Option<Vec<PublicKey>>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl NodeFile {
+    /// Reads and checks a node file and the cluster file it names.
+    pub fn load(path: &Path) -> Result<Node, ConfigError> {
+        let file: NodeFile = read(path)?;
+        let cluster = ClusterFile::load(&resolve(path, &file.cluster))?;
+        if file.id as usize >= cluster.n() {
+            return Err(invalid(
+                path,
+                format!(
+                    "id {} is not in the cluster file ({} replicas)",
+                    file.id,
+                    cluster.n()
+                ),
+            ));
+        }
+        if file.tuning.batch_size_max == 0 || file.tuning.timeout_base_ms == 0 {
+            return Err(invalid(
+                path,
+                "tuning: batch_size_max and timeout_base_ms must be positive",
+            ));
+        }
+        let allowed_clients = if file.clients.allow_any {
+            None
+        } else {
+            let keys = file
+                .clients
+                .allow
+                .iter()
+                .map(|k| {
+                    PublicKey::from_hex(k).map_err(|e| invalid(path, format!("clients.allow: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(keys)
+        };
+        Ok(Node {
+            id: ReplicaId(file.id),
+            listen: file.listen.unwrap_or(cluster.addresses[file.id as usize]),
+            key: resolve(path, &file.key),
+            data_dir: resolve(path, &file.data_dir),
+            tuning: file.tuning,
+            allowed_clients,
+            log_format: file.log_format,
+            cluster,
+        })
+    }
+}
+
+/// `client.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// The cluster file.
+    pub cluster: PathBuf,
+    /// The client's secret key file (mode 0600).
+    pub key: PathBuf,
+    /// How long to wait for an outcome before giving up, in milliseconds.
+    /// Must exceed a view change (several times the replicas' timeout base).
+    #[serde(default = "default_client_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_client_timeout_ms() -> u64 {
+    30_000
+}
+
+/// A checked `client.toml` with its cluster file.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The secret key file.
+    pub key: PathBuf,
+    /// The overall timeout of one operation.
+    pub timeout: Duration,
+}
+
+impl ClientFile {
+    /// Reads and checks a client file and the cluster file it names.
+    pub fn load(path: &Path) -> Result<ClientSettings, ConfigError> {
+        let file: ClientFile = read(path)?;
+        let cluster = ClusterFile::load(&resolve(path, &file.cluster))?;
+        if file.timeout_ms == 0 {
+            return Err(invalid(path, "timeout_ms must be positive"));
+        }
+        Ok(ClientSettings {
+            cluster,
+            key: resolve(path, &file.key),
+            timeout: Duration::from_millis(file.timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbft_crypto::KeyPair;
+
+    fn cluster_toml(n: usize) -> String {
+        let mut s = String::from("cluster_id = 7\ncheckpoint_interval = 8\nlog_window = 16\n");
+        for i in 0..n {
+            let key = KeyPair::from_seed([i as u8 + 1; 32]).public();
+            s += &format!(
+                "[[replicas]]\nid = {i}\naddress = \"127.0.0.1:{}\"\npublic_key = \"{}\"\n",
+                7000 + i,
+                key.to_hex()
+            );
+        }
+        s
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn loads_node_and_client_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "cluster.toml", &cluster_toml(4));
+        let node = write(
+            dir.path(),
+            "node-1.toml",
+            "id = 1\ncluster = \"cluster.toml\"\nkey = \"node-1.key\"\ndata_dir = \"data/1\"\n[tuning]\ntimeout_base_ms = 500\n",
+        );
+        let node = NodeFile::load(&node).expect("node file");
+        assert_eq!(node.id, ReplicaId(1));
+        assert_eq!(node.listen, "127.0.0.1:7001".parse().expect("addr"));
+        assert_eq!(node.key, dir.path().join("node-1.key"));
+        assert_eq!(node.tuning.timeout_base_ms, 500);
+        assert_eq!(node.tuning.batch_size_max, 64);
+        let config = node.cluster.core_config(&node.tuning);
+        assert_eq!(
+            (config.n(), config.checkpoint_interval, config.cluster),
+            (4, 8, ClusterId(7))
+        );
+        let client = write(
+            dir.path(),
+            "client.toml",
+            "cluster = \"cluster.toml\"\nkey = \"c.key\"\n",
+        );
+        let client = ClientFile::load(&client).expect("client file");
+        assert_eq!(client.timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad_n = write(dir.path(), "c5.toml", &cluster_toml(5));
+        let e = ClusterFile::load(&bad_n).expect_err("5 replicas");
+        assert!(
+            e.to_string().contains("c5.toml") && e.to_string().contains("3f+1"),
+            "{e}"
+        );
+
+        let typo = write(
+            dir.path(),
+            "typo.toml",
+            &(cluster_toml(4) + "checkpoint_intervall = 3\n"),
+        );
+        let e = ClusterFile::load(&typo).expect_err("unknown field");
+        assert!(e.to_string().contains("checkpoint_intervall"), "{e}");
+
+        let bad_key = write(
+            dir.path(),
+            "k.toml",
+            &cluster_toml(4).replace(&KeyPair::from_seed([2; 32]).public().to_hex(), "zz"),
+        );
+        let e = ClusterFile::load(&bad_key).expect_err("bad key");
+        assert!(e.to_string().contains("replica 1"), "{e}");
+
+        write(dir.path(), "cluster.toml", &cluster_toml(4));
+        let wrong_id = write(
+            dir.path(),
+            "n.toml",
+            "id = 9\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n",
+        );
+        let e = NodeFile::load(&wrong_id).expect_err("id out of range");
+        assert!(e.to_string().contains("id 9"), "{e}");
+
+        let missing = NodeFile::load(&dir.path().join("nope.toml")).expect_err("missing");
+        assert!(matches!(missing, ConfigError::Io { .. }));
+    }
+}
