@@ -122,7 +122,11 @@ impl Replica {
         if checkpoint.seq <= self.stable.seq {
             return self.drop_input("checkpoint at or below the stable one");
         }
-        if !checkpoint.seq.0.is_multiple_of(self.config.checkpoint_interval) {
+        if !checkpoint
+            .seq
+            .0
+            .is_multiple_of(self.config.checkpoint_interval)
+        {
             return self.drop_input("checkpoint off the interval");
         }
         self.record_checkpoint_vote(checkpoint, out);

@@ -173,23 +173,25 @@ impl Replica {
 
     /// Up to `max` waiting clients not yet proposed in this view, oldest first.
     fn unproposed(&mut self, max: usize) -> Vec<ClientId> {
-        let mut chosen = Vec::new();
-        let mut kept = std::collections::VecDeque::new();
-        while let Some((client, id)) = self.pending_order.pop_front() {
-            let live = self
-                .pending
-                .get(&client)
-                .is_some_and(|p| p.request.request_id == id && !p.proposed);
-            if !live {
-                continue;
-            }
-            if chosen.len() < max {
-                chosen.push(client);
-            }
-            kept.push_back((client, id));
+        let pending = &self.pending;
+        let live = |(client, id): &(ClientId, crate::ids::RequestId)| {
+            pending
+                .get(client)
+                .is_some_and(|p| p.request.request_id == *id && !p.proposed)
+        };
+        // Stale entries (proposed, executed or replaced requests) go lazily.
+        while self.pending_order.front().is_some_and(|e| !live(e)) {
+            self.pending_order.pop_front();
         }
-        self.pending_order = kept;
-        chosen
+        if self.pending_order.len() > 2 * self.config.pending_requests_max {
+            self.pending_order.retain(|e| live(e));
+        }
+        self.pending_order
+            .iter()
+            .filter(|e| live(e))
+            .take(max)
+            .map(|(client, _)| *client)
+            .collect()
     }
 
     /// PRE-PREPARE (already known to be for the current active view).

@@ -323,3 +323,231 @@ fn compacted_records_restore_the_same_replica() {
         (SeqNum(8), SeqNum(8))
     );
 }
+
+/// 4.4: NEW-VIEW contents. min-s is the highest checkpoint in V; for each n
+/// in (min-s, max-s] the digest of the certificate with the highest view is
+/// re-issued, and gaps get the null request.
+#[test]
+fn new_view_plan_picks_highest_view_and_fills_gaps() {
+    use pbft_core::message::{CheckpointProof, Prepare, PreparedProof, ViewChange};
+    use pbft_core::view_change::plan_new_view;
+    use pbft_crypto::Digest;
+    let cluster = Cluster::new(4);
+    let s = &cluster.signers;
+    let cert = |view: u64, seq: u64, digest: Digest| {
+        let primary = (view % 4) as usize;
+        let pre_prepare = s[primary].sign(PrePrepare {
+            view: View(view),
+            seq: SeqNum(seq),
+            digest,
+            replica: ReplicaId(primary as u32),
+        });
+        let prepares = (0..4)
+            .filter(|r| *r != primary)
+            .take(2)
+            .map(|r| {
+                s[r].sign(Prepare {
+                    view: View(view),
+                    seq: SeqNum(seq),
+                    digest,
+                    replica: ReplicaId(r as u32),
+                })
+            })
+            .collect();
+        PreparedProof {
+            pre_prepare,
+            prepares,
+        }
+    };
+    let checkpoint = |seq: u64| CheckpointProof {
+        seq: SeqNum(seq),
+        digest: Digest::of(&[seq as u8]),
+        checkpoints: vec![],
+    };
+    let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+    let vc = |replica: usize, ckpt: u64, prepared: Vec<PreparedProof>| {
+        s[replica].sign(ViewChange {
+            new_view: View(5),
+            checkpoint: checkpoint(ckpt),
+            prepared,
+            replica: ReplicaId(replica as u32),
+        })
+    };
+    let v = vec![
+        vc(0, 0, vec![cert(1, 1, a), cert(1, 2, a), cert(2, 5, c)]),
+        vc(1, 4, vec![cert(3, 5, b)]),
+        vc(2, 0, vec![cert(2, 3, c)]),
+    ];
+    let plan = plan_new_view(&v).expect("non-empty");
+    assert_eq!(
+        plan.checkpoint.seq,
+        SeqNum(4),
+        "min-s is the highest checkpoint"
+    );
+    assert_eq!(
+        plan.pre_prepares,
+        vec![(SeqNum(5), b)],
+        "n <= min-s dropped; for n = 5 the view-3 certificate wins over view 2"
+    );
+    let v = vec![
+        vc(0, 0, vec![cert(1, 1, a), cert(1, 3, a)]),
+        vc(1, 0, vec![]),
+        vc(2, 0, vec![]),
+    ];
+    let plan = plan_new_view(&v).expect("non-empty");
+    let null = Batch::null_digest();
+    assert_eq!(
+        plan.pre_prepares,
+        vec![(SeqNum(1), a), (SeqNum(2), null), (SeqNum(3), a)],
+        "the gap at 2 gets the null request"
+    );
+}
+
+fn genesis_proof() -> pbft_core::message::CheckpointProof {
+    use pbft_app::StateMachine;
+    let snapshot = pbft_core::checkpoint::Snapshot::encode_parts(
+        pbft_app::kv::KvStore::new().snapshot(),
+        &Default::default(),
+    );
+    pbft_core::message::CheckpointProof {
+        seq: SeqNum(0),
+        digest: pbft_crypto::Digest::of(&snapshot),
+        checkpoints: vec![],
+    }
+}
+
+/// 4.4: every backup recomputes O from V and rejects a NEW-VIEW whose
+/// pre-prepares differ; a VIEW-CHANGE with an incomplete prepared certificate
+/// invalidates the NEW-VIEW that carries it.
+#[test]
+fn new_view_is_checked_by_every_backup() {
+    use pbft_core::message::{NewView, Prepare, PreparedProof, ViewChange};
+    let mut cluster = Cluster::new(4);
+    let s = cluster.signers.clone();
+    let vc = |r: usize, prepared: Vec<PreparedProof>| {
+        s[r].sign(ViewChange {
+            new_view: View(1),
+            checkpoint: genesis_proof(),
+            prepared,
+            replica: ReplicaId(r as u32),
+        })
+    };
+    let pp = |seq: u64, digest| {
+        s[1].sign(PrePrepare {
+            view: View(1),
+            seq: SeqNum(seq),
+            digest,
+            replica: ReplicaId(1),
+        })
+    };
+    let new_view = |vcs, pre_prepares| {
+        Message::NewView(
+            s[1].sign(NewView {
+                view: View(1),
+                view_changes: vcs,
+                pre_prepares,
+                replica: ReplicaId(1),
+            }),
+            vec![],
+        )
+    };
+    // O claims a request at seq 1 that no view change prepared.
+    let bogus = pp(1, pbft_crypto::Digest::of(b"bogus"));
+    cluster.deliver(
+        ReplicaId(2),
+        new_view(
+            vec![vc(0, vec![]), vc(1, vec![]), vc(3, vec![])],
+            vec![bogus],
+        ),
+    );
+    assert_eq!(
+        cluster
+            .replica(2)
+            .dropped()
+            .get("new-view with wrong pre-prepares"),
+        Some(&1)
+    );
+    assert_eq!(cluster.replica(2).status().view, View(0));
+
+    // A certificate with one prepare instead of 2f.
+    let d = pbft_crypto::Digest::of(b"d");
+    let forged = PreparedProof {
+        pre_prepare: s[0].sign(PrePrepare {
+            view: View(0),
+            seq: SeqNum(1),
+            digest: d,
+            replica: ReplicaId(0),
+        }),
+        prepares: vec![s[3].sign(Prepare {
+            view: View(0),
+            seq: SeqNum(1),
+            digest: d,
+            replica: ReplicaId(3),
+        })],
+    };
+    cluster.deliver(
+        ReplicaId(2),
+        new_view(
+            vec![vc(0, vec![]), vc(1, vec![]), vc(3, vec![forged])],
+            vec![pp(1, d)],
+        ),
+    );
+    assert_eq!(
+        cluster
+            .replica(2)
+            .dropped()
+            .get("new-view with an invalid view-change"),
+        Some(&1)
+    );
+
+    // Only two view changes: not a quorum.
+    cluster.deliver(
+        ReplicaId(2),
+        new_view(vec![vc(0, vec![]), vc(3, vec![])], vec![]),
+    );
+    assert_eq!(
+        cluster
+            .replica(2)
+            .dropped()
+            .get("new-view without 2f+1 view-changes"),
+        Some(&1)
+    );
+
+    // The correct one is accepted.
+    cluster.deliver(
+        ReplicaId(2),
+        new_view(vec![vc(0, vec![]), vc(1, vec![]), vc(3, vec![])], vec![]),
+    );
+    let status = cluster.replica(2).status();
+    assert_eq!((status.view, status.active), (View(1), true));
+}
+
+/// 4.5.2: a replica that holds f+1 VIEW-CHANGEs for higher views joins the
+/// view change even though its own timer has not expired; f of them are not enough.
+#[test]
+fn f_plus_one_view_changes_pull_a_replica_along() {
+    use pbft_core::message::ViewChange;
+    let mut cluster = Cluster::new(4);
+    let s = cluster.signers.clone();
+    let vc = |r: usize, view: u64| {
+        Message::ViewChange(s[r].sign(ViewChange {
+            new_view: View(view),
+            checkpoint: genesis_proof(),
+            prepared: vec![],
+            replica: ReplicaId(r as u32),
+        }))
+    };
+    cluster.deliver(ReplicaId(2), vc(0, 3));
+    assert_eq!(
+        cluster.replica(2).status().view,
+        View(0),
+        "f = 1 message is not enough"
+    );
+    cluster.deliver(ReplicaId(2), vc(3, 2));
+    let status = cluster.replica(2).status();
+    assert_eq!(
+        (status.view, status.active),
+        (View(2), false),
+        "joins the lower of the two"
+    );
+}
