@@ -7,9 +7,14 @@ use std::time::Duration;
 /// hard bound; see the crate documentation for what they bound together.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
-    /// Largest frame payload accepted or sent, in bytes (default 16 MiB, at most
-    /// `u32::MAX`). A peer that announces a larger frame has its connection closed.
+    /// Largest frame payload sent, or accepted from a replica, in bytes (default
+    /// 16 MiB, at most `u32::MAX`). A peer that announces a larger frame has its
+    /// connection closed. Connections we dial are to replicas.
     pub max_frame_len: usize,
+    /// Largest frame accepted on an inbound connection admitted as a client
+    /// (default 1 MiB, at most `max_frame_len`). Clients are the unbounded set
+    /// of peers, so their limit bounds most of the endpoint's memory.
+    pub max_client_frame_len: usize,
     /// Frames queued per peer connection before [`Endpoint::send`](crate::Endpoint::send)
     /// drops new ones with [`SendError::QueueFull`](crate::SendError::QueueFull) (default 1024).
     pub send_queue_len: usize,
@@ -17,7 +22,7 @@ pub struct NetConfig {
     /// When it is full, readers wait, and QUIC flow control slows the senders.
     pub recv_queue_len: usize,
     /// Most inbound connections (handshaking or established) at once; further
-    /// connection attempts are refused before the handshake (default 1024).
+    /// connection attempts are refused before the handshake (default 512).
     pub max_connections: usize,
     /// First delay before redialling a peer (default 100 ms).
     pub reconnect_backoff_min: Duration,
@@ -35,9 +40,10 @@ impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
             max_frame_len: 16 * 1024 * 1024,
+            max_client_frame_len: 1024 * 1024,
             send_queue_len: 1024,
             recv_queue_len: 4096,
-            max_connections: 1024,
+            max_connections: 512,
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
@@ -52,6 +58,9 @@ impl NetConfig {
         let bad = |msg: &str| Err(NetError::Config(msg.to_string()));
         if self.max_frame_len == 0 || u32::try_from(self.max_frame_len).is_err() {
             return bad("max_frame_len must be between 1 and u32::MAX");
+        }
+        if self.max_client_frame_len == 0 || self.max_client_frame_len > self.max_frame_len {
+            return bad("max_client_frame_len must be between 1 and max_frame_len");
         }
         if self.send_queue_len == 0 || self.recv_queue_len == 0 {
             return bad("send_queue_len and recv_queue_len must be positive");

@@ -3,7 +3,7 @@
 
 use crate::frame::{self, FrameError};
 use crate::tls::{self, Identity};
-use crate::{close_code, AcceptPolicy, NetConfig, NetError, SendError, Short};
+use crate::{close_code, AcceptPolicy, NetConfig, NetError, PeerKind, SendError, Short};
 use bytes::Bytes;
 use pbft_crypto::{KeyPair, PublicKey};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -19,15 +19,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-/// Most unidirectional streams a peer may have open towards us on one
-/// connection (we use one; a few more let a peer reopen a failed stream).
-const MAX_UNI_STREAMS: u32 = 4;
+/// Most unidirectional streams a peer may have open towards us at once on one
+/// connection: one frame stream (a new one once the previous has ended).
+const MAX_UNI_STREAMS: u32 = 1;
 /// QUIC flow-control window of one stream, in bytes.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 1024 * 1024;
 /// QUIC flow-control window of one connection (all streams), in bytes.
-const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
-/// How long [`Endpoint::shutdown`] waits for tasks and for connections to close.
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// How long [`Endpoint::shutdown`] waits for its tasks to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long [`Endpoint::shutdown`] waits for closed connections to drain. QUIC
+/// keeps a closed connection for three probe timeouts (up to about 3 s for one
+/// still handshaking) and the UDP socket until all are drained.
+const DRAIN_WAIT: Duration = Duration::from_secs(4);
+/// How long [`Endpoint::shutdown`] then waits for the UDP socket to be closed.
+const SOCKET_RELEASE_WAIT: Duration = Duration::from_secs(1);
 /// Upper bound on the reconnect backoff settings.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -47,7 +53,7 @@ pub struct InboundFrame {
 pub struct NetStats {
     /// Frames written into a QUIC stream.
     pub frames_sent: u64,
-    /// Frames received and handed to the inbound channel.
+    /// Frames received complete from peers (and handed to the inbound channel).
     pub frames_received: u64,
     /// Frames [`Endpoint::send`] refused (queue full, no route, too large, shut down).
     pub frames_dropped: u64,
@@ -204,12 +210,20 @@ impl Endpoint {
         server
             .transport_config(transport.clone())
             .max_incoming(cfg.max_connections);
-        let quic = quinn::Endpoint::server(server, listen)
-            .map_err(|source| NetError::Bind {
-                addr: listen,
-                source,
-            })?;
-        Inner::start(quic, key.public(), identity, transport, policy, cfg, rt, true)
+        let quic = quinn::Endpoint::server(server, listen).map_err(|source| NetError::Bind {
+            addr: listen,
+            source,
+        })?;
+        Inner::start(
+            quic,
+            key.public(),
+            identity,
+            transport,
+            policy,
+            cfg,
+            rt,
+            true,
+        )
     }
 
     /// A non-listening endpoint (a client) on an ephemeral port of the
@@ -237,10 +251,8 @@ impl Endpoint {
         let rt = check_config(&cfg)?;
         let identity = Identity::new(key)?;
         let transport = transport_config(&cfg)?;
-        let quic = quinn::Endpoint::client(bind).map_err(|source| NetError::Bind {
-            addr: bind,
-            source,
-        })?;
+        let quic = quinn::Endpoint::client(bind)
+            .map_err(|source| NetError::Bind { addr: bind, source })?;
         Inner::start(
             quic,
             key.public(),
@@ -325,8 +337,7 @@ impl Endpoint {
     pub fn is_connected(&self, key: &PublicKey) -> bool {
         lock(&self.inner.peers).get(key).is_some_and(|p| {
             p.inbound.is_some()
-                || p
-                    .dial
+                || p.dial
                     .as_ref()
                     .is_some_and(|d| d.connected.load(Ordering::Acquire))
         })
@@ -361,7 +372,8 @@ impl Endpoint {
     }
 
     /// Closes every connection (code [`close_code::SHUTDOWN`]), stops all tasks
-    /// and releases the UDP socket. The inbound receiver then yields `None`
+    /// and releases the UDP socket, waiting (a few seconds at most) for closed
+    /// connections to drain and the address to be free again. The inbound receiver then yields `None`
     /// after any frames still buffered. Later sends fail with
     /// [`SendError::Shutdown`].
     pub async fn shutdown(&self) {
@@ -382,7 +394,9 @@ impl Endpoint {
         let quic = lock(&inner.quic).take();
         if let Some(quic) = quic {
             // Lets the peers see our CONNECTION_CLOSE; bounded.
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, quic.wait_idle()).await;
+            let _ = tokio::time::timeout(DRAIN_WAIT, quic.wait_idle()).await;
+            drop(quic);
+            wait_socket_released(inner.local_addr).await;
         }
         info!(parent: &inner.span, "endpoint shut down");
     }
@@ -403,6 +417,20 @@ impl Endpoint {
             open_connections: get(&c.open),
         }
     }
+}
+
+/// quinn closes the UDP socket in its driver task soon after the last handle
+/// is dropped. Waits (bounded) until the address can be bound again, so that a
+/// listener restarted in the same process finds its port free.
+async fn wait_socket_released(addr: SocketAddr) {
+    let deadline = Instant::now() + SOCKET_RELEASE_WAIT;
+    while Instant::now() < deadline {
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    debug!(%addr, "UDP socket still held after shutdown");
 }
 
 impl Inner {
@@ -480,7 +508,10 @@ impl Inner {
         }
         self.shutdown_tx.send_replace(true);
         if let Some(quic) = lock(&self.quic).as_ref() {
-            quic.close(VarInt::from_u32(close_code::SHUTDOWN), b"endpoint shut down");
+            quic.close(
+                VarInt::from_u32(close_code::SHUTDOWN),
+                b"endpoint shut down",
+            );
         }
         let peers = std::mem::take(&mut *lock(&self.peers));
         drop(peers);
@@ -609,24 +640,29 @@ async fn handle_inbound(inner: Arc<Inner>, incoming: quinn::Incoming, _permit: I
 }
 
 async fn serve_inbound(inner: &Arc<Inner>, conn: quinn::Connection, key: PublicKey) {
-    if inner.policy().decide(&key).is_none() {
-        inc(&inner.counters.refused);
-        warn!(peer = %key, "refusing connection: key not allowed by the accept policy");
-        conn.close(VarInt::from_u32(close_code::REFUSED), b"key not allowed");
-        return;
-    }
     let (tx, mut rx) = mpsc::channel(inner.cfg.send_queue_len);
     let id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let previous = {
+    // The policy is read under the peers lock, so a concurrent `set_policy`
+    // either is seen here or sees this connection when it scans the table.
+    let admitted = {
         let mut peers = lock(&inner.peers);
         if inner.closing.load(Ordering::Acquire) {
             return;
         }
-        peers.entry(key).or_default().inbound.replace(InboundSlot {
-            id,
-            tx,
-            conn: conn.clone(),
+        inner.policy().decide(&key).map(|kind| {
+            let previous = peers.entry(key).or_default().inbound.replace(InboundSlot {
+                id,
+                tx,
+                conn: conn.clone(),
+            });
+            (kind, previous)
         })
+    };
+    let Some((kind, previous)) = admitted else {
+        inc(&inner.counters.refused);
+        warn!(peer = %key, "refusing connection: key not allowed by the accept policy");
+        conn.close(VarInt::from_u32(close_code::REFUSED), b"key not allowed");
+        return;
     };
     if let Some(previous) = previous {
         debug!("a newer connection from the same key supersedes the previous one");
@@ -635,8 +671,12 @@ async fn serve_inbound(inner: &Arc<Inner>, conn: quinn::Connection, key: PublicK
             b"superseded by a newer connection",
         );
     }
-    info!("accepted connection");
-    let end = run_connection(inner, &conn, key, &mut rx).await;
+    let max_frame = match kind {
+        PeerKind::Replica => inner.cfg.max_frame_len,
+        PeerKind::Client => inner.cfg.max_client_frame_len,
+    };
+    info!(?kind, "accepted connection");
+    let end = run_connection(inner, &conn, key, max_frame, &mut rx).await;
     {
         let mut peers = lock(&inner.peers);
         if let Some(peer) = peers.get_mut(&key) {
@@ -662,10 +702,8 @@ async fn dial_loop(
     let mut backoff = cfg.reconnect_backoff_min;
     let mut failures: u64 = 0;
     let mut shutdown = inner.shutdown_tx.subscribe();
-    loop {
-        let Some(addr) = inner.dial_addr(&key) else {
-            break;
-        };
+    // Ends when the peer is removed (no address) or on shutdown.
+    while let Some(addr) = inner.dial_addr(&key) {
         let attempt = tokio::select! {
             attempt = inner.connect(key, addr) => attempt,
             _ = shutdown.wait_for(|s| *s) => break,
@@ -678,7 +716,8 @@ async fn dial_loop(
                 let end = async {
                     info!("connected");
                     connected.store(true, Ordering::Release);
-                    let end = run_connection(&inner, &conn, key, &mut rx).await;
+                    // We dial replicas only: they get the full frame limit.
+                    let end = run_connection(&inner, &conn, key, cfg.max_frame_len, &mut rx).await;
                     connected.store(false, Ordering::Release);
                     log_close(&conn, &end.reason);
                     end
@@ -755,10 +794,14 @@ async fn run_connection(
     inner: &Arc<Inner>,
     conn: &quinn::Connection,
     key: PublicKey,
+    max_frame: usize,
     rx: &mut mpsc::Receiver<Bytes>,
 ) -> ConnEnd {
     let Some(inbound_tx) = lock(&inner.inbound_tx).clone() else {
-        conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"endpoint shut down");
+        conn.close(
+            VarInt::from_u32(close_code::SHUTDOWN),
+            b"endpoint shut down",
+        );
         return ConnEnd {
             reason: "endpoint shut down".into(),
             queue_closed: true,
@@ -774,7 +817,7 @@ async fn run_connection(
         tokio::select! {
             stream = conn.accept_uni() => match stream {
                 Ok(stream) => {
-                    let reader = read_loop(inner.clone(), conn.clone(), key, stream, inbound_tx.clone());
+                    let reader = read_loop(inner.clone(), conn.clone(), key, max_frame, stream, inbound_tx.clone());
                     readers.spawn(reader.in_current_span());
                 }
                 Err(e) => return ConnEnd { reason: e.to_string(), queue_closed: false },
@@ -823,20 +866,20 @@ async fn read_loop(
     inner: Arc<Inner>,
     conn: quinn::Connection,
     key: PublicKey,
+    max_frame: usize,
     mut stream: quinn::RecvStream,
     tx: mpsc::Sender<InboundFrame>,
 ) {
-    let max = inner.cfg.max_frame_len;
     loop {
-        match frame::read_frame(&mut stream, max).await {
+        match frame::read_frame(&mut stream, max_frame).await {
             Ok(Some(bytes)) => {
+                inc(&inner.counters.received);
                 // Waits when the consumer is behind: QUIC flow control then
                 // slows this peer down. Waiting readers are served in turn.
                 if tx.send(InboundFrame { from: key, bytes }).await.is_err() {
                     debug!("inbound receiver dropped; no longer reading");
                     return;
                 }
-                inc(&inner.counters.received);
             }
             Ok(None) => {
                 debug!("peer finished its stream");
@@ -844,7 +887,10 @@ async fn read_loop(
             }
             Err(FrameError::TooLarge { len, max }) => {
                 inc(&inner.counters.oversize);
-                warn!(len, max, "peer announced an oversized frame; closing the connection");
+                warn!(
+                    len,
+                    max, "peer announced an oversized frame; closing the connection"
+                );
                 conn.close(
                     VarInt::from_u32(close_code::FRAME_TOO_LARGE),
                     b"frame too large",

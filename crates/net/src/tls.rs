@@ -44,8 +44,9 @@ pub(crate) fn key_from_spki(spki: &[u8]) -> Option<PublicKey> {
 /// The ed25519 subject key of an X.509 certificate.
 pub(crate) fn key_from_cert(cert: &CertificateDer<'_>) -> Result<PublicKey, rustls::Error> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
-    key_from_spki(parsed.subject_public_key_info().as_ref())
-        .ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
+    key_from_spki(parsed.subject_public_key_info().as_ref()).ok_or(
+        rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+    )
 }
 
 /// The authenticated ed25519 key of the peer of an established connection.
@@ -91,7 +92,9 @@ impl ServerCertVerifier for PinnedServerKey {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if !intermediates.is_empty() {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
         }
         let key = key_from_cert(end_entity)?;
         if key != self.expected {
@@ -157,7 +160,9 @@ impl ClientCertVerifier for AnyEd25519Client {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         if !intermediates.is_empty() {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
         }
         key_from_cert(end_entity)?;
         Ok(ClientCertVerified::assertion())
@@ -212,7 +217,11 @@ impl Identity {
             format!("pbft {}", crate::Short(&key.public())),
         );
         params.distinguished_name = name;
-        let cert = params.self_signed(&signing).map_err(cert_err)?.der().clone();
+        let cert = params
+            .self_signed(&signing)
+            .map_err(cert_err)?
+            .der()
+            .clone();
         // Our own certificate must carry our key, or every peer would refuse us.
         let in_cert = key_from_cert(&cert).map_err(tls_err)?;
         if in_cert != key.public() {
@@ -277,6 +286,23 @@ impl Identity {
     #[cfg(test)]
     pub(crate) fn cert(&self) -> &CertificateDer<'static> {
         &self.cert
+    }
+
+    /// Like [`Identity::client_config`] but presenting no client certificate.
+    #[cfg(test)]
+    pub(crate) fn client_config_without_cert(&self, expected: PublicKey) -> rustls::ClientConfig {
+        let verifier = Arc::new(PinnedServerKey {
+            expected,
+            algs: self.provider.signature_verification_algorithms,
+        });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        cfg
     }
 }
 

@@ -10,8 +10,8 @@
 //! The dispatcher takes one item, then drains whatever else is already queued
 //! (up to `max_batch`) without waiting, and checks the batch on tokio's
 //! blocking pool. At most `workers` batches are checked at once and at most
-//! `workers` more wait for the forwarder, so memory stays bounded by the
-//! channels the caller passes in plus `2 × workers × max_batch` items. The
+//! `workers` more wait for the forwarder, so besides the channels the caller
+//! passes in the stage holds about `(2 × workers + 2) × max_batch` items. The
 //! forwarder emits results in input order, so per-sender order survives.
 //! Failures are counted and logged, never forwarded.
 //!
@@ -20,7 +20,7 @@
 //! in `(PublicKey, T)`: values may be relayed, so that is the protocol's call.
 
 use crate::Short;
-use pbft_crypto::{Authenticated, PublicKey, Verified, VerifyError, Verifier};
+use pbft_crypto::{Authenticated, PublicKey, Verified, Verifier, VerifyError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
