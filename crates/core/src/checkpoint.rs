@@ -212,6 +212,7 @@ impl Replica {
             }
         }
         self.stable = proof;
+        self.last_assigned = self.last_assigned.max(seq);
         self.collect_garbage();
         // A higher low water mark opens the window for the primary.
         self.try_propose(out);

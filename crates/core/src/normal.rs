@@ -46,10 +46,11 @@ impl Replica {
                 return self.drop_input("request older than a pending one");
             }
             Some(p) if p.request.request_id == request.request_id => {
-                // A retransmission: the client suspects the primary.
-                if !self.is_primary() {
-                    out.push(Output::Send(self.primary(), Message::Request(request)));
-                }
+                // A retransmission: the client suspects the primary. Forward
+                // it again, but at most once per retry interval, so copies
+                // relayed between replicas (which may disagree on the view)
+                // die out instead of circulating.
+                self.forward_to_primary(client, out);
                 self.update_view_change_timer(false);
                 return;
             }
@@ -63,19 +64,35 @@ impl Replica {
         self.pending.insert(
             client,
             Pending {
-                request: request.clone(),
+                request,
                 proposed: false,
                 arrived: self.now,
+                forwarded: None,
             },
         );
-        if self.active {
-            if self.is_primary() {
-                self.try_propose(out);
-            } else {
-                out.push(Output::Send(self.primary(), Message::Request(request)));
-            }
+        if self.is_primary() {
+            self.try_propose(out);
+        } else {
+            self.forward_to_primary(client, out);
         }
         self.update_view_change_timer(false);
+    }
+
+    /// A backup relays a waiting request to the primary: only in an active
+    /// view, and at most once per retry interval per request.
+    fn forward_to_primary(&mut self, client: ClientId, out: &mut Vec<Output>) {
+        if !self.active || self.is_primary() {
+            return;
+        }
+        let (now, retry, primary) = (self.now, self.retry_interval(), self.primary());
+        let Some(p) = self.pending.get_mut(&client) else {
+            return;
+        };
+        if p.forwarded.is_some_and(|t| now < t + retry) {
+            return;
+        }
+        p.forwarded = Some(now);
+        out.push(Output::Send(primary, Message::Request(p.request.clone())));
     }
 
     /// The read-only fast path: answered at once from the current state; the
@@ -103,9 +120,12 @@ impl Replica {
     /// The primary assigns sequence numbers to waiting requests while the
     /// window has room: a full batch at once, a partial one after `batch_delay`.
     pub(crate) fn try_propose(&mut self, out: &mut Vec<Output>) {
-        if !self.active || !self.is_primary() {
+        if !self.active || !self.is_primary() || self.state_fetch.is_some() {
             return;
         }
+        // Never below the low water mark (it may have moved by a checkpoint
+        // or a state transfer while this primary was behind).
+        self.last_assigned = self.last_assigned.max(self.stable.seq);
         loop {
             if self.last_assigned >= self.high_water_mark() {
                 return; // the window is full; a stable checkpoint will open it
@@ -291,6 +311,7 @@ impl Replica {
                 request: request.clone(),
                 proposed: true,
                 arrived: self.now,
+                forwarded: None,
             },
         );
     }

@@ -80,6 +80,8 @@ pub(crate) struct Pending {
     pub proposed: bool,
     /// When it arrived (for the batch delay).
     pub arrived: Instant,
+    /// When this backup last relayed it to the primary.
+    pub forwarded: Option<Instant>,
 }
 
 /// A snapshot of a replica's progress, for status endpoints and tests.
@@ -375,8 +377,8 @@ impl Replica {
         }
         r.refresh_missing_batches();
         if !r.active {
-            // Resume the view change: re-send the VIEW-CHANGE at once.
-            r.timer_view_change = Some(now + r.view_change_timeout());
+            // Resume the view change: re-send the VIEW-CHANGE at once (its
+            // timer starts again once 2f+1 view changes are held).
             r.timer_view_change_resend = Some(now);
         }
         r.check_invariants();

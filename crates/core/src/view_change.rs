@@ -173,9 +173,24 @@ impl Replica {
         self.view_changes.insert(self.id, vc.clone());
         out.push(Output::Persist(Record::ViewChange(vc.clone())));
         out.push(Output::Broadcast(Message::ViewChange(vc)));
-        self.timer_view_change = Some(self.now + self.view_change_timeout());
+        // The timer for the new view starts only with 2f+1 view changes for
+        // it (TOCS 4.5.2): a replica alone in a higher view must not keep
+        // climbing on its own; until then it re-sends its VIEW-CHANGE.
+        self.timer_view_change = None;
         self.timer_view_change_resend = Some(self.now + self.retry_interval());
+        self.start_new_view_timer();
         self.try_new_view(out);
+    }
+
+    /// Starts the timer that bounds the wait for NEW-VIEW once 2f+1 replicas
+    /// (this one included) asked for the view being changed to.
+    fn start_new_view_timer(&mut self) {
+        if self.active || self.timer_view_change.is_some() {
+            return;
+        }
+        if self.view_changes_for(self.view).len() >= self.config.quorum() {
+            self.timer_view_change = Some(self.now + self.view_change_timeout());
+        }
     }
 
     /// VIEW-CHANGE from a peer.
@@ -204,6 +219,7 @@ impl Replica {
         }
         self.view_changes.insert(sender, vc);
         self.try_join_view_change(out);
+        self.start_new_view_timer();
         self.try_new_view(out);
     }
 

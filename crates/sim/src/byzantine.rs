@@ -1,0 +1,390 @@
+//! Byzantine replicas: an honest [`pbft_core::Replica`] whose outputs are
+//! altered on the way out.
+//!
+//! The simulator holds every replica's signer, so a Byzantine replica signs
+//! its forgeries with its own key, exactly as a real faulty node could. What it
+//! cannot do is sign for others: a forged certificate either carries its own
+//! signatures under other replicas' names (rejected by the verifier) or
+//! breaks a rule the core must check itself (duplicate signers, the wrong
+//! primary, a digest that does not match).
+
+use crate::network::{Dest, Outgoing};
+use pbft_app::kv::KvResult;
+use pbft_core::message::{Batch, PrePrepare, Prepare, PreparedProof};
+use pbft_core::{Config, Message, ReplicaId, SeqNum, View};
+use pbft_crypto::{Digest, Signer};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+use std::fmt;
+
+/// What a Byzantine replica does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Behavior {
+    /// Sends nothing at all.
+    Silent,
+    /// As primary, sends different batches for one (view, seq) to different backups.
+    Equivocate,
+    /// Sends prepares/commits with random digests to some replicas, and lying replies.
+    Conflict,
+    /// Corrupts the signatures of many of its messages.
+    BadSig,
+    /// Replays old messages (its own and others') to random replicas.
+    Replay,
+    /// Sends wrong checkpoint digests and corrupted state snapshots.
+    Checkpoint,
+    /// Forges view-change and new-view proofs; drops its pre-prepares as primary.
+    ViewChange,
+    /// As primary, delays its pre-prepares to just under the view-change timeout.
+    SlowPrimary,
+}
+
+impl Behavior {
+    /// Every behaviour.
+    pub const ALL: [Behavior; 8] = [
+        Behavior::Silent,
+        Behavior::Equivocate,
+        Behavior::Conflict,
+        Behavior::BadSig,
+        Behavior::Replay,
+        Behavior::Checkpoint,
+        Behavior::ViewChange,
+        Behavior::SlowPrimary,
+    ];
+}
+
+impl fmt::Display for Behavior {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Behavior::Silent => "silent",
+            Behavior::Equivocate => "equivocate",
+            Behavior::Conflict => "conflict",
+            Behavior::BadSig => "badsig",
+            Behavior::Replay => "replay",
+            Behavior::Checkpoint => "checkpoint",
+            Behavior::ViewChange => "viewchange",
+            Behavior::SlowPrimary => "slow-primary",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Most messages a replaying replica remembers.
+const REPLAY_BUFFER: usize = 128;
+
+/// The tampering state of one Byzantine replica.
+pub(crate) struct Byzantine {
+    pub behavior: Behavior,
+    id: ReplicaId,
+    signer: Signer,
+    config: Config,
+    seen: VecDeque<Message>,
+}
+
+fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
+    Digest(rng.gen())
+}
+
+impl Byzantine {
+    pub fn new(behavior: Behavior, id: ReplicaId, signer: Signer, config: Config) -> Byzantine {
+        Byzantine {
+            behavior,
+            id,
+            signer,
+            config,
+            seen: VecDeque::new(),
+        }
+    }
+
+    /// Notes a message this replica received (for replays).
+    pub fn observe(&mut self, message: &Message) {
+        if self.behavior == Behavior::Replay {
+            self.remember(message.clone());
+        }
+    }
+
+    fn remember(&mut self, message: Message) {
+        if matches!(message, Message::Reply(_)) {
+            return;
+        }
+        if self.seen.len() >= REPLAY_BUFFER {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(message);
+    }
+
+    /// Re-signs a replica-signed message with this replica's key after its
+    /// contents were altered.
+    fn resign(&self, message: Message) -> Message {
+        let s = &self.signer;
+        match message {
+            Message::PrePrepare(m, b) => Message::PrePrepare(s.sign(m.value), b),
+            Message::Prepare(m) => Message::Prepare(s.sign(m.value)),
+            Message::Commit(m) => Message::Commit(s.sign(m.value)),
+            Message::Checkpoint(m) => Message::Checkpoint(s.sign(m.value)),
+            Message::ViewChange(m) => Message::ViewChange(s.sign(m.value)),
+            Message::NewView(m, b) => Message::NewView(s.sign(m.value), b),
+            Message::FetchBatch(m) => Message::FetchBatch(s.sign(m.value)),
+            Message::BatchData(m) => Message::BatchData(s.sign(m.value)),
+            Message::FetchState(m) => Message::FetchState(s.sign(m.value)),
+            Message::StateData(m) => Message::StateData(s.sign(m.value)),
+            Message::Reply(m) => Message::Reply(s.sign(m.value)),
+            other => other,
+        }
+    }
+
+    /// Alters the outputs of the wrapped honest replica.
+    pub fn transform(&mut self, rng: &mut ChaCha8Rng, out: Vec<Outgoing>) -> Vec<Outgoing> {
+        match self.behavior {
+            Behavior::Silent => Vec::new(),
+            Behavior::Equivocate => out.into_iter().map(|o| self.equivocate(rng, o)).collect(),
+            Behavior::Conflict => out.into_iter().map(|o| self.conflict(rng, o)).collect(),
+            Behavior::BadSig => out.into_iter().map(|o| bad_signature(rng, o)).collect(),
+            Behavior::Replay => self.replay(rng, out),
+            Behavior::Checkpoint => out.into_iter().map(|o| self.checkpoint(rng, o)).collect(),
+            Behavior::ViewChange => out
+                .into_iter()
+                .filter(|o| !matches!(o.msg, Message::PrePrepare(..)))
+                .map(|o| self.view_change(rng, o))
+                .collect(),
+            Behavior::SlowPrimary => {
+                let delay = (self.config.timeout_base.as_micros() as u64) * 9 / 10;
+                out.into_iter()
+                    .map(|mut o| {
+                        if matches!(o.msg, Message::PrePrepare(..)) {
+                            o.extra_delay = delay;
+                        }
+                        o
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn equivocate(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
+        let Message::PrePrepare(pp, batch) = &o.msg else {
+            return o;
+        };
+        let Dest::Replica(j) = o.to else { return o };
+        // Half of the backups (a different half per sequence number) get
+        // another batch for the same (view, seq), most of the time.
+        if (j as u64 + pp.seq.0) & 1 == 0 || rng.gen_bool(0.2) {
+            return o;
+        }
+        let mut alt = batch.clone();
+        if alt.requests.len() > 1 {
+            alt.requests.reverse();
+        } else if alt.requests.is_empty() {
+            // Nothing to reorder: claim a batch from the replay buffer or keep the null request.
+            return o;
+        } else {
+            alt.requests.clear();
+        }
+        let mut value = pp.value.clone();
+        value.digest = alt.digest();
+        o.msg = Message::PrePrepare(self.signer.sign(value), alt);
+        o
+    }
+
+    fn conflict(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
+        match &mut o.msg {
+            Message::Prepare(p) if rng.gen_bool(0.4) => {
+                p.value.digest = random_digest(rng);
+                o.msg = self.resign(o.msg);
+            }
+            Message::Commit(c) if rng.gen_bool(0.4) => {
+                c.value.digest = random_digest(rng);
+                o.msg = self.resign(o.msg);
+            }
+            Message::Reply(r) if rng.gen_bool(0.6) => {
+                // Every liar tells the same lie, so f of them agree.
+                r.value.result = KvResult::Get {
+                    value: Some(b"forged".to_vec()),
+                }
+                .encode();
+                o.msg = self.resign(o.msg);
+            }
+            _ => {}
+        }
+        o
+    }
+
+    fn replay(&mut self, rng: &mut ChaCha8Rng, out: Vec<Outgoing>) -> Vec<Outgoing> {
+        let mut result = Vec::with_capacity(out.len() + 2);
+        for o in out {
+            if rng.gen_bool(0.1) {
+                self.remember(o.msg.clone());
+            }
+            result.push(o);
+        }
+        let n = self.config.n();
+        if !self.seen.is_empty() && rng.gen_bool(0.3) {
+            for _ in 0..rng.gen_range(1..=3) {
+                let k = rng.gen_range(0..self.seen.len());
+                let to = rng.gen_range(0..n);
+                if to == self.id.index() {
+                    continue;
+                }
+                result.push(Outgoing {
+                    to: Dest::Replica(to),
+                    msg: self.seen[k].clone(),
+                    extra_delay: 0,
+                });
+            }
+        }
+        result
+    }
+
+    fn checkpoint(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
+        match &mut o.msg {
+            Message::Checkpoint(c) => {
+                c.value.digest = random_digest(rng);
+                o.msg = self.resign(o.msg);
+            }
+            Message::StateData(s) => {
+                if s.value.snapshot.is_empty() {
+                    s.value.snapshot.push(0);
+                } else {
+                    let k = rng.gen_range(0..s.value.snapshot.len());
+                    s.value.snapshot[k] ^= 0x40;
+                }
+                o.msg = self.resign(o.msg);
+            }
+            _ => {}
+        }
+        o
+    }
+
+    fn view_change(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
+        let f = self.config.f();
+        let n = self.config.n() as u64;
+        match &mut o.msg {
+            Message::ViewChange(vc) => {
+                let vc = &mut vc.value;
+                match rng.gen_range(0..4) {
+                    0 if vc.prepared.iter().any(|p| !p.prepares.is_empty()) => {
+                        // An incomplete certificate: one prepare short.
+                        let with: Vec<usize> = (0..vc.prepared.len())
+                            .filter(|&k| !vc.prepared[k].prepares.is_empty())
+                            .collect();
+                        let k = with[rng.gen_range(0..with.len())];
+                        vc.prepared[k].prepares.pop();
+                    }
+                    0 | 1 => {
+                        // An invented certificate: signed only by this replica,
+                        // under its own name, for a view it led if any.
+                        let view = (0..vc.new_view.0)
+                            .rev()
+                            .find(|v| v % n == self.id.0 as u64)
+                            .unwrap_or(0);
+                        let seq = SeqNum(
+                            vc.checkpoint.seq.0
+                                + rng.gen_range(1..=self.config.checkpoint_interval),
+                        );
+                        let digest = random_digest(rng);
+                        let pre_prepare = self.signer.sign(PrePrepare {
+                            view: View(view),
+                            seq,
+                            digest,
+                            replica: self.id,
+                        });
+                        let prepare = self.signer.sign(Prepare {
+                            view: View(view),
+                            seq,
+                            digest,
+                            replica: self.id,
+                        });
+                        vc.prepared.retain(|p| p.pre_prepare.seq != seq);
+                        vc.prepared.push(PreparedProof {
+                            pre_prepare,
+                            prepares: vec![prepare; 2 * f],
+                        });
+                        vc.prepared.sort_by_key(|p| p.pre_prepare.seq);
+                    }
+                    2 => vc.prepared.clear(),
+                    _ => {
+                        if vc.checkpoint.checkpoints.pop().is_none() {
+                            vc.prepared.clear();
+                        }
+                    }
+                }
+                o.msg = self.resign(o.msg);
+            }
+            Message::NewView(nv, _) => {
+                let nv = &mut nv.value;
+                match rng.gen_range(0..4) {
+                    0 if !nv.pre_prepares.is_empty() => {
+                        let k = rng.gen_range(0..nv.pre_prepares.len());
+                        let mut pp = nv.pre_prepares[k].value.clone();
+                        pp.digest = if pp.digest == Batch::null_digest() {
+                            random_digest(rng)
+                        } else {
+                            Batch::null_digest()
+                        };
+                        nv.pre_prepares[k] = self.signer.sign(pp);
+                    }
+                    1 if !nv.pre_prepares.is_empty() => {
+                        let k = rng.gen_range(0..nv.pre_prepares.len());
+                        nv.pre_prepares.remove(k);
+                    }
+                    3 => {
+                        let seq = nv
+                            .pre_prepares
+                            .iter()
+                            .map(|pp| pp.seq)
+                            .max()
+                            .unwrap_or(SeqNum(0))
+                            .next();
+                        let pp = self.signer.sign(PrePrepare {
+                            view: nv.view,
+                            seq,
+                            digest: Batch::null_digest(),
+                            replica: self.id,
+                        });
+                        nv.pre_prepares.push(pp);
+                    }
+                    _ => {
+                        nv.view_changes.pop();
+                    }
+                }
+                o.msg = self.resign(o.msg);
+            }
+            _ => {}
+        }
+        o
+    }
+}
+
+/// Flips a bit in a signature the message carries: most often its own, sometimes a nested one.
+fn bad_signature(rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
+    if !rng.gen_bool(0.5) {
+        return o;
+    }
+    let bit = rng.gen_range(0..256usize);
+    let flip = |sig: &mut pbft_crypto::Signature| sig.0[bit / 8] ^= 1 << (bit % 8);
+    match &mut o.msg {
+        Message::PrePrepare(_, b) if !b.requests.is_empty() && rng.gen_bool(0.3) => {
+            let k = rng.gen_range(0..b.requests.len());
+            flip(&mut b.requests[k].signature);
+        }
+        Message::ViewChange(vc) if !vc.value.prepared.is_empty() && rng.gen_bool(0.3) => {
+            let k = rng.gen_range(0..vc.value.prepared.len());
+            flip(&mut vc.value.prepared[k].pre_prepare.signature);
+        }
+        Message::Request(m) => flip(&mut m.signature),
+        Message::PrePrepare(m, _) => flip(&mut m.signature),
+        Message::Prepare(m) => flip(&mut m.signature),
+        Message::Commit(m) => flip(&mut m.signature),
+        Message::Checkpoint(m) => flip(&mut m.signature),
+        Message::ViewChange(m) => flip(&mut m.signature),
+        Message::NewView(m, _) => flip(&mut m.signature),
+        Message::FetchBatch(m) => flip(&mut m.signature),
+        Message::BatchData(m) => flip(&mut m.signature),
+        Message::FetchState(m) => flip(&mut m.signature),
+        Message::StateData(m) => flip(&mut m.signature),
+        Message::Reply(m) => flip(&mut m.signature),
+        Message::StatusRequest(m) => flip(&mut m.signature),
+        Message::StatusReport(m) => flip(&mut m.signature),
+    }
+    o
+}

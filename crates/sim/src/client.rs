@@ -1,0 +1,307 @@
+//! Simulated clients: PBFT's client model.
+//!
+//! One outstanding request at a time, request ids strictly increasing. An
+//! ordered request goes to the primary the client believes in (learnt from
+//! replies: primary = view mod n); on timeout it is re-broadcast to every
+//! replica with a doubled timeout (the first timeout exceeds a view change).
+//! A result is accepted once f+1 distinct replicas sent matching replies. A
+//! `Get` may first try the read-only fast path: broadcast with
+//! `read_only: true`, accepted on 2f+1 matching read-only replies, otherwise
+//! retried as an ordered request.
+
+use crate::checker::linearizability::History;
+use pbft_app::kv::{KvOp, KvResult};
+use pbft_core::message::{Reply, Request};
+use pbft_core::{ClientId, Message, RequestId};
+use pbft_crypto::{Signed, Signer};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+
+/// Keys the workload touches: few, so operations contend.
+pub(crate) const KEYS: usize = 5;
+
+/// What a client asks the simulator to do.
+#[derive(Debug)]
+pub(crate) enum ClientAction {
+    /// Send to a replica.
+    Send(usize, Message),
+    /// Fire the client's timer at this time (replacing any earlier one).
+    SetTimer(u64),
+    /// The operation completed (the next one is scheduled by the simulator).
+    Completed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    ReadOnly,
+    Ordered,
+}
+
+/// The request in flight.
+#[derive(Debug)]
+struct Outstanding {
+    request_id: RequestId,
+    op: KvOp,
+    mode: Mode,
+    /// Latest reply per replica: result bytes and view.
+    replies: BTreeMap<usize, (Vec<u8>, u64)>,
+    /// The current retransmission timeout.
+    timeout: u64,
+    /// Index in the history.
+    history: usize,
+}
+
+/// Timing the clients derive from the cluster configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientParams {
+    pub n: usize,
+    pub f: usize,
+    /// The replicas' timeout base, microseconds.
+    pub timeout_base: u64,
+    /// Probability of trying a `Get` on the read-only fast path.
+    pub read_only: f64,
+}
+
+impl ClientParams {
+    /// The first ordered-request timeout: well above one view change.
+    fn initial_timeout(&self) -> u64 {
+        4 * self.timeout_base
+    }
+
+    /// Retransmission timeouts stop doubling here.
+    fn max_timeout(&self) -> u64 {
+        32 * self.timeout_base
+    }
+}
+
+/// One simulated client.
+pub(crate) struct Client {
+    pub index: usize,
+    pub id: ClientId,
+    signer: Signer,
+    params: ClientParams,
+    last_request_id: u64,
+    view: u64,
+    pub ops_left: usize,
+    current: Option<Outstanding>,
+    /// What this client last saw under each key (for plausible CAS expectations).
+    seen: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Client {
+    pub fn new(index: usize, signer: Signer, params: ClientParams, ops: usize) -> Client {
+        Client {
+            index,
+            id: ClientId(signer.public_key()),
+            signer,
+            params,
+            last_request_id: 0,
+            view: 0,
+            ops_left: ops,
+            current: None,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the client finished all its operations.
+    pub fn done(&self) -> bool {
+        self.ops_left == 0 && self.current.is_none()
+    }
+
+    fn random_op(&self, rng: &mut ChaCha8Rng, request_id: u64) -> KvOp {
+        let key = format!("k{}", rng.gen_range(0..KEYS)).into_bytes();
+        let value = format!("c{}-{}", self.index, request_id).into_bytes();
+        match rng.gen_range(0..100) {
+            0..=34 => KvOp::Put { key, value },
+            35..=64 => KvOp::Get { key },
+            65..=74 => KvOp::Delete { key },
+            _ => {
+                let expected = match rng.gen_range(0..4) {
+                    0 | 1 => self.seen.get(&key).cloned().flatten(),
+                    2 => None,
+                    _ => Some(b"never-written".to_vec()),
+                };
+                KvOp::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
+            }
+        }
+    }
+
+    fn sign(&self, request_id: RequestId, op: &KvOp, read_only: bool) -> Signed<Request> {
+        self.signer.sign(Request {
+            client: self.id,
+            request_id,
+            op: op.encode(),
+            read_only,
+        })
+    }
+
+    fn primary(&self) -> usize {
+        (self.view % self.params.n as u64) as usize
+    }
+
+    /// Starts the next operation.
+    pub fn start(
+        &mut self,
+        now: u64,
+        rng: &mut ChaCha8Rng,
+        history: &mut History,
+    ) -> Vec<ClientAction> {
+        if self.ops_left == 0 || self.current.is_some() {
+            return Vec::new();
+        }
+        self.ops_left -= 1;
+        self.last_request_id += 1;
+        let request_id = RequestId(self.last_request_id);
+        let op = self.random_op(rng, request_id.0);
+        let read_only =
+            op.is_read_only() && self.params.read_only > 0.0 && rng.gen_bool(self.params.read_only);
+        let h = history.invoke(self.index, op.clone(), now);
+        let request = self.sign(request_id, &op, read_only);
+        let mut actions = Vec::new();
+        let (mode, timeout) = if read_only {
+            for r in 0..self.params.n {
+                actions.push(ClientAction::Send(r, Message::Request(request.clone())));
+            }
+            (Mode::ReadOnly, 2 * self.params.timeout_base)
+        } else {
+            actions.push(ClientAction::Send(
+                self.primary(),
+                Message::Request(request),
+            ));
+            (Mode::Ordered, self.params.initial_timeout())
+        };
+        actions.push(ClientAction::SetTimer(now + timeout));
+        self.current = Some(Outstanding {
+            request_id,
+            op,
+            mode,
+            replies: BTreeMap::new(),
+            timeout,
+            history: h,
+        });
+        actions
+    }
+
+    /// Falls back from the read-only path to an ordered request.
+    fn fall_back(&mut self, now: u64) -> Vec<ClientAction> {
+        let initial = self.params.initial_timeout();
+        let primary = self.primary();
+        let Some(cur) = self.current.as_mut() else {
+            return Vec::new();
+        };
+        cur.mode = Mode::Ordered;
+        cur.replies.clear();
+        cur.timeout = initial;
+        let (id, op) = (cur.request_id, cur.op.clone());
+        let request = self.sign(id, &op, false);
+        vec![
+            ClientAction::Send(primary, Message::Request(request)),
+            ClientAction::SetTimer(now + initial),
+        ]
+    }
+
+    /// The client's timer fired.
+    pub fn on_timer(&mut self, now: u64) -> Vec<ClientAction> {
+        let n = self.params.n;
+        let max = self.params.max_timeout();
+        let Some(cur) = self.current.as_mut() else {
+            return Vec::new();
+        };
+        match cur.mode {
+            Mode::ReadOnly => self.fall_back(now),
+            Mode::Ordered => {
+                cur.timeout = (cur.timeout * 2).min(max);
+                let timeout = cur.timeout;
+                let (id, op) = (cur.request_id, cur.op.clone());
+                let request = self.sign(id, &op, false);
+                let mut actions: Vec<ClientAction> = (0..n)
+                    .map(|r| ClientAction::Send(r, Message::Request(request.clone())))
+                    .collect();
+                actions.push(ClientAction::SetTimer(now + timeout));
+                actions
+            }
+        }
+    }
+
+    /// A verified reply arrived (from replica `from`, per its signature).
+    pub fn on_reply(&mut self, now: u64, reply: Reply, history: &mut History) -> Vec<ClientAction> {
+        let (n, f) = (self.params.n, self.params.f);
+        let Some(cur) = self.current.as_mut() else {
+            return Vec::new();
+        };
+        if reply.client != self.id || reply.request_id != cur.request_id {
+            return Vec::new();
+        }
+        let wanted = cur.mode == Mode::ReadOnly;
+        if reply.read_only != wanted {
+            return Vec::new();
+        }
+        let from = reply.replica.index();
+        if from >= n {
+            return Vec::new();
+        }
+        cur.replies
+            .insert(from, (reply.result.clone(), reply.view.0));
+        let needed = if wanted { 2 * f + 1 } else { f + 1 };
+        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for (result, _) in cur.replies.values() {
+            *counts.entry(result.as_slice()).or_default() += 1;
+        }
+        let best = counts
+            .iter()
+            .max_by_key(|(_, c)| **c)
+            .map(|(r, c)| (r.to_vec(), *c));
+        let Some((result, count)) = best else {
+            return Vec::new();
+        };
+        if count < needed {
+            if wanted && count + (n - cur.replies.len()) < needed {
+                return self.fall_back(now);
+            }
+            return Vec::new();
+        }
+        // Learn the view: the highest view that f+1 replies reach, so at
+        // least one honest replica is there.
+        let mut views: Vec<u64> = cur.replies.values().map(|(_, v)| *v).collect();
+        views.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(v) = views.get(f) {
+            self.view = self.view.max(*v);
+        }
+        let decoded = KvResult::decode(&result);
+        let key = op_key(&cur.op).to_vec();
+        let h = cur.history;
+        self.current = None;
+        match decoded {
+            Ok(result) => {
+                match &result {
+                    KvResult::Get { value } => {
+                        self.seen.insert(key, value.clone());
+                    }
+                    KvResult::Cas { current, .. } => {
+                        self.seen.insert(key, current.clone());
+                    }
+                    _ => {}
+                }
+                history.respond(h, now, result);
+            }
+            Err(e) => history.respond_garbage(h, now, e.0),
+        }
+        vec![ClientAction::Completed]
+    }
+}
+
+/// The key a single-key operation touches (empty for scans, which the workload never issues).
+pub(crate) fn op_key(op: &KvOp) -> &[u8] {
+    match op {
+        KvOp::Put { key, .. }
+        | KvOp::Get { key }
+        | KvOp::Delete { key }
+        | KvOp::Cas { key, .. } => key,
+        KvOp::Scan { .. } => &[],
+    }
+}

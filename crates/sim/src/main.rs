@@ -1,0 +1,163 @@
+//! `pbft-sim`: runs seeded simulations of PBFT clusters and prints a table.
+//!
+//! ```text
+//! pbft-sim --seeds 50 --scenario all --f all
+//! pbft-sim --scenario byz-equivocate --f 2 --seed 17 --verbose
+//! ```
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use pbft_sim::{run_with, RunOptions, Scenario};
+use std::process::ExitCode;
+
+/// Deterministic simulation of PBFT clusters under faults.
+#[derive(Parser, Debug)]
+#[command(name = "pbft-sim", version)]
+struct Args {
+    /// A scenario name, or `all`.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// f (the cluster has 3f+1 replicas): 1, 2, 3 or `all`.
+    #[arg(long, default_value = "1")]
+    f: String,
+    /// How many seeds to run per (scenario, f).
+    #[arg(long, default_value_t = 20)]
+    seeds: u64,
+    /// The first seed of the range.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Run exactly this seed (overrides --seeds).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print a trace of every event (best with a single --seed).
+    #[arg(long)]
+    verbose: bool,
+    /// Print every violation in full (otherwise the first lines of each failing run).
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Default)]
+struct Row {
+    runs: u64,
+    failed: u64,
+    violations: u64,
+    completed: u64,
+    requests: u64,
+    max_view: u64,
+    view_sum: u64,
+    millis: u128,
+}
+
+fn main() -> Result<ExitCode> {
+    let args = Args::parse();
+    let scenarios: Vec<Scenario> = if args.scenario == "all" {
+        Scenario::ALL.to_vec()
+    } else {
+        vec![args.scenario.parse()?]
+    };
+    let fs: Vec<usize> = match args.f.as_str() {
+        "all" => vec![1, 2, 3],
+        s => match s.parse::<usize>() {
+            Ok(f) if (1..=3).contains(&f) => vec![f],
+            _ => bail!("--f must be 1, 2, 3 or all"),
+        },
+    };
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.first_seed..args.first_seed + args.seeds).collect(),
+    };
+    if !args.verbose {
+        // Core panics are caught and reported as violations; keep stderr clean.
+        std::panic::set_hook(Box::new(|_| {}));
+    }
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for &scenario in &scenarios {
+        for &f in &fs {
+            let mut row = Row::default();
+            // Wall-clock time of the sweep, for the table only: never an input of a run.
+            #[allow(clippy::disallowed_methods)]
+            let started = std::time::Instant::now();
+            for &seed in &seeds {
+                let report = run_with(&RunOptions {
+                    scenario,
+                    f,
+                    seed,
+                    verbose: args.verbose,
+                });
+                row.runs += 1;
+                row.completed += report.completed as u64;
+                row.requests += report.requests as u64;
+                row.max_view = row.max_view.max(report.view_changes);
+                row.view_sum += report.view_changes;
+                if !report.passed() {
+                    row.failed += 1;
+                    row.violations += report.violations.len() as u64;
+                    println!("FAIL {}", abbreviate(&report.summary(), args.full));
+                    failures.push(report);
+                }
+            }
+            row.millis = started.elapsed().as_millis();
+            rows.push((scenario, f, row));
+        }
+    }
+    println!();
+    println!(
+        "{:<18} {:>2} {:>5} {:>7} {:>10} {:>10} {:>9} {:>9} {:>8}",
+        "scenario",
+        "f",
+        "runs",
+        "failed",
+        "violations",
+        "completed",
+        "avg-view",
+        "max-view",
+        "time-ms"
+    );
+    for (scenario, f, row) in &rows {
+        println!(
+            "{:<18} {:>2} {:>5} {:>7} {:>10} {:>10} {:>9.2} {:>9} {:>8}",
+            scenario.name(),
+            f,
+            row.runs,
+            row.failed,
+            row.violations,
+            format!("{}/{}", row.completed, row.requests),
+            row.view_sum as f64 / row.runs.max(1) as f64,
+            row.max_view,
+            row.millis
+        );
+    }
+    if failures.is_empty() {
+        println!("\nall runs passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\n{} failing run(s); replay with:", failures.len());
+        for r in &failures {
+            println!("  {}", r.replay_command());
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The first lines of each violation, unless `full`.
+fn abbreviate(summary: &str, full: bool) -> String {
+    if full {
+        return summary.to_string();
+    }
+    let mut out = Vec::new();
+    let mut in_listing = 0;
+    for line in summary.lines() {
+        if line.starts_with("    ") {
+            in_listing += 1;
+            if in_listing > 12 {
+                continue;
+            }
+        } else {
+            in_listing = 0;
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}

@@ -1,0 +1,296 @@
+//! Named scenarios: which faults a run injects.
+//!
+//! A [`Scenario`] names a family of fault plans; the run's seed picks the
+//! concrete plan (network parameters, which replicas are Byzantine, when
+//! partitions and crashes happen). Every plan keeps the number of faulty
+//! replicas (Byzantine plus currently crashed) at or below f, and every
+//! network fault stops at the plan's heal time.
+
+use crate::byzantine::Behavior;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::fmt;
+use std::str::FromStr;
+
+/// A family of fault plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scenario {
+    /// No faults: a reliable network with small delays.
+    Normal,
+    /// Message loss, duplication and reordering until the heal time.
+    Lossy,
+    /// Partitions that come and go (an isolated replica, a split cluster).
+    Partition,
+    /// Crashes and restarts of honest replicas, the primary included.
+    Crash,
+    /// f replicas that send nothing.
+    ByzSilent,
+    /// Byzantine primaries that send different batches for one (view, seq).
+    ByzEquivocate,
+    /// Byzantine replicas that send conflicting prepares/commits and lying replies.
+    ByzConflict,
+    /// Byzantine replicas whose signatures are corrupted.
+    ByzBadSig,
+    /// Byzantine replicas that replay old messages.
+    ByzReplay,
+    /// Byzantine replicas that send wrong checkpoint digests and corrupt snapshots.
+    ByzCheckpoint,
+    /// Byzantine replicas that forge view-change and new-view proofs.
+    ByzViewChange,
+    /// A Byzantine primary that delays its pre-prepares to just under the timeout.
+    ByzSlowPrimary,
+    /// A random mix of all of the above within the fault budget.
+    Mixed,
+}
+
+impl Scenario {
+    /// Every scenario, in table order.
+    pub const ALL: [Scenario; 13] = [
+        Scenario::Normal,
+        Scenario::Lossy,
+        Scenario::Partition,
+        Scenario::Crash,
+        Scenario::ByzSilent,
+        Scenario::ByzEquivocate,
+        Scenario::ByzConflict,
+        Scenario::ByzBadSig,
+        Scenario::ByzReplay,
+        Scenario::ByzCheckpoint,
+        Scenario::ByzViewChange,
+        Scenario::ByzSlowPrimary,
+        Scenario::Mixed,
+    ];
+
+    /// The scenario's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Normal => "normal",
+            Scenario::Lossy => "lossy",
+            Scenario::Partition => "partition",
+            Scenario::Crash => "crash",
+            Scenario::ByzSilent => "byz-silent",
+            Scenario::ByzEquivocate => "byz-equivocate",
+            Scenario::ByzConflict => "byz-conflict",
+            Scenario::ByzBadSig => "byz-badsig",
+            Scenario::ByzReplay => "byz-replay",
+            Scenario::ByzCheckpoint => "byz-checkpoint",
+            Scenario::ByzViewChange => "byz-viewchange",
+            Scenario::ByzSlowPrimary => "byz-slow-primary",
+            Scenario::Mixed => "mixed",
+        }
+    }
+
+    /// The Byzantine behaviour this scenario gives its faulty replicas, if any.
+    fn byzantine(self) -> Option<Behavior> {
+        Some(match self {
+            Scenario::ByzSilent => Behavior::Silent,
+            Scenario::ByzEquivocate => Behavior::Equivocate,
+            Scenario::ByzConflict => Behavior::Conflict,
+            Scenario::ByzBadSig => Behavior::BadSig,
+            Scenario::ByzReplay => Behavior::Replay,
+            Scenario::ByzCheckpoint => Behavior::Checkpoint,
+            Scenario::ByzViewChange => Behavior::ViewChange,
+            Scenario::ByzSlowPrimary => Behavior::SlowPrimary,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A scenario name that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownScenario(pub String);
+
+impl fmt::Display for UnknownScenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        write!(
+            f,
+            "unknown scenario {:?} (known: {})",
+            self.0,
+            names.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownScenario {}
+
+impl FromStr for Scenario {
+    type Err = UnknownScenario;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scenario::ALL
+            .iter()
+            .copied()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| UnknownScenario(s.to_string()))
+    }
+}
+
+/// Network parameters while faults are active (before the heal time).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkPlan {
+    /// Smallest one-way delay, microseconds.
+    pub delay_min: u64,
+    /// Largest one-way delay, microseconds (random delays reorder messages).
+    pub delay_max: u64,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Whether partitions come and go.
+    pub partitions: bool,
+}
+
+/// The concrete fault plan of one run, drawn from the seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Faults tolerated; n = 3f+1.
+    pub f: usize,
+    /// The network before the heal time.
+    pub network: NetworkPlan,
+    /// When every network fault stops (and crashed replicas restart), microseconds.
+    pub heal_at: u64,
+    /// Byzantine replicas and their behaviour.
+    pub byzantine: Vec<(usize, Behavior)>,
+    /// Whether honest replicas crash and restart before the heal time.
+    pub crashes: bool,
+    /// Partitions isolate the current primary more often (to force view changes).
+    pub target_primary: bool,
+    /// Simulated clients.
+    pub clients: usize,
+    /// Operations per client.
+    pub ops_per_client: usize,
+    /// Longest pause of a client between two operations, microseconds.
+    pub think_max: u64,
+    /// Probability that a client tries a `Get` through the read-only fast path.
+    pub read_only: f64,
+    /// Checkpoint interval K (log window is 2K).
+    pub checkpoint_interval: u64,
+    /// Largest batch.
+    pub batch_size_max: usize,
+    /// Batch delay, microseconds.
+    pub batch_delay: u64,
+}
+
+/// Milliseconds to microseconds.
+pub(crate) const MS: u64 = 1_000;
+
+impl Plan {
+    /// Draws the plan of `scenario` for `f` from `rng`.
+    pub fn draw(scenario: Scenario, f: usize, rng: &mut ChaCha8Rng) -> Plan {
+        let n = 3 * f + 1;
+        let mut plan = Plan {
+            scenario,
+            f,
+            network: NetworkPlan {
+                delay_min: MS,
+                delay_max: rng.gen_range(2..=8) * MS,
+                loss: 0.0,
+                duplicate: 0.0,
+                partitions: false,
+            },
+            heal_at: rng.gen_range(1_500..=3_000) * MS,
+            byzantine: Vec::new(),
+            crashes: false,
+            target_primary: false,
+            clients: rng.gen_range(2..=4),
+            ops_per_client: rng.gen_range(8..=14),
+            think_max: rng.gen_range(100..=300) * MS,
+            read_only: if rng.gen_bool(0.5) { 0.5 } else { 0.0 },
+            checkpoint_interval: rng.gen_range(4..=8),
+            batch_size_max: rng.gen_range(1..=4),
+            batch_delay: if rng.gen_bool(0.5) {
+                0
+            } else {
+                rng.gen_range(1..=5) * MS
+            },
+        };
+        let lossy = |plan: &mut Plan, rng: &mut ChaCha8Rng| {
+            plan.network.delay_max = rng.gen_range(10..=40) * MS;
+            plan.network.loss = rng.gen_range(0.02..0.2);
+            plan.network.duplicate = rng.gen_range(0.02..0.2);
+        };
+        match scenario {
+            Scenario::Normal => {
+                plan.heal_at = 0;
+                plan.think_max = rng.gen_range(0..=50) * MS;
+            }
+            Scenario::Lossy => lossy(&mut plan, rng),
+            Scenario::Partition => {
+                plan.network.partitions = true;
+                plan.target_primary = rng.gen_bool(0.5);
+            }
+            Scenario::Crash => {
+                plan.crashes = true;
+                if rng.gen_bool(0.3) {
+                    lossy(&mut plan, rng);
+                }
+            }
+            Scenario::Mixed => {
+                if rng.gen_bool(0.5) {
+                    lossy(&mut plan, rng);
+                }
+                plan.network.partitions = rng.gen_bool(0.5);
+                plan.target_primary = rng.gen_bool(0.5);
+                plan.crashes = rng.gen_bool(0.5);
+                let b = rng.gen_range(0..=f);
+                let mut ids: Vec<usize> = (0..n).collect();
+                for _ in 0..b {
+                    let i = ids.remove(rng.gen_range(0..ids.len()));
+                    let behavior = Behavior::ALL[rng.gen_range(0..Behavior::ALL.len())];
+                    plan.byzantine.push((i, behavior));
+                }
+                plan.byzantine.sort_by_key(|(i, _)| *i);
+            }
+            _ => {
+                let behavior = scenario.byzantine().unwrap_or(Behavior::Silent);
+                let b = if rng.gen_bool(0.75) {
+                    f
+                } else {
+                    rng.gen_range(1..=f)
+                };
+                let ids: Vec<usize> = match behavior {
+                    // Primaries of the first views, so faulty primaries follow each other.
+                    Behavior::Equivocate | Behavior::SlowPrimary => (0..b).collect(),
+                    // New primaries of the first view changes.
+                    Behavior::ViewChange => (1..=b).collect(),
+                    _ => {
+                        let mut all: Vec<usize> = (0..n).collect();
+                        let mut chosen = Vec::new();
+                        // Often include the first primary.
+                        if rng.gen_bool(0.5) {
+                            chosen.push(all.remove(0));
+                        }
+                        while chosen.len() < b {
+                            chosen.push(all.remove(rng.gen_range(0..all.len())));
+                        }
+                        chosen.sort_unstable();
+                        chosen
+                    }
+                };
+                plan.byzantine = ids.into_iter().map(|i| (i, behavior)).collect();
+                if behavior == Behavior::ViewChange {
+                    // View changes must happen for forged proofs to matter.
+                    plan.network.partitions = true;
+                    plan.target_primary = true;
+                }
+                if behavior == Behavior::Replay && rng.gen_bool(0.5) {
+                    plan.network.partitions = true;
+                }
+            }
+        }
+        plan
+    }
+
+    /// n = 3f+1.
+    pub fn n(&self) -> usize {
+        3 * self.f + 1
+    }
+}

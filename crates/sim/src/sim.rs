@@ -1,0 +1,895 @@
+//! The simulation: virtual time, an event queue, replicas (honest, crashed or
+//! Byzantine), clients and the network, all driven by one seeded RNG.
+
+use crate::byzantine::Byzantine;
+use crate::checker::agreement::Agreement;
+use crate::checker::linearizability::{self, History};
+use crate::checker::liveness::{self, LivenessInput};
+use crate::client::{Client, ClientAction, ClientParams};
+use crate::network::{Dest, Endpoint, Network, Outgoing};
+use crate::scenario::{Plan, MS};
+use crate::trace::{describe, TraceHash};
+use crate::{RunOptions, RunReport};
+use pbft_app::kv::KvStore;
+use pbft_core::{ClientId, Config, Input, Instant, Message, Output, Record, Replica, ReplicaId};
+use pbft_crypto::{ClusterId, KeyPair, Scheme, Signer, Verifier};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The replicas' timeout base.
+pub(crate) const TIMEOUT_BASE: u64 = 100 * MS;
+/// How long an operation may take once the faults healed.
+pub(crate) const LIVENESS_BOUND: u64 = 30_000 * MS;
+/// After every client finished, the run goes on this long (so replicas catch up).
+const GRACE: u64 = 500 * MS;
+/// Most events one run may process (a livelock guard).
+const EVENT_BUDGET: u64 = 5_000_000;
+
+enum Event {
+    Deliver {
+        from: Endpoint,
+        to: Endpoint,
+        bytes: Rc<Vec<u8>>,
+    },
+    ReplicaTimer {
+        replica: usize,
+        generation: u64,
+    },
+    ClientTimer {
+        client: usize,
+        generation: u64,
+    },
+    ClientIssue {
+        client: usize,
+    },
+    PartitionTick,
+    CrashTick,
+    Restart {
+        replica: usize,
+    },
+    Heal,
+}
+
+struct Queued {
+    at: u64,
+    order: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+struct Node {
+    replica: Option<Replica>,
+    storage: Vec<Record>,
+    signer: Signer,
+    byzantine: Option<Byzantine>,
+    timer_generation: u64,
+    timer_at: Option<u64>,
+    crashes: u64,
+}
+
+impl Node {
+    fn honest(&self) -> bool {
+        self.byzantine.is_none()
+    }
+}
+
+struct ClientSlot {
+    client: Client,
+    timer_generation: u64,
+}
+
+pub(crate) struct Sim {
+    plan: Plan,
+    config: Config,
+    seed: u64,
+    rng: ChaCha8Rng,
+    now: u64,
+    order: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    nodes: Vec<Node>,
+    clients: Vec<ClientSlot>,
+    client_index: BTreeMap<ClientId, usize>,
+    network: Network,
+    verifier: Verifier,
+    history: History,
+    agreement: Agreement,
+    violations: Vec<String>,
+    verbose: bool,
+    trace: TraceHash,
+    events: u64,
+    messages: u64,
+    rejected: u64,
+    max_view: u64,
+    entered_views: u64,
+    crashes: u64,
+    aborted: bool,
+    all_done_at: Option<u64>,
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+impl Sim {
+    pub fn new(options: &RunOptions) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let plan = Plan::draw(options.scenario, options.f, &mut rng);
+        let n = plan.n();
+        let cluster = ClusterId(rng.gen());
+        let replica_keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::from_seed(rng.gen())).collect();
+        let mut config = Config::new(cluster, replica_keys.iter().map(KeyPair::public).collect());
+        config.checkpoint_interval = plan.checkpoint_interval;
+        config.log_window = 2 * plan.checkpoint_interval;
+        config.batch_size_max = plan.batch_size_max;
+        config.batch_delay = Duration::from_micros(plan.batch_delay);
+        config.timeout_base = Duration::from_micros(TIMEOUT_BASE);
+        config.pending_requests_max = 1000;
+
+        let mut sim = Sim {
+            network: Network::new(plan.network.clone(), n),
+            verifier: Verifier::with_scheme(cluster, Scheme::InsecureSim),
+            config,
+            seed: options.seed,
+            rng,
+            now: 0,
+            order: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::new(),
+            clients: Vec::new(),
+            client_index: BTreeMap::new(),
+            history: History::new(),
+            agreement: Agreement::new(),
+            violations: Vec::new(),
+            verbose: options.verbose,
+            trace: TraceHash::new(),
+            events: 0,
+            messages: 0,
+            rejected: 0,
+            max_view: 0,
+            entered_views: 0,
+            crashes: 0,
+            aborted: false,
+            all_done_at: None,
+            plan,
+        };
+        for (i, key) in replica_keys.into_iter().enumerate() {
+            let signer = Signer::with_scheme(key, cluster, Scheme::InsecureSim);
+            let byzantine =
+                sim.plan
+                    .byzantine
+                    .iter()
+                    .find(|(b, _)| *b == i)
+                    .map(|(_, behavior)| {
+                        Byzantine::new(
+                            *behavior,
+                            ReplicaId(i as u32),
+                            signer.clone(),
+                            sim.config.clone(),
+                        )
+                    });
+            let replica = Replica::new(
+                sim.config.clone(),
+                ReplicaId(i as u32),
+                signer.clone(),
+                Box::new(KvStore::new()),
+            );
+            let replica = match replica {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    sim.violations.push(format!("setup: replica r{i}: {e}"));
+                    sim.aborted = true;
+                    None
+                }
+            };
+            sim.nodes.push(Node {
+                replica,
+                storage: Vec::new(),
+                signer,
+                byzantine,
+                timer_generation: 0,
+                timer_at: None,
+                crashes: 0,
+            });
+        }
+        let params = ClientParams {
+            n,
+            f: sim.plan.f,
+            timeout_base: TIMEOUT_BASE,
+            read_only: sim.plan.read_only,
+        };
+        for c in 0..sim.plan.clients {
+            let key = KeyPair::from_seed(sim.rng.gen());
+            let signer = Signer::with_scheme(key, cluster, Scheme::InsecureSim);
+            let client = Client::new(c, signer, params, sim.plan.ops_per_client);
+            sim.client_index.insert(client.id, c);
+            sim.clients.push(ClientSlot {
+                client,
+                timer_generation: 0,
+            });
+            let start = sim.rng.gen_range(0..=50 * MS);
+            sim.schedule(start, Event::ClientIssue { client: c });
+        }
+        if sim.plan.heal_at > 0 {
+            sim.schedule(sim.plan.heal_at, Event::Heal);
+        }
+        if sim.plan.network.partitions {
+            let at = sim.rng.gen_range(50 * MS..=400 * MS);
+            sim.schedule(at, Event::PartitionTick);
+        }
+        if sim.plan.crashes {
+            let at = sim.rng.gen_range(50 * MS..=400 * MS);
+            sim.schedule(at, Event::CrashTick);
+        }
+        if sim.verbose {
+            println!(
+                "plan: scenario={} f={} n={} seed={} heal={}ms byzantine={:?} crashes={} network={:?} clients={}x{} K={} batch={} delay={}us read_only={}",
+                sim.plan.scenario,
+                sim.plan.f,
+                n,
+                sim.seed,
+                sim.plan.heal_at / MS,
+                sim.plan.byzantine,
+                sim.plan.crashes,
+                sim.plan.network,
+                sim.plan.clients,
+                sim.plan.ops_per_client,
+                sim.plan.checkpoint_interval,
+                sim.plan.batch_size_max,
+                sim.plan.batch_delay,
+                sim.plan.read_only,
+            );
+        }
+        sim
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.order += 1;
+        self.queue.push(Reverse(Queued {
+            at: at.max(self.now),
+            order: self.order,
+            event,
+        }));
+    }
+
+    fn log(&self, line: impl FnOnce() -> String) {
+        if self.verbose {
+            use std::io::Write;
+            // A closed pipe (`| head`) must not abort the run.
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "[{:>10.3}ms] {}",
+                self.now as f64 / 1000.0,
+                line()
+            );
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn byzantine_count(&self) -> usize {
+        self.nodes.iter().filter(|n| !n.honest()).count()
+    }
+
+    fn crashed_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.replica.is_none()).count()
+    }
+
+    /// The primary of the highest view an honest running replica is in.
+    fn current_primary(&self) -> usize {
+        let view = self
+            .nodes
+            .iter()
+            .filter(|n| n.honest())
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.status().view.0)
+            .max()
+            .unwrap_or(0);
+        (view % self.n() as u64) as usize
+    }
+
+    pub fn run(mut self) -> RunReport {
+        let hard_end = self.plan.heal_at
+            + LIVENESS_BOUND
+            + self.plan.ops_per_client as u64 * (self.plan.think_max + 2 * TIMEOUT_BASE);
+        while !self.aborted {
+            let Some(Reverse(queued)) = self.queue.pop() else {
+                break;
+            };
+            if queued.at > hard_end {
+                break;
+            }
+            if let Some(done) = self.all_done_at {
+                if queued.at > done + GRACE {
+                    break;
+                }
+            }
+            self.now = queued.at;
+            self.events += 1;
+            if self.events > EVENT_BUDGET {
+                self.violations.push(format!(
+                    "livelock: more than {EVENT_BUDGET} events by {}ms",
+                    self.now / MS
+                ));
+                break;
+            }
+            self.dispatch(queued.event);
+            if self.all_done_at.is_none() && self.clients.iter().all(|c| c.client.done()) {
+                self.all_done_at = Some(self.now);
+                self.log(|| "all clients done".to_string());
+            }
+        }
+        self.finish(hard_end)
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, bytes } => self.deliver(from, to, &bytes),
+            Event::ReplicaTimer {
+                replica,
+                generation,
+            } => {
+                let node = &mut self.nodes[replica];
+                if node.timer_generation != generation || node.replica.is_none() {
+                    return;
+                }
+                node.timer_at = None;
+                self.trace.add(&[1, replica as u64, self.now]);
+                self.step(replica, Input::Tick, true);
+            }
+            Event::ClientTimer { client, generation } => {
+                if self.clients[client].timer_generation != generation {
+                    return;
+                }
+                self.log(|| format!("c{client} timeout"));
+                let actions = self.clients[client].client.on_timer(self.now);
+                self.client_actions(client, actions);
+            }
+            Event::ClientIssue { client } => {
+                let actions =
+                    self.clients[client]
+                        .client
+                        .start(self.now, &mut self.rng, &mut self.history);
+                if let Some(op) = self.history.ops.last() {
+                    if !actions.is_empty() {
+                        self.log(|| {
+                            format!("c{client} invoke {}", linearizability::format_op(&op.op))
+                        });
+                    }
+                }
+                self.client_actions(client, actions);
+            }
+            Event::PartitionTick => self.partition_tick(),
+            Event::CrashTick => self.crash_tick(),
+            Event::Restart { replica } => self.restart(replica),
+            Event::Heal => {
+                self.network.heal();
+                self.log(|| "heal: the network is now synchronous and reliable".to_string());
+                for i in 0..self.n() {
+                    if self.nodes[i].replica.is_none() && self.nodes[i].honest() {
+                        self.restart(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_actions(&mut self, client: usize, actions: Vec<ClientAction>) {
+        for action in actions {
+            match action {
+                ClientAction::Send(r, msg) => {
+                    let bytes = Rc::new(msg.encode());
+                    self.transmit(Endpoint::Client(client), Endpoint::Replica(r), bytes, 0);
+                }
+                ClientAction::SetTimer(at) => {
+                    let slot = &mut self.clients[client];
+                    slot.timer_generation += 1;
+                    let generation = slot.timer_generation;
+                    self.schedule(at, Event::ClientTimer { client, generation });
+                }
+                ClientAction::Completed => {
+                    if let Some(op) = self.history.ops.iter().rev().find(|o| o.client == client) {
+                        self.log(|| {
+                            let result = match &op.response {
+                                Some(r) => match &r.result {
+                                    Ok(r) => linearizability::format_result(r),
+                                    Err(e) => format!("undecodable: {e}"),
+                                },
+                                None => "-".to_string(),
+                            };
+                            format!(
+                                "c{client} complete {} -> {result}",
+                                linearizability::format_op(&op.op)
+                            )
+                        });
+                        self.trace.add(&[2, client as u64, self.now]);
+                    }
+                    self.clients[client].timer_generation += 1;
+                    if self.clients[client].client.ops_left > 0 {
+                        let think = self.rng.gen_range(0..=self.plan.think_max);
+                        self.schedule(self.now + think, Event::ClientIssue { client });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a message on the network.
+    fn transmit(&mut self, from: Endpoint, to: Endpoint, bytes: Rc<Vec<u8>>, extra_delay: u64) {
+        self.messages += 1;
+        let delays = self.network.fate(&mut self.rng, from, to);
+        if delays.is_empty() && self.verbose {
+            self.log(|| format!("{from} -> {to} lost/cut"));
+        }
+        for d in delays {
+            self.schedule(
+                self.now + d + extra_delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    bytes: Rc::clone(&bytes),
+                },
+            );
+        }
+    }
+
+    fn deliver(&mut self, from: Endpoint, to: Endpoint, bytes: &[u8]) {
+        let message = match Message::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.violations.push(format!(
+                    "codec: a message from {from} to {to} does not decode: {e}"
+                ));
+                return;
+            }
+        };
+        self.trace.add(&[
+            3,
+            endpoint_code(from),
+            endpoint_code(to),
+            self.now,
+            bytes.len() as u64,
+        ]);
+        match to {
+            Endpoint::Replica(r) => {
+                if self.nodes[r].replica.is_none() {
+                    return;
+                }
+                self.log(|| format!("{from} -> r{r} {}", describe(&message)));
+                let verified = match self.verifier.verify(message, &self.config) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.rejected += 1;
+                        self.log(|| format!("r{r} rejects a message from {from}: {e}"));
+                        return;
+                    }
+                };
+                if let Some(b) = self.nodes[r].byzantine.as_mut() {
+                    b.observe(&verified);
+                }
+                self.step(r, Input::Message(verified), false);
+            }
+            Endpoint::Client(c) => {
+                let verified = match self.verifier.verify(message, &self.config) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        self.rejected += 1;
+                        return;
+                    }
+                };
+                if let Message::Reply(reply) = verified.into_inner() {
+                    self.log(|| {
+                        format!(
+                            "{from} -> c{c} reply t{} view {} ro={} {}",
+                            reply.request_id.0,
+                            reply.view.0,
+                            reply.read_only,
+                            pbft_app::kv::KvResult::decode(&reply.result)
+                                .map(|r| linearizability::format_result(&r))
+                                .unwrap_or_else(|e| format!("undecodable: {e}"))
+                        )
+                    });
+                    let actions =
+                        self.clients[c]
+                            .client
+                            .on_reply(self.now, reply.value, &mut self.history);
+                    self.client_actions(c, actions);
+                }
+            }
+        }
+    }
+
+    /// Runs one input through replica `i`, then acts on its outputs.
+    fn step(&mut self, i: usize, input: Input, tick: bool) {
+        let now = Instant(self.now);
+        let Some(replica) = self.nodes[i].replica.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        let result = catch_unwind(AssertUnwindSafe(|| replica.handle(now, input, &mut out)));
+        if let Err(payload) = result {
+            let message = panic_message(payload.as_ref());
+            self.violations.push(format!(
+                "panic: replica r{i} panicked at {}ms: {message}",
+                self.now / MS
+            ));
+            self.nodes[i].replica = None;
+            self.aborted = true;
+            return;
+        }
+        self.outputs(i, out);
+        self.reschedule_timer(i, tick);
+    }
+
+    fn reschedule_timer(&mut self, i: usize, after_tick: bool) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let mut next = replica.poll_timeout().map(|t| t.0);
+        if after_tick {
+            // A timer that is still due right after a tick would spin forever.
+            next = next.map(|t| t.max(now + 1));
+        }
+        if next == node.timer_at {
+            return;
+        }
+        node.timer_generation += 1;
+        node.timer_at = next;
+        let generation = node.timer_generation;
+        if let Some(at) = next {
+            self.schedule(
+                at,
+                Event::ReplicaTimer {
+                    replica: i,
+                    generation,
+                },
+            );
+        }
+    }
+
+    fn outputs(&mut self, i: usize, out: Vec<Output>) {
+        let n = self.n();
+        let honest = self.nodes[i].honest();
+        let mut outgoing = Vec::new();
+        for output in out {
+            match output {
+                Output::Persist(record) => self.persist(i, record),
+                Output::Send(to, msg) => {
+                    if to.index() < n && to.index() != i {
+                        outgoing.push(Outgoing {
+                            to: Dest::Replica(to.index()),
+                            msg,
+                            extra_delay: 0,
+                        });
+                    }
+                }
+                Output::Broadcast(msg) => {
+                    if honest {
+                        // Encode once for every destination.
+                        let bytes = Rc::new(msg.encode());
+                        self.log(|| format!("r{i} broadcasts {}", describe(&msg)));
+                        for j in (0..n).filter(|&j| j != i) {
+                            self.transmit(
+                                Endpoint::Replica(i),
+                                Endpoint::Replica(j),
+                                Rc::clone(&bytes),
+                                0,
+                            );
+                        }
+                    } else {
+                        for j in (0..n).filter(|&j| j != i) {
+                            outgoing.push(Outgoing {
+                                to: Dest::Replica(j),
+                                msg: msg.clone(),
+                                extra_delay: 0,
+                            });
+                        }
+                    }
+                }
+                Output::Reply(client, reply) => outgoing.push(Outgoing {
+                    to: Dest::Client(client),
+                    msg: Message::Reply(reply),
+                    extra_delay: 0,
+                }),
+                Output::Executed {
+                    seq,
+                    view,
+                    digest,
+                    requests,
+                } => {
+                    self.log(|| {
+                        format!("r{i} executed {seq} {view} {digest} ({requests} requests)")
+                    });
+                    self.trace.add(&[4, i as u64, seq.0]);
+                    self.trace.add_bytes(&digest.0);
+                    if honest {
+                        self.agreement.executed(i, seq.0, digest);
+                    }
+                }
+                Output::Checkpointed { seq, digest } => {
+                    self.log(|| format!("r{i} checkpoint {seq} {digest}"));
+                    if honest {
+                        self.agreement.checkpointed(i, seq.0, digest);
+                    }
+                }
+                Output::StateTransferred { seq, digest } => {
+                    self.log(|| format!("r{i} state transfer to {seq} {digest}"));
+                    if honest {
+                        self.agreement.state_transferred(i, seq.0, digest);
+                    }
+                }
+                Output::Status(..) => {} // no simulated client asks for status
+                Output::EnteredView(view) => {
+                    self.log(|| format!("r{i} entered {view}"));
+                    self.trace.add(&[5, i as u64, view.0]);
+                    if honest {
+                        self.entered_views += 1;
+                        self.max_view = self.max_view.max(view.0);
+                    }
+                }
+            }
+        }
+        if let Some(b) = self.nodes[i].byzantine.as_mut() {
+            outgoing = b.transform(&mut self.rng, outgoing);
+        }
+        for o in outgoing {
+            let to = match o.to {
+                Dest::Replica(j) => Endpoint::Replica(j),
+                Dest::Client(c) => match self.client_index.get(&c) {
+                    Some(&c) => Endpoint::Client(c),
+                    None => continue,
+                },
+            };
+            if !matches!(o.msg, Message::Reply(_)) {
+                self.log(|| format!("r{i} -> {to} {}", describe(&o.msg)));
+            }
+            let bytes = Rc::new(o.msg.encode());
+            self.transmit(Endpoint::Replica(i), to, bytes, o.extra_delay);
+        }
+    }
+
+    /// Appends a record to replica `i`'s storage; after each checkpoint
+    /// record, compacts it with [`pbft_core::io::compact`] (what the node's
+    /// storage does), so restarts run from compacted records.
+    fn persist(&mut self, i: usize, record: Record) {
+        let storage = &mut self.nodes[i].storage;
+        let compact = matches!(record, Record::Checkpoint(..));
+        storage.push(record);
+        if compact {
+            pbft_core::io::compact(storage);
+        }
+    }
+
+    fn partition_tick(&mut self) {
+        if self.network.healed() {
+            return;
+        }
+        let n = self.n();
+        let roll = self.rng.gen_range(0..100);
+        let mut groups = vec![0u8; n];
+        let description;
+        if roll < 35 {
+            description = "partition: none".to_string();
+        } else if roll < 75 {
+            let victim = if self.plan.target_primary && self.rng.gen_bool(0.7) {
+                self.current_primary()
+            } else {
+                self.rng.gen_range(0..n)
+            };
+            groups[victim] = 1;
+            description = format!("partition: r{victim} isolated");
+        } else {
+            for g in groups.iter_mut() {
+                *g = self.rng.gen_range(0..2);
+            }
+            description = format!("partition: split {groups:?} (clients with group 0)");
+        }
+        self.log(|| description);
+        self.trace.add(&[6, self.now]);
+        self.network.partition(groups, 0);
+        let next = self.now + self.rng.gen_range(100 * MS..=600 * MS);
+        if next < self.plan.heal_at {
+            self.schedule(next, Event::PartitionTick);
+        }
+    }
+
+    fn crash_tick(&mut self) {
+        if self.network.healed() {
+            return;
+        }
+        let f = self.plan.f;
+        if self.byzantine_count() + self.crashed_count() < f {
+            let candidates: Vec<usize> = (0..self.n())
+                .filter(|&i| self.nodes[i].honest() && self.nodes[i].replica.is_some())
+                .collect();
+            let primary = self.current_primary();
+            let victim = if candidates.contains(&primary) && self.rng.gen_bool(0.5) {
+                Some(primary)
+            } else if candidates.is_empty() {
+                None
+            } else {
+                Some(candidates[self.rng.gen_range(0..candidates.len())])
+            };
+            if let Some(v) = victim {
+                self.crash(v);
+                let back =
+                    (self.now + self.rng.gen_range(50 * MS..=800 * MS)).min(self.plan.heal_at);
+                self.schedule(back, Event::Restart { replica: v });
+            }
+        }
+        let next = self.now + self.rng.gen_range(100 * MS..=500 * MS);
+        if next < self.plan.heal_at {
+            self.schedule(next, Event::CrashTick);
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.log(|| {
+            format!(
+                "crash r{i} ({} records persisted)",
+                self.nodes[i].storage.len()
+            )
+        });
+        self.trace.add(&[7, i as u64, self.now]);
+        let node = &mut self.nodes[i];
+        node.replica = None;
+        node.timer_generation += 1;
+        node.timer_at = None;
+        node.crashes += 1;
+        self.crashes += 1;
+    }
+
+    fn restart(&mut self, i: usize) {
+        if self.nodes[i].replica.is_some() || self.aborted {
+            return;
+        }
+        self.log(|| format!("restart r{i} from {} records", self.nodes[i].storage.len()));
+        self.trace.add(&[8, i as u64, self.now]);
+        let node = &self.nodes[i];
+        let (config, signer, now) = (self.config.clone(), node.signer.clone(), Instant(self.now));
+        let storage = &node.storage;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            Replica::restore(
+                config,
+                ReplicaId(i as u32),
+                signer,
+                Box::new(KvStore::new()),
+                storage,
+                now,
+            )
+        }));
+        match result {
+            Ok(Ok(replica)) => {
+                self.nodes[i].replica = Some(replica);
+                self.agreement.restarted(i);
+                self.reschedule_timer(i, false);
+            }
+            Ok(Err(e)) => {
+                self.violations
+                    .push(format!("restore: replica r{i} cannot restart: {e}"));
+                self.aborted = true;
+            }
+            Err(payload) => {
+                self.violations.push(format!(
+                    "panic: replica r{i} panicked in restore at {}ms: {}",
+                    self.now / MS,
+                    panic_message(payload.as_ref())
+                ));
+                self.aborted = true;
+            }
+        }
+    }
+
+    fn finish(mut self, hard_end: u64) -> RunReport {
+        let end = self.now;
+        let mut violations = std::mem::take(&mut self.violations);
+        violations.extend(self.agreement.violations().iter().cloned());
+        violations.extend(linearizability::check(&self.history));
+        if !self.aborted {
+            let live = liveness::check(&LivenessInput {
+                history: &self.history,
+                not_issued: self.clients.iter().map(|c| c.client.ops_left).collect(),
+                heal_at: self.plan.heal_at,
+                end,
+                bound: LIVENESS_BOUND,
+            });
+            if !live.is_empty() {
+                violations.extend(live);
+                violations.push(format!(
+                    "liveness: replica states at the end ({}ms, hard end {}ms): {}",
+                    end / MS,
+                    hard_end / MS,
+                    self.replica_summary()
+                ));
+            }
+        }
+        self.trace.add(&[9, end, self.history.completed() as u64]);
+        RunReport {
+            scenario: self.plan.scenario,
+            f: self.plan.f,
+            seed: self.seed,
+            violations,
+            completed: self.history.completed(),
+            requests: self.history.ops.len(),
+            view_changes: self.max_view,
+            entered_views: self.entered_views,
+            max_executed: self.agreement.max_executed(),
+            crashes: self.crashes,
+            events: self.events,
+            messages: self.messages,
+            rejected: self.rejected,
+            end_time_us: end,
+            trace_hash: self.trace.finish(),
+            plan: self.plan,
+        }
+    }
+
+    fn replica_summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let tag = match &node.byzantine {
+                Some(b) => format!("byz:{}", b.behavior),
+                None => "honest".to_string(),
+            };
+            match &node.replica {
+                Some(r) => {
+                    let s = r.status();
+                    parts.push(format!(
+                        "r{i}[{tag} {} active={} exec={} stable={} pending={} timer={:?} dropped={:?}]",
+                        s.view,
+                        s.active,
+                        s.last_executed,
+                        s.stable_checkpoint,
+                        s.pending_requests,
+                        r.poll_timeout().map(|t| t.0 / MS),
+                        r.dropped()
+                    ));
+                }
+                None => parts.push(format!("r{i}[{tag} down]")),
+            }
+        }
+        parts.join("; ")
+    }
+}
+
+fn endpoint_code(e: Endpoint) -> u64 {
+    match e {
+        Endpoint::Replica(i) => i as u64,
+        Endpoint::Client(c) => 1000 + c as u64,
+    }
+}
+
+/// Runs one scenario; see [`crate::run_with`].
+pub(crate) fn run(options: &RunOptions) -> RunReport {
+    Sim::new(options).run()
+}
