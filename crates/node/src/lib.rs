@@ -1,1 +1,330 @@
-//! pbft-node (under construction)
+//! One PBFT replica on tokio: configuration, secret key, record log, QUIC
+//! transport, signature verification, the protocol core and the key-value
+//! store, wired together.
+//!
+//! # Pipeline
+//!
+//! ```text
+//! QUIC endpoint ──InboundFrame──► decode task ──(peer, Message)──► verification stage
+//!   (pbft-net)                     Message::decode; garbage and     (pbft-net, batched, on
+//!                                  client-sent replica traffic      blocking threads; drops
+//!                                  dropped and counted              bad signatures)
+//!                                                                          │ Verified<Message>
+//!                                                                          ▼
+//!   endpoint.send ◄── sends, in order ◄── one storage.append ◄── protocol task: Replica::handle
+//!                                          (one fsync)              for a group of inputs
+//! ```
+//!
+//! * The **decode task** turns frames into [`Message`]s.
+//!   Bytes that do not decode are dropped with a debug log line and a counter,
+//!   never a panic. Peers that are not replicas (clients) may only send
+//!   `Request` and `StatusRequest`; anything else from them is dropped the same
+//!   way before it costs a signature check.
+//! * The **verification stage** ([`pbft_net::spawn_verifier`]) checks every
+//!   signature a message carries against the core [`Config`](pbft_core::Config)
+//!   in parallel batches, off the protocol task, and forwards only
+//!   [`Verified`] messages, in arrival order.
+//! * The **protocol task** owns the [`Replica`] and the
+//!   [`Storage`]. It waits for a verified message, the
+//!   core's [`poll_timeout`](pbft_core::Replica::poll_timeout) deadline (then
+//!   it delivers [`Input::Tick`](pbft_core::Input::Tick)) or shutdown. After
+//!   the first input it also takes whatever else is ready (up to
+//!   [`GROUP_INPUTS_MAX`] inputs) so that one step, and one fsync, covers them
+//!   all (group commit).
+//!
+//! Protocol time ([`pbft_core::Instant`]) is microseconds since the node started,
+//! read from tokio's monotonic clock.
+//!
+//! # Output ordering guarantee
+//!
+//! Within a step, **every [`Output::Persist`](pbft_core::Output::Persist)
+//! record is durable (written and fsynced with one
+//! [`Storage::append`](pbft_storage::Storage::append)) before any `Send`,
+//! `Broadcast`, `Reply` or `Status` of that step leaves the node**; the sends
+//! then go out in the order the core produced them. Sends of one step are
+//! always performed before the next step starts, so a persist is also durable
+//! before any *later* send. If the append fails, the node stops with an error
+//! and sends nothing of that step: it never sends what it could not persist.
+//! The fsync runs on tokio's blocking pool, so the runtime is not stalled.
+//!
+//! Send failures (a full per-peer queue, a client that is not connected) are
+//! counted and logged at debug level; they are never fatal, the protocol
+//! retransmits what matters.
+//!
+//! # Shutdown
+//!
+//! When the `shutdown` future given to [`run`] resolves, the protocol task
+//! finishes the step it is in (persist, then send) and stops; the record log
+//! is closed (releasing its lock), the endpoint is shut down
+//! ([`Endpoint::shutdown`](pbft_net::Endpoint::shutdown): connections closed,
+//! UDP port released) and [`run`] returns `Ok(())`.
+
+mod inbound;
+mod metrics;
+mod protocol;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+#[cfg(test)]
+mod tests;
+
+use anyhow::{anyhow, bail, Context};
+use pbft_app::kv::KvStore;
+use pbft_config::{LogFormat, Node};
+use pbft_core::{Message, Replica};
+use pbft_crypto::{keyfile, PublicKey, Signer, Verified, Verifier};
+use pbft_net::{AcceptPolicy, Endpoint, NetConfig};
+use pbft_storage::Storage;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn, Instrument};
+
+pub use protocol::GROUP_INPUTS_MAX;
+
+/// Capacity of the channel from the decode task to the verification stage.
+const DECODED_QUEUE_LEN: usize = 4096;
+/// Capacity of the channel from the verification stage to the protocol task.
+const VERIFIED_QUEUE_LEN: usize = 4096;
+
+/// Installs the global tracing subscriber: human-readable lines by default,
+/// one JSON object per line with [`LogFormat::Json`], on standard error.
+/// The `RUST_LOG` environment variable filters (default `info`). Does nothing
+/// if a subscriber is already installed.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _already_set = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves when the process receives SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => info!("SIGINT received"),
+                    _ = terminate.recv() => info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+                interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await;
+}
+
+/// The protocol clock: [`pbft_core::Instant`] is microseconds since `origin`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now, in protocol time.
+    pub(crate) fn now(&self) -> pbft_core::Instant {
+        let micros = self.origin.elapsed().as_micros();
+        pbft_core::Instant(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    /// The tokio instant of a protocol-time deadline.
+    pub(crate) fn deadline(&self, at: pbft_core::Instant) -> tokio::time::Instant {
+        self.origin + std::time::Duration::from_micros(at.as_micros())
+    }
+}
+
+/// Runs one replica until `shutdown` resolves, then shuts it down cleanly and
+/// returns `Ok(())`.
+///
+/// Startup: reads the secret key and checks that its public half is the
+/// cluster file's key for this replica; opens the record log in the data
+/// directory and restores the replica from it; listens on `node.listen`
+/// (replicas always admitted, clients by `node.allowed_clients`) and dials
+/// every other replica. Fails, with the cause in the error's context chain,
+/// if the key is missing, unreadable, readable by group or others, or does not
+/// match; if the data directory is corrupted, unreadable or locked by another
+/// process; or if the listen address is in use.
+///
+/// `shutdown` is polled once before startup (so a signal handler it installs
+/// is armed at once); if it is already resolved, `run` returns `Ok(())`
+/// without starting.
+///
+/// Once running, it fails only if the record log cannot be written (the
+/// replica must not send what it could not persist) or an internal task dies.
+/// See the [crate docs](crate) for the pipeline and the ordering guarantee.
+pub async fn run(node: Node, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let span = tracing::info_span!("replica", id = node.id.0);
+    run_inner(node, shutdown).instrument(span).await
+}
+
+async fn run_inner(node: Node, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    // Poll `shutdown` once before anything else, so that whatever it waits
+    // for is armed from the start (signal handlers of `shutdown_signal` are
+    // installed on first poll: a SIGTERM during startup must not kill the
+    // process with the default action).
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => {
+            info!("shutdown requested before startup");
+            return Ok(());
+        }
+        _ = std::future::ready(()) => {}
+    }
+    let clock = Clock::start();
+    let id = node.id;
+    let cluster = &node.cluster;
+
+    let key = keyfile::read_secret(&node.key)
+        .with_context(|| format!("replica {}: cannot load its secret key", id.0))?;
+    let Some(expected) = cluster.keys.get(id.index()) else {
+        bail!(
+            "replica {} is not in the cluster file ({} replicas)",
+            id.0,
+            cluster.n()
+        );
+    };
+    if key.public() != *expected {
+        bail!(
+            "key mismatch: {} holds public key {}, but the cluster file lists {} for replica {}",
+            node.key.display(),
+            key.public().to_hex(),
+            expected.to_hex(),
+            id.0
+        );
+    }
+    let config = cluster.core_config(&node.tuning);
+    config.validate().context("invalid cluster configuration")?;
+
+    let data_dir = node.data_dir.clone();
+    let cluster_id = cluster.id.0;
+    let (storage, records) =
+        tokio::task::spawn_blocking(move || Storage::open(&data_dir, cluster_id, id))
+            .await
+            .context("the record log reader failed")?
+            .with_context(|| format!("replica {}: cannot open its data directory", id.0))?;
+    let record_count = records.len();
+    let replica = Replica::restore(
+        config.clone(),
+        id,
+        Signer::new(key.clone(), cluster.id),
+        Box::new(KvStore::new()),
+        &records,
+        clock.now(),
+    )
+    .with_context(|| {
+        format!(
+            "replica {}: cannot restore from the record log in {}",
+            id.0,
+            node.data_dir.display()
+        )
+    })?;
+    drop(records);
+    let status = replica.status();
+
+    let policy = AcceptPolicy::replicas(cluster.keys.iter().copied());
+    let policy = match &node.allowed_clients {
+        None => policy.allow_any_client(),
+        Some(clients) => policy.with_clients(clients.iter().copied()),
+    };
+    let (endpoint, inbound) = Endpoint::bind(node.listen, &key, policy, NetConfig::default())
+        .with_context(|| format!("replica {}: cannot listen on {}", id.0, node.listen))?;
+    for (i, (peer, address)) in cluster.keys.iter().zip(&cluster.addresses).enumerate() {
+        if i != id.index() {
+            endpoint.add_peer(*peer, *address);
+        }
+    }
+    info!(
+        listen = %endpoint.local_addr(),
+        n = cluster.n(),
+        f = cluster.f(),
+        cluster = cluster_id,
+        data_dir = %node.data_dir.display(),
+        records = record_count,
+        stable_checkpoint = status.stable_checkpoint.0,
+        last_executed = status.last_executed.0,
+        view = status.view.0,
+        active = status.active,
+        "replica started"
+    );
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (decoded_tx, decoded_rx) = mpsc::channel::<(PublicKey, Message)>(DECODED_QUEUE_LEN);
+    let (verified_tx, verified_rx) =
+        mpsc::channel::<(PublicKey, Verified<Message>)>(VERIFIED_QUEUE_LEN);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let verifier = pbft_net::spawn_verifier(
+        Verifier::new(cluster.id),
+        Arc::new(config),
+        decoded_rx,
+        verified_tx,
+        workers,
+    );
+    let replica_keys: HashSet<PublicKey> = cluster.keys.iter().copied().collect();
+    let decoder = tokio::spawn(
+        inbound::decode_loop(inbound, decoded_tx, replica_keys, metrics.clone()).in_current_span(),
+    );
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = protocol::Protocol::new(
+        replica,
+        storage,
+        endpoint.clone(),
+        cluster.keys.clone(),
+        clock,
+        metrics,
+        verifier,
+    );
+    let mut protocol = tokio::spawn(task.run(verified_rx, stop_rx).in_current_span());
+
+    let joined = tokio::select! {
+        _ = &mut shutdown => {
+            info!("shutting down");
+            // The protocol task finishes its current step (persist, then send).
+            let _ = stop_tx.send(());
+            (&mut protocol).await
+        }
+        joined = &mut protocol => joined,
+    };
+    let result = match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(anyhow!("the protocol task panicked: {e}")),
+        Err(e) => Err(anyhow!("the protocol task failed: {e}")),
+    };
+    endpoint.shutdown().await;
+    // The endpoint's inbound channel is closed now, so the decoder ends; the
+    // verification stage ends with its output receiver (the protocol task's).
+    if tokio::time::timeout(std::time::Duration::from_secs(1), decoder)
+        .await
+        .is_err()
+    {
+        warn!("the decode task did not stop in time");
+    }
+    match &result {
+        Ok(()) => info!("replica stopped"),
+        Err(e) => tracing::error!(error = format!("{e:#}"), "replica stopped on an error"),
+    }
+    result
+}

@@ -1,0 +1,274 @@
+//! The protocol task: drives the [`Replica`] with verified messages and timer
+//! ticks, makes its records durable, then performs its sends.
+//!
+//! # Invariant
+//! A step is: one or more inputs through [`Replica::handle`] into one output
+//! vector; then every [`Output::Persist`] record of the step in one
+//! [`Storage::append`] (one fsync); only then the step's sends, in order. The
+//! next step starts after the sends. So a record is durable before any send
+//! that follows it, and a failed append stops the node before anything of its
+//! step is sent.
+
+use crate::metrics::{add, get, Metrics};
+use crate::Clock;
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use pbft_core::{Input, Message, Output, Record, Replica, SeqNum, View};
+use pbft_crypto::{PublicKey, Verified};
+use pbft_net::{Endpoint, VerifierHandle};
+use pbft_storage::Storage;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, Instrument};
+
+/// Most inputs handled in one step (one fsync, one round of sends).
+pub const GROUP_INPUTS_MAX: usize = 256;
+
+/// How often the counters are logged.
+const STATS_PERIOD: Duration = Duration::from_secs(10);
+
+/// The protocol task's state. See the module docs.
+pub(crate) struct Protocol {
+    replica: Replica,
+    /// `None` only while an append runs on the blocking pool.
+    storage: Option<Storage>,
+    endpoint: Endpoint,
+    /// Replica keys, indexed by [`ReplicaId`].
+    keys: Vec<PublicKey>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    verifier: VerifierHandle,
+    /// The view, as last reported by the core (for spans and logs).
+    view: View,
+    /// The last executed sequence number, as last reported by the core.
+    last_executed: SeqNum,
+}
+
+impl Protocol {
+    pub(crate) fn new(
+        replica: Replica,
+        storage: Storage,
+        endpoint: Endpoint,
+        keys: Vec<PublicKey>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        verifier: VerifierHandle,
+    ) -> Protocol {
+        let status = replica.status();
+        Protocol {
+            replica,
+            storage: Some(storage),
+            endpoint,
+            keys,
+            clock,
+            metrics,
+            verifier,
+            view: status.view,
+            last_executed: status.last_executed,
+        }
+    }
+
+    /// Runs steps until `stop` fires (or its sender is dropped). Returns an
+    /// error if the record log cannot be written or the verification stage
+    /// ends unexpectedly.
+    pub(crate) async fn run(
+        mut self,
+        mut verified: mpsc::Receiver<(PublicKey, Verified<Message>)>,
+        mut stop: oneshot::Receiver<()>,
+    ) -> anyhow::Result<()> {
+        let mut stats =
+            tokio::time::interval_at(tokio::time::Instant::now() + STATS_PERIOD, STATS_PERIOD);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::new();
+        loop {
+            let deadline = self.replica.poll_timeout().map(|t| self.clock.deadline(t));
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Biased: stop first, then timers and the stats line (so a busy
+            // network cannot starve them), then messages.
+            let first = tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                () = timer => Input::Tick,
+                _ = stats.tick() => {
+                    self.log_stats();
+                    continue;
+                }
+                message = verified.recv() => match message {
+                    Some((_, message)) => Input::Message(message),
+                    None => return Err(anyhow!("the verification stage stopped unexpectedly")),
+                },
+            };
+            let span = tracing::debug_span!("step", view = self.view.0, seq = self.last_executed.0);
+            self.step(first, &mut verified, &mut out)
+                .instrument(span)
+                .await?;
+        }
+        self.log_stats();
+        Ok(())
+    }
+
+    /// One step: `first` and whatever else is ready through the core, then
+    /// persist, then send.
+    async fn step(
+        &mut self,
+        first: Input,
+        verified: &mut mpsc::Receiver<(PublicKey, Verified<Message>)>,
+        out: &mut Vec<Output>,
+    ) -> anyhow::Result<()> {
+        out.clear();
+        self.replica.handle(self.clock.now(), first, out);
+        let mut inputs = 1;
+        while inputs < GROUP_INPUTS_MAX {
+            let Ok((_, message)) = verified.try_recv() else {
+                break;
+            };
+            self.replica
+                .handle(self.clock.now(), Input::Message(message), out);
+            inputs += 1;
+        }
+        let now = self.clock.now();
+        if self.replica.poll_timeout().is_some_and(|t| t <= now) {
+            self.replica.handle(now, Input::Tick, out);
+        }
+
+        let mut records = Vec::new();
+        let mut actions = Vec::with_capacity(out.len());
+        for output in out.drain(..) {
+            match output {
+                Output::Persist(record) => records.push(record),
+                other => actions.push(other),
+            }
+        }
+        if !records.is_empty() {
+            self.persist(records).await?;
+        }
+        for action in actions {
+            self.perform(action);
+        }
+        Ok(())
+    }
+
+    /// Appends `records` with one fsync, on the blocking pool.
+    async fn persist(&mut self, records: Vec<Record>) -> anyhow::Result<()> {
+        let mut storage = self
+            .storage
+            .take()
+            .context("the record log is unavailable after an earlier failure")?;
+        let count = records.len();
+        let (storage, result) = tokio::task::spawn_blocking(move || {
+            let result = storage.append(&records);
+            (storage, result)
+        })
+        .await
+        .context("the record log writer failed")?;
+        self.storage = Some(storage);
+        result.context(
+            "cannot persist protocol state; stopping without sending anything that depends on it",
+        )?;
+        add(&self.metrics.fsyncs, 1);
+        debug!(records = count, "persisted");
+        Ok(())
+    }
+
+    /// Performs one non-persist output.
+    fn perform(&mut self, output: Output) {
+        match output {
+            Output::Persist(_) => {
+                // Split off by `step` and already durable.
+            }
+            Output::Send(to, message) => match self.keys.get(to.index()) {
+                Some(key) => {
+                    let key = *key;
+                    self.send(key, Bytes::from(message.encode()), message.kind());
+                }
+                None => debug!(%to, "send to an unknown replica dropped"),
+            },
+            Output::Broadcast(message) => {
+                let frame = Bytes::from(message.encode());
+                let me = self.replica.id();
+                for i in 0..self.keys.len() {
+                    if i != me.index() {
+                        self.send(self.keys[i], frame.clone(), message.kind());
+                    }
+                }
+            }
+            Output::Reply(client, reply) => {
+                let frame = Bytes::from(Message::Reply(reply).encode());
+                self.send(client.0, frame, "reply");
+            }
+            Output::Status(client, report) => {
+                let frame = Bytes::from(Message::StatusReport(report).encode());
+                self.send(client.0, frame, "status-report");
+            }
+            Output::Executed {
+                seq,
+                view,
+                digest,
+                requests,
+            } => {
+                add(&self.metrics.executed_batches, 1);
+                add(&self.metrics.executed_requests, requests as u64);
+                self.last_executed = seq;
+                debug!(seq = seq.0, view = view.0, %digest, requests, "executed");
+            }
+            Output::Checkpointed { seq, digest } => {
+                debug!(seq = seq.0, %digest, "checkpoint taken");
+            }
+            Output::StateTransferred { seq, digest } => {
+                self.last_executed = self.last_executed.max(seq);
+                info!(seq = seq.0, %digest, "state transferred from a certified checkpoint");
+            }
+            Output::EnteredView(view) => {
+                self.view = view;
+                let primary = self.replica.config().primary(view);
+                info!(view = view.0, primary = primary.0, "entered view");
+            }
+        }
+    }
+
+    fn send(&self, to: PublicKey, frame: Bytes, kind: &'static str) {
+        if let Err(e) = self.endpoint.send(to, frame) {
+            add(&self.metrics.send_errors, 1);
+            debug!(peer = ?to, kind, error = %e, "send failed");
+        }
+    }
+
+    /// The periodic counters line.
+    fn log_stats(&self) {
+        let status = self.replica.status();
+        let net = self.endpoint.stats();
+        let verify = self.verifier.stats();
+        let core_dropped: u64 = self.replica.dropped().values().sum();
+        let m = &self.metrics;
+        info!(
+            view = status.view.0,
+            active = status.active,
+            primary = status.primary.0,
+            last_executed = status.last_executed.0,
+            stable_checkpoint = status.stable_checkpoint.0,
+            pending_requests = status.pending_requests,
+            executed_batches = get(&m.executed_batches),
+            executed_requests = get(&m.executed_requests),
+            fsyncs = get(&m.fsyncs),
+            garbage_frames = get(&m.garbage_frames),
+            refused_frames = get(&m.refused_frames),
+            verified = verify.verified,
+            verify_failures = verify.rejected,
+            core_dropped,
+            send_errors = get(&m.send_errors),
+            frames_sent = net.frames_sent,
+            frames_received = net.frames_received,
+            frames_dropped = net.frames_dropped,
+            bad_frames = net.bad_frames,
+            refused_peers = net.refused_peers,
+            open_connections = net.open_connections,
+            "stats"
+        );
+    }
+}
