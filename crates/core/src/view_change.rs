@@ -183,12 +183,21 @@ impl Replica {
     }
 
     /// Starts the timer that bounds the wait for NEW-VIEW once 2f+1 replicas
-    /// (this one included) asked for the view being changed to.
+    /// (this one included) have left the current view: their latest
+    /// VIEW-CHANGE is for this view or a later one. (Only each replica's
+    /// latest VIEW-CHANGE is kept, so counting later views too matters: a
+    /// replica that already moved on must still count, or the rest could wait
+    /// forever without a timer.)
     fn start_new_view_timer(&mut self) {
         if self.active || self.timer_view_change.is_some() {
             return;
         }
-        if self.view_changes_for(self.view).len() >= self.config.quorum() {
+        let left = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.new_view >= self.view)
+            .count();
+        if left >= self.config.quorum() {
             self.timer_view_change = Some(self.now + self.view_change_timeout());
         }
     }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, warn, Instrument};
+use tracing::{debug, error, Instrument};
 
 /// Items checked in one batch when not set otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 64;
@@ -180,7 +180,7 @@ where
                     }
                     Err(e) => {
                         inc(&forward_counters.rejected);
-                        warn!(peer = %Short(&from), error = %e, "dropping message that failed signature verification");
+                        debug!(peer = %Short(&from), error = %e, "dropping message that failed signature verification");
                     }
                 }
             }

@@ -7,8 +7,10 @@
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use pbft_sim::{run_with, RunOptions, Scenario};
+use pbft_sim::{run_with, RunOptions, RunReport, Scenario};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Deterministic simulation of PBFT clusters under faults.
 #[derive(Parser, Debug)]
@@ -35,6 +37,45 @@ struct Args {
     /// Print every violation in full (otherwise the first lines of each failing run).
     #[arg(long)]
     full: bool,
+    /// Worker threads (runs are independent; each stays single-threaded and
+    /// deterministic). Default: the number of CPUs.
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+/// Runs every seed of one (scenario, f) on `jobs` threads; reports in seed order.
+fn run_seeds(
+    scenario: Scenario,
+    f: usize,
+    seeds: &[u64],
+    verbose: bool,
+    jobs: usize,
+) -> Vec<RunReport> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<RunReport>>> = Mutex::new(vec![None; seeds.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { break };
+                let report = run_with(&RunOptions {
+                    scenario,
+                    f,
+                    seed,
+                    verbose,
+                });
+                if let Ok(mut r) = results.lock() {
+                    r[i] = Some(report);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 #[derive(Default)]
@@ -71,6 +112,11 @@ fn main() -> Result<ExitCode> {
         // Core panics are caught and reported as violations; keep stderr clean.
         std::panic::set_hook(Box::new(|_| {}));
     }
+    let jobs = match (args.verbose, args.jobs) {
+        (true, _) => 1, // one trace at a time
+        (false, Some(j)) => j,
+        (false, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for &scenario in &scenarios {
@@ -79,13 +125,7 @@ fn main() -> Result<ExitCode> {
             // Wall-clock time of the sweep, for the table only: never an input of a run.
             #[allow(clippy::disallowed_methods)]
             let started = std::time::Instant::now();
-            for &seed in &seeds {
-                let report = run_with(&RunOptions {
-                    scenario,
-                    f,
-                    seed,
-                    verbose: args.verbose,
-                });
+            for report in run_seeds(scenario, f, &seeds, args.verbose, jobs) {
                 row.runs += 1;
                 row.completed += report.completed as u64;
                 row.requests += report.requests as u64;

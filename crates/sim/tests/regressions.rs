@@ -69,3 +69,13 @@ fn mixed_f2_seed_48() {
 fn mixed_f3_seed_28() {
     check(Scenario::Mixed, 3, 28);
 }
+
+/// After a partition, two honest replicas had moved one view further than the
+/// other four; each replica keeps only the latest VIEW-CHANGE of each peer, so
+/// the four never held 2f+1 for their own view and never started the
+/// new-view timer: no timer anywhere, no progress. The timer now starts once
+/// 2f+1 replicas sent a VIEW-CHANGE for this view *or a later one*.
+#[test]
+fn mixed_f2_seed_294() {
+    check(Scenario::Mixed, 2, 294);
+}

@@ -1,0 +1,174 @@
+//! `pbft testnet`: the configuration of a local cluster.
+
+use crate::{CmdResult, Failure};
+use anyhow::Context;
+use clap::Args;
+use pbft_config::{ClientAdmission, ClientFile, ClusterFile, NodeFile, ReplicaEntry, Tuning};
+use pbft_crypto::keyfile;
+use pbft_crypto::KeyPair;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+
+/// Arguments of `pbft testnet`.
+#[derive(Args, Debug, Clone)]
+pub struct TestnetArgs {
+    /// Number of replicas: 3f+1 (1, 4, 7, 10, ...).
+    #[arg(long, default_value_t = 4)]
+    pub replicas: usize,
+    /// Output directory (created; must not already hold a testnet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replica i listens on 127.0.0.1:<BASE_PORT + i>. Default: free UDP ports
+    /// picked now (not necessarily consecutive).
+    #[arg(long)]
+    pub base_port: Option<u16>,
+    /// The replicas' protocol timeout base in milliseconds (view changes,
+    /// retransmissions). The client timeout should be several times larger.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_base_ms: u64,
+    /// Accept only the testnet's own client key (client.key), not any client.
+    /// Clients must then run with `--use-config-key`.
+    #[arg(long)]
+    pub only_config_client: bool,
+}
+
+/// Picks `n` distinct free UDP ports on 127.0.0.1 (bound together, then
+/// released; a race with other processes is possible but unlikely).
+pub fn free_udp_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let sockets = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot bind a UDP socket to find free ports")?;
+    sockets
+        .iter()
+        .map(|s| Ok(s.local_addr()?.port()))
+        .collect::<Result<Vec<_>, std::io::Error>>()
+        .context("cannot read a socket's port")
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let text = toml::to_string(value).with_context(|| format!("{}: encoding", path.display()))?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes a testnet of `replicas` into `out` with the given ports and
+/// returns the paths of the node files and of client.toml.
+pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, PathBuf), Failure> {
+    let n = args.replicas;
+    if n == 0 || n % 3 != 1 {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--replicas must be 3f+1 for some f >= 0 (1, 4, 7, 10, ...); got {n}"
+        )));
+    }
+    if args.timeout_base_ms == 0 {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--timeout-base-ms must be positive"
+        )));
+    }
+    let out = &args.out;
+    if out.join("cluster.toml").exists() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{}: already holds a testnet (cluster.toml); refusing to overwrite",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+
+    let mut entries = Vec::new();
+    for (i, port) in ports.iter().enumerate().take(n) {
+        let key = KeyPair::generate();
+        let file = out.join(format!("node-{i}.key"));
+        keyfile::write_secret(&file, &key).map_err(Failure::failed)?;
+        entries.push(ReplicaEntry {
+            id: i as u32,
+            address: SocketAddr::from(([127, 0, 0, 1], *port)),
+            public_key: key.public().to_hex(),
+        });
+    }
+    let cluster = ClusterFile {
+        // TOML integers are signed 64-bit.
+        cluster_id: rand::random::<u64>() >> 1,
+        checkpoint_interval: 64,
+        log_window: 128,
+        replicas: entries,
+    };
+    write_toml(&out.join("cluster.toml"), &cluster)?;
+
+    let client_key = KeyPair::generate();
+    keyfile::write_secret(&out.join("client.key"), &client_key).map_err(Failure::failed)?;
+    let clients = if args.only_config_client {
+        ClientAdmission {
+            allow_any: false,
+            allow: vec![client_key.public().to_hex()],
+        }
+    } else {
+        ClientAdmission::default()
+    };
+
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let node = NodeFile {
+            id: i as u32,
+            cluster: "cluster.toml".into(),
+            key: format!("node-{i}.key").into(),
+            data_dir: format!("data/node-{i}").into(),
+            listen: None,
+            tuning: Tuning {
+                timeout_base_ms: args.timeout_base_ms,
+                ..Tuning::default()
+            },
+            clients: clients.clone(),
+            log_format: Default::default(),
+        };
+        let path = out.join(format!("node-{i}.toml"));
+        write_toml(&path, &node)?;
+        nodes.push(path);
+    }
+    let client = ClientFile {
+        cluster: "cluster.toml".into(),
+        key: "client.key".into(),
+        timeout_ms: 30_000,
+    };
+    let client_path = out.join("client.toml");
+    write_toml(&client_path, &client)?;
+
+    // What we wrote must load.
+    for p in &nodes {
+        NodeFile::load(p).map_err(Failure::failed)?;
+    }
+    ClientFile::load(&client_path).map_err(Failure::failed)?;
+    Ok((nodes, client_path))
+}
+
+/// `pbft testnet`.
+pub fn run(args: &TestnetArgs) -> CmdResult {
+    let ports = match args.base_port {
+        Some(base) => (0..args.replicas)
+            .map(|i| {
+                u16::try_from(i)
+                    .ok()
+                    .and_then(|i| base.checked_add(i))
+                    .ok_or_else(|| Failure::usage(anyhow::anyhow!("--base-port too high")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => free_udp_ports(args.replicas)?,
+    };
+    let (nodes, client) = generate(args, &ports)?;
+    println!(
+        "wrote a {}-replica testnet to {}",
+        args.replicas,
+        args.out.display()
+    );
+    for (i, p) in nodes.iter().enumerate() {
+        println!(
+            "  replica {i}: 127.0.0.1:{}  pbft node --config {}",
+            ports[i],
+            p.display()
+        );
+    }
+    println!(
+        "  client:     pbft client --config {} put k v",
+        client.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! The generic client: ordered requests, the read-only fast path, status.
+
+use crate::error::ClientError;
+use crate::quorum::{learned_view, next_request_id, ReplyTally};
+use bytes::Bytes;
+use pbft_config::{ClientSettings, Cluster, Tuning};
+use pbft_core::message::{Reply, Request, StatusReport, StatusRequest};
+use pbft_core::{ClientId, Message, ReplicaId, RequestId, View};
+use pbft_crypto::{KeyPair, Signer, Verifier};
+use pbft_net::{Endpoint, InboundFrame, NetConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
+use tracing::debug;
+
+/// Timing of a [`Client`]. Every interval derives from the defaults below;
+/// `timeout` must exceed a view change of the cluster (several times the
+/// replicas' `timeout_base_ms`), or clients give up exactly when the cluster
+/// recovers.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Overall deadline of one operation (default 30 s). When it passes the
+    /// operation fails with [`ClientError::Timeout`]: outcome unknown.
+    pub timeout: Duration,
+    /// How long to wait for the believed primary before broadcasting the
+    /// request to every replica (default 1 s); doubles after each
+    /// retransmission, up to `retransmit_max`.
+    pub retransmit: Duration,
+    /// The longest retransmission interval (default 8 s).
+    pub retransmit_max: Duration,
+    /// How long the read-only fast path waits for 2f+1 matching answers before
+    /// falling back to an ordered request (default 1 s).
+    pub read_only_wait: Duration,
+    /// Once 2f+1 replicas answered a read-only request without agreeing (one
+    /// may lag behind by a few requests), how much longer to wait for the
+    /// others before ordering the request instead (default 50 ms).
+    pub read_only_grace: Duration,
+    /// How long [`Client::status`] waits for reports (default 2 s).
+    pub status_timeout: Duration,
+    /// Transport tunables.
+    pub net: NetConfig,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions::with_timeout(Duration::from_secs(30))
+    }
+}
+
+impl ClientOptions {
+    /// The default options with an overall deadline of `timeout`.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        ClientOptions {
+            timeout,
+            retransmit: Duration::from_secs(1),
+            retransmit_max: Duration::from_secs(8),
+            read_only_wait: Duration::from_secs(1),
+            read_only_grace: Duration::from_millis(50),
+            status_timeout: Duration::from_secs(2),
+            net: NetConfig::default(),
+        }
+    }
+}
+
+/// One replica's answer to [`Client::status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The replica.
+    pub id: ReplicaId,
+    /// Its address in the cluster file.
+    pub address: SocketAddr,
+    /// Its signed report, or `None` if it did not answer in time.
+    pub report: Option<StatusReport>,
+}
+
+impl ReplicaStatus {
+    /// Whether the replica answered.
+    pub fn reachable(&self) -> bool {
+        self.report.is_some()
+    }
+}
+
+/// What the receive loop hands on.
+enum Incoming {
+    Reply(Reply),
+    Status(StatusReport),
+}
+
+/// State used by one operation at a time.
+struct State {
+    inbound: mpsc::Receiver<InboundFrame>,
+    last_request_id: RequestId,
+    /// The latest view each replica reported.
+    views: BTreeMap<ReplicaId, View>,
+}
+
+/// A client of one PBFT cluster.
+///
+/// A `Client` runs **one operation at a time** (further calls wait on an
+/// internal lock): replicas remember only the last request id of each client
+/// for exactly-once execution, so concurrent requests need several clients,
+/// each with its own key. Request ids are strictly increasing and never
+/// reused, even across processes sharing a key: each id is at least the
+/// current UNIX time in microseconds.
+///
+/// Must be created inside a tokio runtime.
+pub struct Client {
+    endpoint: Endpoint,
+    signer: Signer,
+    verifier: Verifier,
+    config: pbft_core::Config,
+    cluster: Cluster,
+    options: ClientOptions,
+    id: ClientId,
+    view: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("cluster", &self.cluster.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Client {
+    /// Connects with the settings of a `client.toml` (its key file and timeout).
+    pub fn connect(settings: &ClientSettings) -> Result<Client, ClientError> {
+        let key = pbft_crypto::keyfile::read_secret(&settings.key)?;
+        Client::with_key(
+            &settings.cluster,
+            key,
+            ClientOptions::with_timeout(settings.timeout),
+        )
+    }
+
+    /// Connects to `cluster` as the client with `key`.
+    pub fn with_key(
+        cluster: &Cluster,
+        key: KeyPair,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let (endpoint, inbound) = Endpoint::client(&key, options.net.clone())?;
+        for (k, addr) in cluster.keys.iter().zip(&cluster.addresses) {
+            endpoint.add_peer(*k, *addr);
+        }
+        let id = ClientId(key.public());
+        Ok(Client {
+            endpoint,
+            signer: Signer::new(key, cluster.id),
+            verifier: Verifier::new(cluster.id),
+            config: cluster.core_config(&Tuning::default()),
+            cluster: cluster.clone(),
+            options,
+            id,
+            view: AtomicU64::new(0),
+            state: Mutex::new(State {
+                inbound,
+                last_request_id: RequestId(0),
+                views: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// This client's identity (its public key).
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// The cluster this client talks to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The view the client currently believes the cluster is in (learned from
+    /// replies: the highest view reported by at least f+1 replicas).
+    pub fn view(&self) -> View {
+        View(self.view.load(Ordering::Relaxed))
+    }
+
+    /// How many replicas this client has a live connection to.
+    pub fn connected_replicas(&self) -> usize {
+        self.cluster
+            .keys
+            .iter()
+            .filter(|k| self.endpoint.is_connected(k))
+            .count()
+    }
+
+    /// Executes `op` through the protocol (ordered, exactly once) and returns
+    /// the result that f+1 replicas agree on.
+    ///
+    /// The request goes to the believed primary; if no decision arrives within
+    /// [`ClientOptions::retransmit`] it is broadcast to every replica, again
+    /// at doubling intervals, until [`ClientOptions::timeout`] passes.
+    pub async fn invoke(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let mut state = self.state.lock().await;
+        let deadline = Instant::now() + self.options.timeout;
+        self.ordered(&mut state, op, deadline).await
+    }
+
+    /// Evaluates a read-only `op` on the read-only fast path: the request is
+    /// broadcast unordered and accepted on 2f+1 matching answers within
+    /// [`ClientOptions::read_only_wait`]; otherwise (replicas disagree, or too
+    /// few answer) it is retried as an ordered request with a fresh id.
+    ///
+    /// Replicas do not answer a write operation on this path; use
+    /// [`Client::invoke`] for those.
+    pub async fn query(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let mut state = self.state.lock().await;
+        let start = Instant::now();
+        let deadline = start + self.options.timeout;
+        let request_id = self.next_id(&mut state);
+        let frame = self.request_frame(request_id, op.clone(), true);
+        self.broadcast(&frame);
+        let mut wait_until = (start + self.options.read_only_wait).min(deadline);
+        let needed = self.config.quorum();
+        let mut tally = ReplyTally::new(request_id, true);
+        while let Some(incoming) = self.next_incoming(&mut state, wait_until).await? {
+            if let Incoming::Reply(reply) = incoming {
+                if tally.add(&reply) {
+                    if let Some(result) = tally.decided(needed) {
+                        return Ok(result.to_vec());
+                    }
+                    if tally.hopeless(needed, self.config.n()) {
+                        break;
+                    }
+                    if tally.voters() >= needed {
+                        wait_until = wait_until.min(Instant::now() + self.options.read_only_grace);
+                    }
+                }
+            }
+        }
+        debug!(
+            voters = tally.voters(),
+            "read-only fast path did not decide; ordering the request"
+        );
+        self.ordered(&mut state, op, deadline).await
+    }
+
+    /// Asks every replica for its signed status report; replicas that do not
+    /// answer within [`ClientOptions::status_timeout`] are reported unreachable.
+    pub async fn status(&self) -> Vec<ReplicaStatus> {
+        let mut state = self.state.lock().await;
+        let nonce: u64 = rand::random();
+        let request = self.signer.sign(StatusRequest {
+            client: self.id,
+            nonce,
+        });
+        self.broadcast(&Bytes::from(Message::StatusRequest(request).encode()));
+        let deadline = Instant::now() + self.options.status_timeout;
+        let mut reports: BTreeMap<ReplicaId, StatusReport> = BTreeMap::new();
+        while reports.len() < self.config.n() {
+            match self.next_incoming(&mut state, deadline).await {
+                Ok(Some(Incoming::Status(report))) if report.nonce == nonce => {
+                    reports.insert(report.replica, report);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.cluster
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, address)| {
+                let id = ReplicaId(i as u32);
+                ReplicaStatus {
+                    id,
+                    address: *address,
+                    report: reports.remove(&id),
+                }
+            })
+            .collect()
+    }
+
+    /// Closes the connections, waiting (a few seconds at most) for the
+    /// replicas to be told. Dropping the client closes them abruptly.
+    pub async fn close(&self) {
+        self.endpoint.shutdown().await;
+    }
+
+    async fn ordered(
+        &self,
+        state: &mut State,
+        op: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ClientError> {
+        let started = Instant::now();
+        let request_id = self.next_id(state);
+        let frame = self.request_frame(request_id, op, false);
+        let primary = self.config.primary(self.view());
+        self.send(primary, &frame);
+        let mut interval = self.options.retransmit;
+        let mut retransmit_at = started + interval;
+        let needed = self.config.weak_quorum();
+        let mut tally = ReplyTally::new(request_id, false);
+        loop {
+            let until = retransmit_at.min(deadline);
+            match self.next_incoming(state, until).await? {
+                Some(Incoming::Reply(reply)) => {
+                    if tally.add(&reply) {
+                        if let Some(result) = tally.decided(needed) {
+                            return Ok(result.to_vec());
+                        }
+                    }
+                }
+                Some(Incoming::Status(_)) => {}
+                None if Instant::now() >= deadline => {
+                    return Err(ClientError::timeout(
+                        started.elapsed(),
+                        self.connected_replicas(),
+                        self.config.n(),
+                        self.config.f(),
+                    ));
+                }
+                None => {
+                    debug!(%request_id, ?interval, "no decision yet; broadcasting the request");
+                    self.broadcast(&frame);
+                    interval = (interval * 2).min(self.options.retransmit_max);
+                    retransmit_at = Instant::now() + interval;
+                }
+            }
+        }
+    }
+
+    /// The next verified reply or status report for this client, or `None`
+    /// at `until`. Frames that do not decode, are not for us or do not verify
+    /// are dropped.
+    async fn next_incoming(
+        &self,
+        state: &mut State,
+        until: Instant,
+    ) -> Result<Option<Incoming>, ClientError> {
+        loop {
+            let frame = match tokio::time::timeout_at(until, state.inbound.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => return Err(ClientError::Protocol("the client endpoint closed".into())),
+                Ok(Some(frame)) => frame,
+            };
+            let Some(incoming) = self.check(&frame) else {
+                continue;
+            };
+            let (replica, view) = match &incoming {
+                Incoming::Reply(r) => (r.replica, r.view),
+                Incoming::Status(s) => (s.replica, s.view),
+            };
+            let known = state.views.entry(replica).or_default();
+            *known = (*known).max(view);
+            if let Some(v) = learned_view(&state.views, self.config.f()) {
+                self.view.fetch_max(v.0, Ordering::Relaxed);
+            }
+            return Ok(Some(incoming));
+        }
+    }
+
+    fn check(&self, frame: &InboundFrame) -> Option<Incoming> {
+        let message = match Message::decode(&frame.bytes) {
+            Ok(m @ (Message::Reply(_) | Message::StatusReport(_))) => m,
+            Ok(other) => {
+                debug!(kind = other.kind(), "ignoring unexpected message");
+                return None;
+            }
+            Err(e) => {
+                debug!(error = %e, "ignoring undecodable frame");
+                return None;
+            }
+        };
+        let message = match self.verifier.verify(message, &self.config) {
+            Ok(m) => m.into_inner(),
+            Err(e) => {
+                debug!(error = %e, "ignoring unverifiable message");
+                return None;
+            }
+        };
+        match message {
+            Message::Reply(r) if r.client == self.id => Some(Incoming::Reply(r.value)),
+            Message::StatusReport(s) => Some(Incoming::Status(s.value)),
+            _ => None,
+        }
+    }
+
+    fn next_id(&self, state: &mut State) -> RequestId {
+        let id = next_request_id(state.last_request_id, now_micros());
+        state.last_request_id = id;
+        id
+    }
+
+    fn request_frame(&self, request_id: RequestId, op: Vec<u8>, read_only: bool) -> Bytes {
+        let request = self.signer.sign(Request {
+            client: self.id,
+            request_id,
+            op,
+            read_only,
+        });
+        Bytes::from(Message::Request(request).encode())
+    }
+
+    fn send(&self, to: ReplicaId, frame: &Bytes) {
+        if let Some(key) = self.config.key(to) {
+            if let Err(e) = self.endpoint.send(*key, frame.clone()) {
+                debug!(replica = %to, error = %e, "send failed");
+            }
+        }
+    }
+
+    fn broadcast(&self, frame: &Bytes) {
+        for id in self.config.ids() {
+            self.send(id, frame);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The client's quorum logic, as pure functions and small value types so it
+//! can be tested without a network.
+//!
+//! * An ordered request's result is accepted once f+1 distinct replicas sent
+//!   matching replies: at least one of them is honest, and an honest replica
+//!   only replies after executing the request in the agreed order.
+//! * A read-only answer is accepted once 2f+1 distinct replicas sent matching
+//!   read-only replies: any two quorums of 2f+1 share an honest replica, so the
+//!   answer reflects every write that completed before the query began.
+//! * A replica counts once, whatever it sends: its latest reply replaces its
+//!   earlier ones, so a Byzantine replica cannot vote twice.
+
+use pbft_core::message::Reply;
+use pbft_core::{ReplicaId, RequestId, View};
+use std::collections::BTreeMap;
+
+/// The replies of distinct replicas to one request.
+#[derive(Clone, Debug)]
+pub struct ReplyTally {
+    request_id: RequestId,
+    read_only: bool,
+    /// One vote per replica: its latest result.
+    votes: BTreeMap<ReplicaId, Vec<u8>>,
+}
+
+impl ReplyTally {
+    /// An empty tally for `request_id`, counting only read-only replies if
+    /// `read_only`, else only ordered ones.
+    pub fn new(request_id: RequestId, read_only: bool) -> Self {
+        ReplyTally {
+            request_id,
+            read_only,
+            votes: BTreeMap::new(),
+        }
+    }
+
+    /// Counts `reply` (already verified) if it answers this tally's request
+    /// with the right kind; returns whether it was counted. A replica that
+    /// already voted has its vote replaced, never added.
+    pub fn add(&mut self, reply: &Reply) -> bool {
+        if reply.request_id != self.request_id || reply.read_only != self.read_only {
+            return false;
+        }
+        self.votes.insert(reply.replica, reply.result.clone());
+        true
+    }
+
+    /// The number of distinct replicas that replied.
+    pub fn voters(&self) -> usize {
+        self.votes.len()
+    }
+
+    /// The result that at least `needed` distinct replicas sent, if any.
+    pub fn decided(&self, needed: usize) -> Option<&[u8]> {
+        decide(self.votes.values().map(Vec::as_slice), needed)
+    }
+
+    /// Whether no result can reach `needed` votes any more, given `n` replicas.
+    pub fn hopeless(&self, needed: usize, n: usize) -> bool {
+        let missing = n.saturating_sub(self.votes.len());
+        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for v in self.votes.values() {
+            *counts.entry(v.as_slice()).or_default() += 1;
+        }
+        let best = counts.values().copied().max().unwrap_or(0);
+        best + missing < needed
+    }
+}
+
+/// The value that at least `needed` of `votes` (one per replica) agree on.
+pub fn decide<'a>(votes: impl IntoIterator<Item = &'a [u8]>, needed: usize) -> Option<&'a [u8]> {
+    let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
+    for v in votes {
+        let c = counts.entry(v).or_default();
+        *c += 1;
+        if *c >= needed.max(1) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The view the client should believe, from the latest view each replica
+/// reported: the highest view that at least `f + 1` replicas report being in
+/// or beyond (so at least one honest replica reached it; f Byzantine replicas
+/// cannot push the client to a view nobody is in). `None` with fewer than
+/// `f + 1` reports.
+pub fn learned_view(reported: &BTreeMap<ReplicaId, View>, f: usize) -> Option<View> {
+    let mut views: Vec<View> = reported.values().copied().collect();
+    views.sort_unstable_by(|a, b| b.cmp(a));
+    views.get(f).copied()
+}
+
+/// The next request id: strictly above `last`, and at least the current time
+/// in microseconds since the UNIX epoch, so that ids stay increasing across
+/// processes and restarts that use the same key (replicas remember only the
+/// last id of each client and ignore older ones).
+pub fn next_request_id(last: RequestId, now_micros: u64) -> RequestId {
+    RequestId(last.0.saturating_add(1).max(now_micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbft_core::ClientId;
+    use pbft_crypto::PublicKey;
+
+    fn reply(replica: u32, id: u64, result: &[u8], read_only: bool) -> Reply {
+        Reply {
+            view: View(0),
+            client: ClientId(PublicKey([9; 32])),
+            request_id: RequestId(id),
+            result: result.to_vec(),
+            read_only,
+            replica: ReplicaId(replica),
+        }
+    }
+
+    #[test]
+    fn f_plus_one_matching_ordered_replies_decide() {
+        // n = 4, f = 1: two matching replies are enough.
+        let mut t = ReplyTally::new(RequestId(5), false);
+        assert!(t.add(&reply(0, 5, b"ok", false)));
+        assert_eq!(t.decided(2), None);
+        assert!(t.add(&reply(2, 5, b"ok", false)));
+        assert_eq!(t.decided(2), Some(&b"ok"[..]));
+    }
+
+    #[test]
+    fn read_only_needs_two_f_plus_one() {
+        let mut t = ReplyTally::new(RequestId(5), true);
+        t.add(&reply(0, 5, b"v", true));
+        t.add(&reply(1, 5, b"v", true));
+        assert_eq!(t.decided(3), None);
+        t.add(&reply(3, 5, b"v", true));
+        assert_eq!(t.decided(3), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn byzantine_wrong_result_is_outvoted() {
+        let mut t = ReplyTally::new(RequestId(1), false);
+        t.add(&reply(0, 1, b"evil", false));
+        assert_eq!(t.decided(2), None);
+        t.add(&reply(1, 1, b"good", false));
+        assert_eq!(t.decided(2), None, "one vote each: no decision yet");
+        t.add(&reply(2, 1, b"good", false));
+        assert_eq!(t.decided(2), Some(&b"good"[..]));
+    }
+
+    #[test]
+    fn duplicates_from_one_replica_count_once() {
+        let mut t = ReplyTally::new(RequestId(1), false);
+        for _ in 0..5 {
+            t.add(&reply(3, 1, b"evil", false));
+        }
+        assert_eq!(t.voters(), 1);
+        assert_eq!(t.decided(2), None);
+        // A replica that changes its answer still has one vote.
+        t.add(&reply(3, 1, b"good", false));
+        t.add(&reply(1, 1, b"good", false));
+        assert_eq!(t.voters(), 2);
+        assert_eq!(t.decided(2), Some(&b"good"[..]));
+    }
+
+    #[test]
+    fn other_requests_and_kinds_are_not_counted() {
+        let mut t = ReplyTally::new(RequestId(7), false);
+        assert!(!t.add(&reply(0, 6, b"x", false)), "older request");
+        assert!(
+            !t.add(&reply(1, 7, b"x", true)),
+            "read-only reply to an ordered request"
+        );
+        assert_eq!(t.voters(), 0);
+        let mut r = ReplyTally::new(RequestId(7), true);
+        assert!(!r.add(&reply(1, 7, b"x", false)));
+    }
+
+    #[test]
+    fn split_read_only_answers_become_hopeless() {
+        // n = 4, need 3: 2 + 2 split can never reach 3.
+        let mut t = ReplyTally::new(RequestId(1), true);
+        t.add(&reply(0, 1, b"a", true));
+        t.add(&reply(1, 1, b"b", true));
+        assert!(!t.hopeless(3, 4));
+        t.add(&reply(2, 1, b"a", true));
+        t.add(&reply(3, 1, b"b", true));
+        assert!(t.hopeless(3, 4));
+        assert_eq!(t.decided(3), None);
+    }
+
+    #[test]
+    fn decide_ignores_needed_zero() {
+        assert_eq!(decide([&b"a"[..]], 0), Some(&b"a"[..]));
+        assert_eq!(decide(std::iter::empty(), 1), None);
+    }
+
+    #[test]
+    fn learned_view_needs_f_plus_one() {
+        let mut m = BTreeMap::new();
+        m.insert(ReplicaId(0), View(9)); // a Byzantine replica lies
+        assert_eq!(learned_view(&m, 1), None);
+        m.insert(ReplicaId(1), View(2));
+        assert_eq!(learned_view(&m, 1), Some(View(2)));
+        m.insert(ReplicaId(2), View(3));
+        assert_eq!(learned_view(&m, 1), Some(View(3)));
+        m.insert(ReplicaId(3), View(1));
+        assert_eq!(learned_view(&m, 1), Some(View(3)));
+    }
+
+    #[test]
+    fn request_ids_increase_and_follow_the_clock() {
+        assert_eq!(next_request_id(RequestId(0), 1_000), RequestId(1_000));
+        assert_eq!(next_request_id(RequestId(5_000), 1_000), RequestId(5_001));
+        assert_eq!(next_request_id(RequestId(u64::MAX), 0), RequestId(u64::MAX));
+    }
+}
