@@ -137,7 +137,7 @@ impl Byzantine {
     pub fn transform(&mut self, rng: &mut ChaCha8Rng, out: Vec<Outgoing>) -> Vec<Outgoing> {
         match self.behavior {
             Behavior::Silent => Vec::new(),
-            Behavior::Equivocate => out.into_iter().map(|o| self.equivocate(rng, o)).collect(),
+            Behavior::Equivocate => out.into_iter().flat_map(|o| self.equivocate(rng, o)).collect(),
             Behavior::Conflict => out.into_iter().map(|o| self.conflict(rng, o)).collect(),
             Behavior::BadSig => out.into_iter().map(|o| bad_signature(rng, o)).collect(),
             Behavior::Replay => self.replay(rng, out),
@@ -161,29 +161,43 @@ impl Byzantine {
         }
     }
 
-    fn equivocate(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
+    fn equivocate(&self, rng: &mut ChaCha8Rng, o: Outgoing) -> Vec<Outgoing> {
         let Message::PrePrepare(pp, batch) = &o.msg else {
-            return o;
+            return vec![o];
         };
-        let Dest::Replica(j) = o.to else { return o };
-        // Half of the backups (a different half per sequence number) get
-        // another batch for the same (view, seq), most of the time.
-        if (j as u64 + pp.seq.0) & 1 == 0 || rng.gen_bool(0.2) {
-            return o;
-        }
+        let Dest::Replica(j) = o.to else { return vec![o] };
         let mut alt = batch.clone();
         if alt.requests.len() > 1 {
             alt.requests.reverse();
         } else if alt.requests.is_empty() {
-            // Nothing to reorder: claim a batch from the replay buffer or keep the null request.
-            return o;
+            // Nothing to reorder: keep the null request.
+            return vec![o];
         } else {
             alt.requests.clear();
         }
         let mut value = pp.value.clone();
         value.digest = alt.digest();
-        o.msg = Message::PrePrepare(self.signer.sign(value), alt);
-        o
+        let alt = Outgoing {
+            to: o.to,
+            msg: Message::PrePrepare(self.signer.sign(value), alt),
+            extra_delay: o.extra_delay,
+        };
+        // Some backups get both batches for the same (view, seq), in a random
+        // order: an honest backup must keep the first and refuse the second.
+        if rng.gen_bool(0.3) {
+            let mut both = vec![o, alt];
+            if rng.gen_bool(0.5) {
+                both.reverse();
+            }
+            both[1].extra_delay += rng.gen_range(0..2_000);
+            return both;
+        }
+        // Otherwise half of the backups (a different half per sequence
+        // number) get the other batch, most of the time.
+        if (j as u64 + pp.seq.0) & 1 == 0 || rng.gen_bool(0.2) {
+            return vec![o];
+        }
+        vec![alt]
     }
 
     fn conflict(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
