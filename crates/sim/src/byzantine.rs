@@ -295,7 +295,14 @@ impl Byzantine {
                             vc.checkpoint.seq.0
                                 + rng.gen_range(1..=self.config.checkpoint_interval),
                         );
-                        let digest = random_digest(rng);
+                        // Its digest: the null request (which every replica
+                        // could execute, so accepting it would split them)
+                        // or a batch nobody has.
+                        let digest = if rng.gen_bool(0.5) {
+                            Batch::null_digest()
+                        } else {
+                            random_digest(rng)
+                        };
                         let pre_prepare = self.signer.sign(PrePrepare {
                             view: View(view),
                             seq,
@@ -308,10 +315,16 @@ impl Byzantine {
                             digest,
                             replica: self.id,
                         });
+                        // Its prepares: 2f copies of its own, or none at all.
+                        let prepares = if rng.gen_bool(0.5) {
+                            vec![prepare; 2 * f]
+                        } else {
+                            Vec::new()
+                        };
                         vc.prepared.retain(|p| p.pre_prepare.seq != seq);
                         vc.prepared.push(PreparedProof {
                             pre_prepare,
-                            prepares: vec![prepare; 2 * f],
+                            prepares,
                         });
                         vc.prepared.sort_by_key(|p| p.pre_prepare.seq);
                     }
