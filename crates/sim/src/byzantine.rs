@@ -137,7 +137,10 @@ impl Byzantine {
     pub fn transform(&mut self, rng: &mut ChaCha8Rng, out: Vec<Outgoing>) -> Vec<Outgoing> {
         match self.behavior {
             Behavior::Silent => Vec::new(),
-            Behavior::Equivocate => out.into_iter().flat_map(|o| self.equivocate(rng, o)).collect(),
+            Behavior::Equivocate => out
+                .into_iter()
+                .flat_map(|o| self.equivocate(rng, o))
+                .collect(),
             Behavior::Conflict => out.into_iter().map(|o| self.conflict(rng, o)).collect(),
             Behavior::BadSig => out.into_iter().map(|o| bad_signature(rng, o)).collect(),
             Behavior::Replay => self.replay(rng, out),
@@ -165,7 +168,9 @@ impl Byzantine {
         let Message::PrePrepare(pp, batch) = &o.msg else {
             return vec![o];
         };
-        let Dest::Replica(j) = o.to else { return vec![o] };
+        let Dest::Replica(j) = o.to else {
+            return vec![o];
+        };
         let mut alt = batch.clone();
         if alt.requests.len() > 1 {
             alt.requests.reverse();
