@@ -10,12 +10,13 @@
 
 use crate::network::{Dest, Outgoing};
 use pbft_app::kv::KvResult;
-use pbft_core::message::{Batch, PrePrepare, Prepare, PreparedProof};
+use pbft_core::message::{Batch, NewView, PrePrepare, Prepare, PreparedProof, ViewChange};
+use pbft_core::view_change::plan_new_view;
 use pbft_core::{Config, Message, ReplicaId, SeqNum, View};
-use pbft_crypto::{Digest, Signer};
+use pbft_crypto::{Digest, Signed, Signer};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 /// What a Byzantine replica does.
@@ -79,6 +80,9 @@ pub(crate) struct Byzantine {
     signer: Signer,
     config: Config,
     seen: VecDeque<Message>,
+    /// The latest VIEW-CHANGE seen from each replica (a forging new primary
+    /// picks the set it proves its NEW-VIEW with).
+    view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
 }
 
 fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
@@ -93,6 +97,7 @@ impl Byzantine {
             signer,
             config,
             seen: VecDeque::new(),
+            view_changes: BTreeMap::new(),
         }
     }
 
@@ -101,6 +106,60 @@ impl Byzantine {
         if self.behavior == Behavior::Replay {
             self.remember(message.clone());
         }
+        if let (Behavior::ViewChange, Message::ViewChange(vc)) = (self.behavior, message) {
+            if self
+                .view_changes
+                .get(&vc.replica)
+                .is_none_or(|old| old.new_view < vc.new_view)
+            {
+                self.view_changes.insert(vc.replica, vc.clone());
+            }
+        }
+    }
+
+    /// A NEW-VIEW that every replica must accept, proved by the 2f+1
+    /// VIEW-CHANGEs that carry the fewest and oldest prepared certificates:
+    /// a faulty new primary hiding as much history as the rules let it.
+    fn hiding_new_view(&self, nv: &NewView) -> Option<Signed<NewView>> {
+        let mut candidates: Vec<Signed<ViewChange>> = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.new_view == nv.view)
+            .cloned()
+            .collect();
+        for vc in &nv.view_changes {
+            if !candidates.iter().any(|c| c.replica == vc.replica) {
+                candidates.push(vc.clone());
+            }
+        }
+        let quorum = self.config.quorum();
+        if candidates.len() <= quorum {
+            return None; // no choice to make
+        }
+        candidates.sort_by_key(|vc| {
+            let newest = vc.prepared.iter().map(|p| p.pre_prepare.view).max();
+            (vc.prepared.len(), newest, vc.replica)
+        });
+        candidates.truncate(quorum);
+        let plan = plan_new_view(&candidates)?;
+        let pre_prepares = plan
+            .pre_prepares
+            .iter()
+            .map(|(seq, digest)| {
+                self.signer.sign(PrePrepare {
+                    view: nv.view,
+                    seq: *seq,
+                    digest: *digest,
+                    replica: self.id,
+                })
+            })
+            .collect();
+        Some(self.signer.sign(NewView {
+            view: nv.view,
+            view_changes: candidates,
+            pre_prepares,
+            replica: self.id,
+        }))
     }
 
     fn remember(&mut self, message: Message) {
@@ -187,6 +246,21 @@ impl Byzantine {
             msg: Message::PrePrepare(self.signer.sign(value), alt),
             extra_delay: o.extra_delay,
         };
+        // Some backups get the original pre-prepare with the other batch: an
+        // honest backup must check the batch against the digest.
+        if rng.gen_bool(0.15) {
+            let Message::PrePrepare(pp, _) = o.msg else {
+                return Vec::new();
+            };
+            let Message::PrePrepare(_, other) = alt.msg else {
+                return Vec::new();
+            };
+            return vec![Outgoing {
+                to: o.to,
+                msg: Message::PrePrepare(pp, other),
+                extra_delay: o.extra_delay,
+            }];
+        }
         // Some backups get both batches for the same (view, seq), in a random
         // order: an honest backup must keep the first and refuse the second.
         if rng.gen_bool(0.3) {
@@ -341,6 +415,11 @@ impl Byzantine {
                     }
                 }
                 o.msg = self.resign(o.msg);
+            }
+            Message::NewView(signed, _) if rng.gen_bool(0.5) => {
+                if let Some(hiding) = self.hiding_new_view(&signed.value) {
+                    *signed = hiding;
+                }
             }
             Message::NewView(nv, _) => {
                 let nv = &mut nv.value;
