@@ -10,7 +10,13 @@
 
 use crate::network::{Dest, Outgoing};
 use pbft_app::kv::KvResult;
-use pbft_core::message::{Batch, NewView, PrePrepare, Prepare, PreparedProof, ViewChange};
+use pbft_app::kv::{KvOp, KvStore};
+use pbft_app::StateMachine;
+use pbft_core::checkpoint::Snapshot;
+use pbft_core::message::{
+    Batch, Checkpoint, CheckpointProof, NewView, PrePrepare, Prepare, PreparedProof, StateData,
+    ViewChange,
+};
 use pbft_core::view_change::plan_new_view;
 use pbft_core::{Config, Message, ReplicaId, SeqNum, View};
 use pbft_crypto::{Digest, Signed, Signer};
@@ -334,6 +340,13 @@ impl Byzantine {
                 c.value.digest = random_digest(rng);
                 o.msg = self.resign(o.msg);
             }
+            Message::StateData(s) if rng.gen_bool(0.5) => {
+                // A well-formed but invented state, "certified" by this
+                // replica alone.
+                if let Some(forged) = self.forge_state(&s.value) {
+                    *s = self.signer.sign(forged);
+                }
+            }
             Message::StateData(s) => {
                 if s.value.snapshot.is_empty() {
                     s.value.snapshot.push(0);
@@ -346,6 +359,36 @@ impl Byzantine {
             _ => {}
         }
         o
+    }
+
+    /// The snapshot of `data` with one more key, and a checkpoint proof for
+    /// it that only this replica signed.
+    fn forge_state(&self, data: &StateData) -> Option<StateData> {
+        let mut snapshot = Snapshot::decode(&data.snapshot).ok()?;
+        let mut kv = KvStore::new();
+        kv.restore(&snapshot.app).ok()?;
+        kv.execute(&KvOp::Put {
+            key: b"forged".to_vec(),
+            value: b"state".to_vec(),
+        });
+        snapshot.app = kv.snapshot();
+        let bytes = Snapshot::encode_parts(snapshot.app, &snapshot.clients);
+        let digest = Digest::of(&bytes);
+        let seq = data.proof.seq;
+        let own = self.signer.sign(Checkpoint {
+            seq,
+            digest,
+            replica: self.id,
+        });
+        Some(StateData {
+            proof: CheckpointProof {
+                seq,
+                digest,
+                checkpoints: vec![own],
+            },
+            snapshot: bytes,
+            replica: self.id,
+        })
     }
 
     fn view_change(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {

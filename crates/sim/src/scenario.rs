@@ -284,6 +284,11 @@ impl Plan {
                 if behavior == Behavior::Replay && rng.gen_bool(0.5) {
                     plan.network.partitions = true;
                 }
+                if behavior == Behavior::Checkpoint && rng.gen_bool(0.7) {
+                    // Replicas cut off fall behind and fetch state, which a
+                    // faulty replica may answer with an invented one.
+                    plan.network.partitions = true;
+                }
             }
         }
         plan
