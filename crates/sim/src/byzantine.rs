@@ -269,7 +269,7 @@ impl Byzantine {
         }
         // Some backups get both batches for the same (view, seq), in a random
         // order: an honest backup must keep the first and refuse the second.
-        if rng.gen_bool(0.3) {
+        if rng.gen_bool(0.6) {
             let mut both = vec![o, alt];
             if rng.gen_bool(0.5) {
                 both.reverse();
