@@ -356,23 +356,24 @@ impl Replica {
         }
         r.last_assigned = r.last_assigned.max(r.stable.seq);
         for (pp, prepared) in own_votes {
+            let (seq, digest) = (pp.seq, pp.digest);
             if me != primary {
                 let prepare = r.signer.sign(Prepare {
                     view,
-                    seq: pp.seq,
-                    digest: pp.digest,
+                    seq,
+                    digest,
                     replica: me,
                 });
-                r.slot(pp.seq).prepares.insert(me, prepare);
+                r.slot(seq).prepares.insert(me, prepare);
             }
             if prepared {
                 let commit = r.signer.sign(Commit {
                     view,
-                    seq: pp.seq,
-                    digest: pp.digest,
+                    seq,
+                    digest,
                     replica: me,
                 });
-                r.slot(pp.seq).commits.insert(me, commit);
+                r.slot(seq).commits.insert(me, commit);
             }
         }
         r.refresh_missing_batches();

@@ -52,17 +52,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Writes `key`'s secret seed to a new file at `path` with mode 0600.
-/// Refuses to overwrite an existing file.
-pub fn write_secret(path: &Path, key: &KeyPair) -> Result<(), KeyFileError> {
+/// Creates a new file (never overwriting one), with `mode` on Unix.
+fn create_new(path: &Path, mode: u32) -> Result<fs::File, KeyFileError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(mode);
     }
-    let mut file = options.open(path).map_err(|e| {
+    #[cfg(not(unix))]
+    let _ = mode;
+    options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             KeyFileError::Exists {
                 path: path.to_path_buf(),
@@ -70,7 +71,13 @@ pub fn write_secret(path: &Path, key: &KeyPair) -> Result<(), KeyFileError> {
         } else {
             io_err(path)(e)
         }
-    })?;
+    })
+}
+
+/// Writes `key`'s secret seed to a new file at `path` with mode 0600.
+/// Refuses to overwrite an existing file.
+pub fn write_secret(path: &Path, key: &KeyPair) -> Result<(), KeyFileError> {
+    let mut file = create_new(path, 0o600)?;
     writeln!(file, "{}", hex::encode(key.secret_seed())).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
 }
@@ -105,19 +112,7 @@ pub fn read_secret(path: &Path) -> Result<KeyPair, KeyFileError> {
 
 /// Writes a public key file (refuses to overwrite).
 pub fn write_public(path: &Path, key: &PublicKey) -> Result<(), KeyFileError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyFileError::Exists {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                io_err(path)(e)
-            }
-        })?;
+    let mut file = create_new(path, 0o644)?;
     writeln!(file, "{}", key.to_hex()).map_err(io_err(path))
 }
 
