@@ -40,6 +40,17 @@ pub struct ClientOptions {
     pub read_only_grace: Duration,
     /// How long [`Client::status`] waits for reports (default 2 s).
     pub status_timeout: Duration,
+    /// Use the read-only fast path for [`Client::query`] (default true).
+    ///
+    /// Unordered reads are linearizable only if every ordered result is
+    /// confirmed by 2f+1 replicas (Castro & Liskov, TOCS 2002, 5.1.3): then
+    /// any 2f+1 matching read-only answers include an honest replica that has
+    /// executed every completed write. So with this on, [`Client::invoke`]
+    /// waits for 2f+1 matching replies; with it off, `invoke` returns after
+    /// f+1 and `query` is ordered too. Every client of a cluster must use the
+    /// same setting: one client's fast reads are only safe against other
+    /// clients' writes that were confirmed by 2f+1.
+    pub fast_reads: bool,
     /// Transport tunables.
     pub net: NetConfig,
 }
@@ -60,6 +71,7 @@ impl ClientOptions {
             read_only_wait: Duration::from_secs(1),
             read_only_grace: Duration::from_millis(50),
             status_timeout: Duration::from_secs(2),
+            fast_reads: true,
             net: NetConfig::default(),
         }
     }
@@ -205,7 +217,8 @@ impl Client {
     }
 
     /// Executes `op` through the protocol (ordered, exactly once) and returns
-    /// the result that f+1 replicas agree on.
+    /// the result that 2f+1 replicas agree on (f+1 without
+    /// [`ClientOptions::fast_reads`]).
     ///
     /// The request goes to the believed primary; if no decision arrives within
     /// [`ClientOptions::retransmit`] it is broadcast to every replica, again
@@ -226,6 +239,11 @@ impl Client {
     pub async fn query(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         let mut state = self.state.lock().await;
         let start = Instant::now();
+        if !self.options.fast_reads {
+            return self
+                .ordered(&mut state, op, start + self.options.timeout)
+                .await;
+        }
         let deadline = start + self.options.timeout;
         let request_id = self.next_id(&mut state);
         let frame = self.request_frame(request_id, op.clone(), true);
@@ -310,7 +328,11 @@ impl Client {
         self.send(primary, &frame);
         let mut interval = self.options.retransmit;
         let mut retransmit_at = started + interval;
-        let needed = self.config.weak_quorum();
+        let needed = if self.options.fast_reads {
+            self.config.quorum()
+        } else {
+            self.config.weak_quorum()
+        };
         let mut tally = ReplyTally::new(request_id, false);
         loop {
             let until = retransmit_at.min(deadline);

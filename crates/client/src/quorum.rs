@@ -2,11 +2,17 @@
 //! can be tested without a network.
 //!
 //! * An ordered request's result is accepted once f+1 distinct replicas sent
-//!   matching replies: at least one of them is honest, and an honest replica
-//!   only replies after executing the request in the agreed order.
+//!   matching replies (at least one of them is honest, and an honest replica
+//!   only replies after executing the request in the agreed order) — or
+//!   2f+1 when the read-only fast path is in use, see below.
 //! * A read-only answer is accepted once 2f+1 distinct replicas sent matching
-//!   read-only replies: any two quorums of 2f+1 share an honest replica, so the
-//!   answer reflects every write that completed before the query began.
+//!   read-only replies. If every completed write was confirmed by 2f+1
+//!   replicas (at least f+1 honest ones executed it), any 2f+1 answers include
+//!   one of those, so the answer reflects every write that completed before
+//!   the query began. (With writes confirmed by only f+1, f faulty replicas
+//!   and f+1 lagging honest ones could agree on a stale value; the simulator
+//!   found exactly that.) Replicas restarted from an older checkpoint do not
+//!   answer until they are back where they were.
 //! * A replica counts once, whatever it sends: its latest reply replaces its
 //!   earlier ones, so a Byzantine replica cannot vote twice.
 

@@ -85,6 +85,11 @@ pub enum Record {
     NewView(Signed<NewView>),
     /// A stable checkpoint and its snapshot (application state and client table).
     Checkpoint(CheckpointProof, Vec<u8>),
+    /// This replica is about to execute (and reply for) this sequence number.
+    /// Persisted before the replies, so that after a crash the replica knows
+    /// how far it had answered and does not serve read-only requests from an
+    /// older state until it has caught up again.
+    Executed(SeqNum),
 }
 
 impl Record {
@@ -94,14 +99,14 @@ impl Record {
             Record::PrePrepare(pp, _) => Some(pp.seq),
             Record::Prepared(p) => Some(p.pre_prepare.seq),
             Record::Checkpoint(proof, _) => Some(proof.seq),
-            Record::ViewChange(_) | Record::NewView(_) => None,
+            Record::ViewChange(_) | Record::NewView(_) | Record::Executed(_) => None,
         }
     }
 }
 
 /// Drops the records a restart no longer needs: everything at or below the
-/// latest checkpoint record (except that record), and every view-change or
-/// new-view record but the latest of each. Order is kept.
+/// latest checkpoint record (except that record), and every view-change,
+/// new-view or executed record but the latest of each. Order is kept.
 pub fn compact(records: &mut Vec<Record>) {
     let Some(stable) = records
         .iter()
@@ -119,6 +124,9 @@ pub fn compact(records: &mut Vec<Record>) {
     let last_new_view = records
         .iter()
         .rposition(|r| matches!(r, Record::NewView(_)));
+    let last_executed = records
+        .iter()
+        .rposition(|r| matches!(r, Record::Executed(_)));
     let mut kept_checkpoint = false;
     let mut index = 0;
     records.retain(|r| {
@@ -133,6 +141,7 @@ pub fn compact(records: &mut Vec<Record>) {
             }
             Record::ViewChange(_) => Some(i) == last_view_change,
             Record::NewView(_) => Some(i) == last_new_view,
+            Record::Executed(_) => Some(i) == last_executed,
             Record::PrePrepare(..) | Record::Prepared(_) => r.seq().is_some_and(|s| s > stable),
         }
     });

@@ -101,6 +101,11 @@ impl Replica {
         if !self.app.is_read_only(&request.op) {
             return self.drop_input("read-only request with a write operation");
         }
+        if self.last_executed < self.read_only_floor {
+            // Restarted from an older checkpoint: answering now could undo a
+            // write this replica had already confirmed (a stale read).
+            return self.drop_input("read-only request before catching up after a restart");
+        }
         let result = self.app.query(&request.op);
         let reply = self.sign_reply(&request.value, result, true);
         out.push(Output::Reply(request.client, reply));
@@ -434,6 +439,7 @@ impl Replica {
                 }
                 break;
             };
+            out.push(Output::Persist(Record::Executed(seq)));
             let requests = self.execute_batch(&batch, out);
             self.last_executed = seq;
             progressed |= requests > 0;

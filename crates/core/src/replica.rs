@@ -157,6 +157,9 @@ pub struct Replica {
     /// The highest sequence number assigned in the current view.
     pub(crate) last_assigned: SeqNum,
     pub(crate) last_executed: SeqNum,
+    /// How far this replica had executed (and replied) before its last
+    /// restart: it answers read-only requests only once it is back there.
+    pub(crate) read_only_floor: SeqNum,
 
     pub(crate) genesis_digest: Digest,
     /// The stable checkpoint; `stable.seq` is the low water mark h.
@@ -220,6 +223,7 @@ impl Replica {
             missing_batches: BTreeSet::new(),
             last_assigned: SeqNum(0),
             last_executed: SeqNum(0),
+            read_only_floor: SeqNum(0),
             genesis_digest,
             stable: CheckpointProof {
                 seq: SeqNum(0),
@@ -318,6 +322,9 @@ impl Replica {
                         r.active = false;
                         r.view_changes.insert(id, vc.clone());
                     }
+                }
+                Record::Executed(seq) => {
+                    r.read_only_floor = r.read_only_floor.max(*seq);
                 }
                 Record::NewView(nv) => {
                     if nv.view >= r.view {

@@ -551,3 +551,37 @@ fn f_plus_one_view_changes_pull_a_replica_along() {
         "joins the lower of the two"
     );
 }
+
+/// A replica restarted from an older checkpoint does not answer read-only
+/// requests until it is back where it had been (it had confirmed writes that
+/// its restored state lacks).
+#[test]
+fn restarted_replica_answers_reads_only_after_catching_up() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    for i in 0..5 {
+        submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+    }
+    cluster.crash(2);
+    cluster.restart(2);
+    assert_eq!(cluster.replica(2).status().last_executed, SeqNum(4));
+    let mut read = client.request(get("k4"));
+    read.value.read_only = true;
+    let read = client.signer.sign(read.value);
+    cluster.deliver(ReplicaId(2), Message::Request(read.clone()));
+    assert_eq!(
+        cluster
+            .replica(2)
+            .dropped()
+            .get("read-only request before catching up after a restart"),
+        Some(&1)
+    );
+    assert!(cluster.queue.is_empty(), "no answer from the stale state");
+    for i in 5..9 {
+        submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+    }
+    cluster.advance(Duration::from_millis(200));
+    assert!(cluster.replica(2).status().last_executed >= SeqNum(5));
+    cluster.deliver(ReplicaId(2), Message::Request(read));
+    assert_eq!(cluster.queue.len(), 1, "answered once caught up");
+}

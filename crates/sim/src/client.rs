@@ -4,10 +4,10 @@
 //! ordered request goes to the primary the client believes in (learnt from
 //! replies: primary = view mod n); on timeout it is re-broadcast to every
 //! replica with a doubled timeout (the first timeout exceeds a view change).
-//! A result is accepted once f+1 distinct replicas sent matching replies. A
-//! `Get` may first try the read-only fast path: broadcast with
-//! `read_only: true`, accepted on 2f+1 matching read-only replies, otherwise
-//! retried as an ordered request.
+//! A result is accepted once f+1 distinct replicas sent matching replies
+//! (2f+1 in runs that use the read-only fast path). A `Get` may first try the
+//! read-only fast path: broadcast with `read_only: true`, accepted on 2f+1
+//! matching read-only replies, otherwise retried as an ordered request.
 
 use crate::checker::linearizability::History;
 use pbft_app::kv::{KvOp, KvResult};
@@ -247,7 +247,15 @@ impl Client {
         }
         cur.replies
             .insert(from, (reply.result.clone(), reply.view.0));
-        let needed = if wanted { 2 * f + 1 } else { f + 1 };
+        // Reads on the fast path are linearizable only if every ordered
+        // result is confirmed by 2f+1 replicas too (Castro & Liskov 5.1.3):
+        // then any 2f+1 read-only answers include an honest replica that has
+        // executed every completed write.
+        let needed = if wanted || self.params.read_only > 0.0 {
+            2 * f + 1
+        } else {
+            f + 1
+        };
         let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
         for (result, _) in cur.replies.values() {
             *counts.entry(result.as_slice()).or_default() += 1;

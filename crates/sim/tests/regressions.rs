@@ -79,3 +79,14 @@ fn mixed_f3_seed_28() {
 fn mixed_f2_seed_294() {
     check(Scenario::Mixed, 2, 294);
 }
+
+/// A stale read on the read-only fast path: a write returned after f+1 = 2
+/// replies; one of those two replicas then crashed and came back from an older
+/// checkpoint, and with the two replicas that had not executed the write yet
+/// it gave 2f+1 matching answers without it. Fixed twice over: ordered results
+/// need 2f+1 matching replies whenever fast reads are in use, and a restarted
+/// replica answers read-only requests only once it is back where it was.
+#[test]
+fn crash_f1_seed_5016() {
+    check(Scenario::Crash, 1, 5016);
+}
