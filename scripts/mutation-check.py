@@ -4,7 +4,7 @@
 Each mutation must make the simulator report a violation: a check whose
 removal no simulated run notices is a check the simulator does not test.
 
-    scripts/mutation-check.py [--seeds N] [--only M1,M4] [--keep-worktree]
+    scripts/mutation-check.py [--seeds N] [--only M1,M4] [--scenarios a,b] [--keep-worktree]
 
 It works on a throw-away git worktree of HEAD (your working tree is never
 touched), builds `pbft-sim` in release mode there, runs `--seeds N` over every
@@ -70,6 +70,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=100, help="seeds per (scenario, f)")
     ap.add_argument("--only", default="", help="comma-separated mutation ids")
+    ap.add_argument("--scenarios", default="all", help="comma-separated scenario names (default: all)")
     ap.add_argument("--keep-worktree", action="store_true")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -97,13 +98,16 @@ def main():
                     survivors.append(mid)
                     continue
                 sim = os.path.join(env["CARGO_TARGET_DIR"], "release", "pbft-sim")
-                r = run([sim, "--seeds", str(args.seeds), "--scenario", "all", "--f", "all"], work, env)
-                failing = list(dict.fromkeys(re.findall(r"--scenario (\S+) --f (\d) --seed (\d+)", r.stdout)))
+                out = ""
+                for scenario in args.scenarios.split(","):
+                    r = run([sim, "--seeds", str(args.seeds), "--scenario", scenario, "--f", "all"], work, env)
+                    out += r.stdout
+                failing = list(dict.fromkeys(re.findall(r"--scenario (\S+) --f (\d) --seed (\d+)", out)))
                 if failing:
                     shown = ", ".join(f"{s} f={f} seed={n}" for s, f, n in failing[:6])
                     print(f"{mid} {name}: CAUGHT by {len(failing)} run(s): {shown}")
                 else:
-                    print(f"{mid} {name}: NOT caught in {args.seeds} seeds per scenario and f")
+                    print(f"{mid} {name}: NOT caught in {args.seeds} seeds per scenario and f ({args.scenarios})")
                     survivors.append(mid)
             finally:
                 open(file, "w").write(src)

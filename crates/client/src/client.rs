@@ -40,7 +40,7 @@ pub struct ClientOptions {
     pub read_only_grace: Duration,
     /// How long [`Client::status`] waits for reports (default 2 s).
     pub status_timeout: Duration,
-    /// Use the read-only fast path for [`Client::query`] (default true).
+    /// Use the read-only fast path for [`Client::query`] (default false).
     ///
     /// Unordered reads are linearizable only if every ordered result is
     /// confirmed by 2f+1 replicas (Castro & Liskov, TOCS 2002, 5.1.3): then
@@ -50,6 +50,12 @@ pub struct ClientOptions {
     /// f+1 and `query` is ordered too. Every client of a cluster must use the
     /// same setting: one client's fast reads are only safe against other
     /// clients' writes that were confirmed by 2f+1.
+    ///
+    /// The price is liveness: waiting for 2f+1 confirmations needs 2f+1
+    /// responsive replicas, and an honest replica can stay behind in a higher
+    /// view while the cluster is idle (PBFT moves it only when f+1 replicas
+    /// do), so together with one faulty replica writes can stall until the
+    /// next view change. Hence off by default.
     pub fast_reads: bool,
     /// Transport tunables.
     pub net: NetConfig,
@@ -71,7 +77,7 @@ impl ClientOptions {
             read_only_wait: Duration::from_secs(1),
             read_only_grace: Duration::from_millis(50),
             status_timeout: Duration::from_secs(2),
-            fast_reads: true,
+            fast_reads: false,
             net: NetConfig::default(),
         }
     }

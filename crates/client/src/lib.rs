@@ -1,10 +1,11 @@
 //! Client SDK of the PBFT replication service.
 //!
 //! * [`Client`]: signs requests, sends them to the primary, broadcasts them to
-//!   every replica when no answer comes, and accepts a result once 2f+1
-//!   replicas sent matching, correctly signed replies (f+1 when the read-only
-//!   fast path is off, see [`ClientOptions::fast_reads`]; 2f+1 read-only
-//!   answers for [`Client::query`]). It learns the current view from replies,
+//!   every replica when no answer comes, and accepts a result once f+1
+//!   replicas sent matching, correctly signed replies. With
+//!   [`ClientOptions::fast_reads`] (off by default) [`Client::query`] takes
+//!   the read-only fast path (2f+1 matching unordered answers) and ordered
+//!   results then need 2f+1 replies. It learns the current view from replies,
 //!   never reuses a request id, and asks replicas for their status.
 //! * [`KvClient`]: typed operations on the key-value store the service ships.
 //!
