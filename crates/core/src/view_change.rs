@@ -144,7 +144,20 @@ impl Replica {
         if let Some(vc) = self.view_changes.get(&self.id) {
             out.push(Output::Broadcast(Message::ViewChange(vc.clone())));
         }
+        self.resend_own_checkpoints(out);
         self.timer_view_change_resend = Some(self.now + self.retry_interval());
+    }
+
+    /// Re-sends this replica's CHECKPOINTs above the stable checkpoint. Each
+    /// is sent once when taken; if lost, the checkpoint never becomes stable,
+    /// the window fills and no view can make progress. A view change is the
+    /// sign that something is stuck, so they go out again with it.
+    fn resend_own_checkpoints(&self, out: &mut Vec<Output>) {
+        for votes in self.checkpoint_votes.values() {
+            if let Some(own) = votes.get(&self.id) {
+                out.push(Output::Broadcast(Message::Checkpoint(own.clone())));
+            }
+        }
     }
 
     /// Leaves the current view for `target`: persist, then send VIEW-CHANGE.
@@ -173,6 +186,7 @@ impl Replica {
         self.view_changes.insert(self.id, vc.clone());
         out.push(Output::Persist(Record::ViewChange(vc.clone())));
         out.push(Output::Broadcast(Message::ViewChange(vc)));
+        self.resend_own_checkpoints(out);
         // The timer for the new view starts only with 2f+1 view changes for
         // it (TOCS 4.5.2): a replica alone in a higher view must not keep
         // climbing on its own; until then it re-sends its VIEW-CHANGE.

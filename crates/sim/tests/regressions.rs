@@ -90,3 +90,12 @@ fn mixed_f2_seed_294() {
 fn crash_f1_seed_5016() {
     check(Scenario::Crash, 1, 5016);
 }
+
+/// CHECKPOINT messages lost in a partition were never sent again: checkpoints
+/// never became stable, the window filled, and every new primary was stuck
+/// (ten view changes, no progress). A replica now re-sends its checkpoints
+/// above the stable one with each VIEW-CHANGE and each VIEW-CHANGE resend.
+#[test]
+fn mixed_f3_seed_589() {
+    check(Scenario::Mixed, 3, 589);
+}
