@@ -85,8 +85,8 @@ fn exactly_once() {
     );
 }
 
-/// 4.3: checkpoints become stable with 2f+1 matching messages, and the log
-/// below is discarded; sequence numbers never pass the high water mark.
+/// 4.3: checkpoints become stable with 2f+1 matching messages, every K
+/// sequence numbers, at every replica.
 #[test]
 fn checkpoints_become_stable() {
     let mut cluster = Cluster::new(4);
