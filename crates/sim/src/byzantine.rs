@@ -44,11 +44,20 @@ pub enum Behavior {
     ViewChange,
     /// As primary, delays its pre-prepares to just under the view-change timeout.
     SlowPrimary,
+    /// Helps one honest victim that no other replica hears commit alone:
+    /// in even views its PREPAREs and COMMITs go to the victim only; in odd
+    /// views it plays along with everyone; its VIEW-CHANGEs never carry a
+    /// prepared certificate. With f colluders, the victim gathers f+1
+    /// COMMITs (its own and theirs) for a batch no other honest replica
+    /// prepared, which a view change without the victim then replaces: only
+    /// a commit quorum of 2f+1 keeps the victim from executing it.
+    Collude,
 }
 
 impl Behavior {
-    /// Every behaviour.
-    pub const ALL: [Behavior; 8] = [
+    /// The behaviours mixed runs draw from: all but [`Behavior::Collude`],
+    /// which needs its victim's links cut.
+    pub const MIXED: [Behavior; 8] = [
         Behavior::Silent,
         Behavior::Equivocate,
         Behavior::Conflict,
@@ -71,6 +80,7 @@ impl fmt::Display for Behavior {
             Behavior::Checkpoint => "checkpoint",
             Behavior::ViewChange => "viewchange",
             Behavior::SlowPrimary => "slow-primary",
+            Behavior::Collude => "collude",
         };
         f.write_str(s)
     }
@@ -85,6 +95,8 @@ pub(crate) struct Byzantine {
     id: ReplicaId,
     signer: Signer,
     config: Config,
+    /// The replica a colluder helps.
+    victim: Option<ReplicaId>,
     seen: VecDeque<Message>,
     /// The latest VIEW-CHANGE seen from each replica (a forging new primary
     /// picks the set it proves its NEW-VIEW with).
@@ -96,12 +108,19 @@ fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
 }
 
 impl Byzantine {
-    pub fn new(behavior: Behavior, id: ReplicaId, signer: Signer, config: Config) -> Byzantine {
+    pub fn new(
+        behavior: Behavior,
+        id: ReplicaId,
+        signer: Signer,
+        config: Config,
+        victim: Option<ReplicaId>,
+    ) -> Byzantine {
         Byzantine {
             behavior,
             id,
             signer,
             config,
+            victim,
             seen: VecDeque::new(),
             view_changes: BTreeMap::new(),
         }
@@ -226,7 +245,22 @@ impl Byzantine {
                     })
                     .collect()
             }
+            Behavior::Collude => out.into_iter().filter_map(|o| self.collude(o)).collect(),
         }
+    }
+
+    fn collude(&self, mut o: Outgoing) -> Option<Outgoing> {
+        let to_victim = self.victim.is_some_and(|v| o.to == Dest::Replica(v.index()));
+        match &mut o.msg {
+            Message::Prepare(p) if p.view.0 % 2 == 0 && !to_victim => return None,
+            Message::Commit(c) if c.view.0 % 2 == 0 && !to_victim => return None,
+            Message::ViewChange(vc) if !vc.value.prepared.is_empty() => {
+                vc.value.prepared.clear();
+                o.msg = self.resign(o.msg);
+            }
+            _ => {}
+        }
+        Some(o)
     }
 
     fn equivocate(&self, rng: &mut ChaCha8Rng, o: Outgoing) -> Vec<Outgoing> {

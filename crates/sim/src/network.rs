@@ -2,8 +2,8 @@
 //!
 //! Before the heal time a message may be lost, duplicated, or delayed by a
 //! random amount in `[delay_min, delay_max]` (independent delays reorder
-//! messages), and partitions cut replicas off from each other and from the
-//! clients. After the heal the network is synchronous and reliable: every
+//! messages), partitions cut replicas off from each other and from the
+//! clients, and a muted replica is heard by no other replica. After the heal the network is synchronous and reliable: every
 //! message arrives once, within a few milliseconds.
 
 use crate::scenario::{NetworkPlan, MS};
@@ -101,6 +101,11 @@ impl Network {
         }
         if self.group(from) != self.group(to) {
             return Vec::new();
+        }
+        if let (Endpoint::Replica(i), Endpoint::Replica(_)) = (from, to) {
+            if self.plan.muted == Some(i) {
+                return Vec::new();
+            }
         }
         if self.plan.loss > 0.0 && rng.gen_bool(self.plan.loss) {
             return Vec::new();

@@ -39,13 +39,17 @@ pub enum Scenario {
     ByzViewChange,
     /// A Byzantine primary that delays its pre-prepares to just under the timeout.
     ByzSlowPrimary,
-    /// A random mix of all of the above within the fault budget.
+    /// Byzantine replicas that help one honest victim, which nobody hears,
+    /// commit alone, then hide it in the view change.
+    ByzCollude,
+    /// A random mix of the above within the fault budget (collusion aside:
+    /// it needs its victim's links cut, which mixed plans do not draw).
     Mixed,
 }
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -58,6 +62,7 @@ impl Scenario {
         Scenario::ByzCheckpoint,
         Scenario::ByzViewChange,
         Scenario::ByzSlowPrimary,
+        Scenario::ByzCollude,
         Scenario::Mixed,
     ];
 
@@ -76,6 +81,7 @@ impl Scenario {
             Scenario::ByzCheckpoint => "byz-checkpoint",
             Scenario::ByzViewChange => "byz-viewchange",
             Scenario::ByzSlowPrimary => "byz-slow-primary",
+            Scenario::ByzCollude => "byz-collude",
             Scenario::Mixed => "mixed",
         }
     }
@@ -91,6 +97,7 @@ impl Scenario {
             Scenario::ByzCheckpoint => Behavior::Checkpoint,
             Scenario::ByzViewChange => Behavior::ViewChange,
             Scenario::ByzSlowPrimary => Behavior::SlowPrimary,
+            Scenario::ByzCollude => Behavior::Collude,
             _ => return None,
         })
     }
@@ -144,6 +151,10 @@ pub struct NetworkPlan {
     pub duplicate: f64,
     /// Whether partitions come and go.
     pub partitions: bool,
+    /// A replica whose messages to the other replicas are all lost (a
+    /// one-way link failure: it still hears them, and its replies still
+    /// reach the clients).
+    pub muted: Option<usize>,
 }
 
 /// The concrete fault plan of one run, drawn from the seed.
@@ -159,6 +170,8 @@ pub struct Plan {
     pub heal_at: u64,
     /// Byzantine replicas and their behaviour.
     pub byzantine: Vec<(usize, Behavior)>,
+    /// The honest replica colluding Byzantine replicas help ahead of the rest.
+    pub victim: Option<usize>,
     /// Whether honest replicas crash and restart before the heal time.
     pub crashes: bool,
     /// Partitions isolate the current primary more often (to force view changes).
@@ -195,9 +208,11 @@ impl Plan {
                 loss: 0.0,
                 duplicate: 0.0,
                 partitions: false,
+                muted: None,
             },
             heal_at: rng.gen_range(1_500..=3_000) * MS,
             byzantine: Vec::new(),
+            victim: None,
             crashes: false,
             target_primary: false,
             clients: rng.gen_range(2..=4),
@@ -251,7 +266,7 @@ impl Plan {
                 let mut ids: Vec<usize> = (0..n).collect();
                 for _ in 0..b {
                     let i = ids.remove(rng.gen_range(0..ids.len()));
-                    let behavior = Behavior::ALL[rng.gen_range(0..Behavior::ALL.len())];
+                    let behavior = Behavior::MIXED[rng.gen_range(0..Behavior::MIXED.len())];
                     plan.byzantine.push((i, behavior));
                 }
                 plan.byzantine.sort_by_key(|(i, _)| *i);
@@ -268,6 +283,21 @@ impl Plan {
                     Behavior::Equivocate | Behavior::SlowPrimary => (0..b).collect(),
                     // New primaries of the first view changes.
                     Behavior::ViewChange => (1..=b).collect(),
+                    // Backups of the first view, beside a victim that is
+                    // one too (as the first primary, nobody would hear its
+                    // pre-prepares). Whoever is left is honest.
+                    Behavior::Collude => {
+                        let mut backups: Vec<usize> = (1..n).collect();
+                        let victim = backups.remove(rng.gen_range(0..backups.len()));
+                        plan.victim = Some(victim);
+                        plan.network.muted = Some(victim);
+                        let mut chosen = Vec::new();
+                        while chosen.len() < b {
+                            chosen.push(backups.remove(rng.gen_range(0..backups.len())));
+                        }
+                        chosen.sort_unstable();
+                        chosen
+                    }
                     _ => {
                         let mut all: Vec<usize> = (0..n).collect();
                         let mut chosen = Vec::new();

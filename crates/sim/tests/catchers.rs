@@ -18,6 +18,16 @@ fn pre_prepare_uniqueness() {
     check(Scenario::ByzEquivocate, 1, 15);
 }
 
+/// M3: committed-local needs 2f+1 commits. Colluders send their PREPAREs
+/// and COMMITs to a victim nobody hears, which then holds f+1 COMMITs for a
+/// batch no other honest replica prepared; the next view replaces it.
+#[test]
+fn commit_quorum() {
+    check(Scenario::ByzCollude, 1, 0);
+    check(Scenario::ByzCollude, 2, 1);
+    check(Scenario::ByzCollude, 3, 0);
+}
+
 /// M4: a prepared certificate in a VIEW-CHANGE needs 2f prepares.
 #[test]
 fn prepared_certificate_size() {

@@ -1,7 +1,7 @@
 //! Seeds across every scenario and f: each run must pass every checker.
 //!
 //! `PBFT_SIM_SEEDS` (default 16) sets the seeds per (scenario, f): the default
-//! gives 13 scenarios x 3 values of f x 16 seeds = 624 runs.
+//! gives 14 scenarios x 3 values of f x 16 seeds = 672 runs.
 
 use pbft_sim::{run, Scenario};
 
@@ -52,5 +52,6 @@ sweeps! {
     byz_checkpoint => Scenario::ByzCheckpoint,
     byz_viewchange => Scenario::ByzViewChange,
     byz_slow_primary => Scenario::ByzSlowPrimary,
+    byz_collude => Scenario::ByzCollude,
     mixed => Scenario::Mixed,
 }
