@@ -4,11 +4,13 @@
 Each mutation must make the simulator report a violation: a check whose
 removal no simulated run notices is a check the simulator does not test.
 
-    scripts/mutation-check.py [--seeds N] [--only M1,M4] [--scenarios a,b] [--keep-worktree]
+    scripts/mutation-check.py [--seeds N] [--only M1,M4] [--scenarios a,b] [--skip-tests] [--keep-worktree]
 
 It works on a throw-away git worktree of HEAD (your working tree is never
 touched), builds `pbft-sim` in release mode there, runs `--seeds N` over every
-scenario and f, and prints, per mutation, the failing runs it found.
+scenario and f, then the simulator's tests (`cargo test -p pbft-sim`: the
+sweep, the pinned catchers and regressions), and prints, per mutation, the
+failing runs and the failing tests.
 """
 
 import argparse
@@ -66,11 +68,28 @@ def run(cmd, cwd, env=None):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
+def failing_tests(work, env):
+    """The simulator's tests that fail, as `binary::test`."""
+    # One stream, so each result follows the "Running" line of its binary.
+    r = subprocess.run(["cargo", "test", "-p", "pbft-sim", "--release", "--no-fail-fast", "--tests"],
+                       cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    failed, binary = [], "?"
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*Running (?:unittests )?(?:tests/)?(\S+?)(?:\.rs)? \(", line)
+        if m:
+            binary = m.group(1)
+        m = re.match(r"test (\S+) \.\.\. FAILED", line)
+        if m:
+            failed.append(f"{binary}::{m.group(1)}")
+    return failed
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=100, help="seeds per (scenario, f)")
     ap.add_argument("--only", default="", help="comma-separated mutation ids")
     ap.add_argument("--scenarios", default="all", help="comma-separated scenario names (default: all)")
+    ap.add_argument("--skip-tests", action="store_true", help="only the seed sweep, not `cargo test`")
     ap.add_argument("--keep-worktree", action="store_true")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -108,6 +127,12 @@ def main():
                     print(f"{mid} {name}: CAUGHT by {len(failing)} run(s): {shown}")
                 else:
                     print(f"{mid} {name}: NOT caught in {args.seeds} seeds per scenario and f ({args.scenarios})")
+                tests = [] if args.skip_tests else failing_tests(work, env)
+                if tests:
+                    print(f"    failing tests: {', '.join(tests)}")
+                elif not args.skip_tests:
+                    print("    failing tests: none")
+                if not failing and not tests:
                     survivors.append(mid)
             finally:
                 open(file, "w").write(src)

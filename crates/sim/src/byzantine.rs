@@ -250,7 +250,9 @@ impl Byzantine {
     }
 
     fn collude(&self, mut o: Outgoing) -> Option<Outgoing> {
-        let to_victim = self.victim.is_some_and(|v| o.to == Dest::Replica(v.index()));
+        let to_victim = self
+            .victim
+            .is_some_and(|v| o.to == Dest::Replica(v.index()));
         match &mut o.msg {
             Message::Prepare(p) if p.view.0 % 2 == 0 && !to_victim => return None,
             Message::Commit(c) if c.view.0 % 2 == 0 && !to_victim => return None,

@@ -18,6 +18,12 @@ fn pre_prepare_uniqueness() {
     check(Scenario::ByzEquivocate, 1, 15);
 }
 
+/// M2: prepared needs 2f matching prepares.
+#[test]
+fn prepared_quorum() {
+    check(Scenario::Lossy, 1, 0);
+}
+
 /// M3: committed-local needs 2f+1 commits. Colluders send their PREPAREs
 /// and COMMITs to a victim nobody hears, which then holds f+1 COMMITs for a
 /// batch no other honest replica prepared; the next view replaces it.
@@ -35,10 +41,25 @@ fn prepared_certificate_size() {
     check(Scenario::ByzViewChange, 2, 59);
 }
 
+/// M5: every backup recomputes NEW-VIEW's pre-prepares from its
+/// VIEW-CHANGEs (a forging new primary alters them).
+#[test]
+fn new_view_recomputed() {
+    check(Scenario::ByzViewChange, 1, 422);
+    check(Scenario::ByzViewChange, 2, 342);
+    check(Scenario::ByzViewChange, 3, 69);
+}
+
 /// M6: a pre-prepare's batch must match its digest.
 #[test]
 fn batch_digest() {
     check(Scenario::ByzEquivocate, 1, 1);
+}
+
+/// M7: a request executes at most once per (client, request id).
+#[test]
+fn exactly_once() {
+    check(Scenario::Lossy, 1, 0);
 }
 
 /// M8: a checkpoint proof needs 2f+1 signatures (state transfer).
@@ -51,4 +72,12 @@ fn checkpoint_proof_quorum() {
 #[test]
 fn new_view_highest_certificate() {
     check(Scenario::Lossy, 1, 1);
+}
+
+/// M10: messages above the high water mark are refused (a lagging replica
+/// would otherwise log slots beyond its window: the invariant check panics).
+#[test]
+fn high_water_mark() {
+    check(Scenario::Lossy, 1, 12);
+    check(Scenario::Partition, 2, 2);
 }
