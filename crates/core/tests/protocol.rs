@@ -5,7 +5,7 @@ mod harness;
 
 use harness::{get, put, Client, Cluster};
 use pbft_app::kv::KvResult;
-use pbft_core::message::{Batch, Message, PrePrepare};
+use pbft_core::message::{Batch, Commit, Message, PrePrepare, Prepare};
 use pbft_core::{ReplicaId, SeqNum, View};
 use std::time::Duration;
 
@@ -189,6 +189,78 @@ fn equivocating_pre_prepare_is_rejected() {
         cluster.replica(1).dropped().get("conflicting pre-prepare"),
         Some(&1)
     );
+}
+
+/// 4.2: prepared(m, v, n, i) needs the pre-prepare and 2f matching prepares
+/// from distinct backups; committed-local needs 2f+1 matching commits (with
+/// f+1, a replica could execute a batch only it and the faulty ones
+/// prepared, which the next view would then replace).
+#[test]
+fn quorums_for_prepared_and_committed_local() {
+    for n in [4, 7, 10] {
+        let mut cluster = Cluster::new(n);
+        let f = cluster.config.f();
+        let mut client = Client::new(1, &cluster);
+        let batch = Batch {
+            requests: vec![client.request(put("k", "v"))],
+        };
+        let (view, seq, digest) = (View(0), SeqNum(1), batch.digest());
+        let me = ReplicaId(1);
+        let pp = cluster.signers[0].sign(PrePrepare {
+            view,
+            seq,
+            digest,
+            replica: ReplicaId(0),
+        });
+        cluster.deliver(me, Message::PrePrepare(pp, batch));
+        let sends_commit = |cluster: &Cluster| {
+            cluster
+                .queue
+                .iter()
+                .any(|(from, _, m)| *from == me && matches!(m, Message::Commit(_)))
+        };
+        // Its own prepare and 2f-1 others: not prepared yet; the 2f-th prepares it.
+        let others: Vec<u32> = (2..n as u32).collect();
+        for (k, &r) in others[..2 * f - 1].iter().enumerate() {
+            assert!(
+                !sends_commit(&cluster),
+                "n={n}: prepared with {} prepares",
+                k + 1
+            );
+            let prepare = cluster.signers[r as usize].sign(Prepare {
+                view,
+                seq,
+                digest,
+                replica: ReplicaId(r),
+            });
+            cluster.deliver(me, Message::Prepare(prepare));
+        }
+        assert!(
+            sends_commit(&cluster),
+            "n={n}: not prepared with 2f prepares"
+        );
+        // Its own commit and 2f others: executed only at the last one.
+        for (k, &r) in others[..2 * f].iter().enumerate() {
+            assert_eq!(
+                cluster.replica(1).status().last_executed,
+                SeqNum(0),
+                "n={n}: executed with {} commits",
+                k + 1
+            );
+            let commit = cluster.signers[r as usize].sign(Commit {
+                view,
+                seq,
+                digest,
+                replica: ReplicaId(r),
+            });
+            cluster.deliver(me, Message::Commit(commit));
+        }
+        assert_eq!(
+            cluster.replica(1).status().last_executed,
+            seq,
+            "n={n}: not executed with 2f+1 commits"
+        );
+    }
 }
 
 /// 4.2: a pre-prepare whose batch does not match its digest, or from a
