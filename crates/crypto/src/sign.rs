@@ -323,6 +323,9 @@ fn verify_one(key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
 }
 
 #[cfg(test)]
+mod speccheck;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
