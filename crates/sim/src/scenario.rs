@@ -317,6 +317,12 @@ impl Plan {
                     // View changes must happen for forged proofs to matter.
                     plan.network.partitions = true;
                     plan.target_primary = true;
+                    // Lost commits leave some replicas behind the others when
+                    // a view changes: a forged NEW-VIEW that replaces what
+                    // some already executed splits them.
+                    if rng.gen_bool(0.5) {
+                        lossy(&mut plan, rng);
+                    }
                 }
                 if behavior == Behavior::Replay && rng.gen_bool(0.5) {
                     plan.network.partitions = true;
