@@ -44,13 +44,14 @@ pub enum Behavior {
     ViewChange,
     /// As primary, delays its pre-prepares to just under the view-change timeout.
     SlowPrimary,
-    /// Helps one honest victim that no other replica hears commit alone:
-    /// in even views its PREPAREs and COMMITs go to the victim only; in odd
-    /// views it plays along with everyone; its VIEW-CHANGEs never carry a
-    /// prepared certificate. With f colluders, the victim gathers f+1
-    /// COMMITs (its own and theirs) for a batch no other honest replica
-    /// prepared, which a view change without the victim then replaces: only
-    /// a commit quorum of 2f+1 keeps the victim from executing it.
+    /// Helps one honest victim, whose messages reach no other replica,
+    /// commit a batch alone: in even views its PREPAREs and COMMITs go to the
+    /// victim only; in odd views it plays along with everyone; its
+    /// VIEW-CHANGEs never carry a prepared certificate. With f colluders the
+    /// victim holds f+1 COMMITs (its own and theirs) for a batch no other
+    /// honest replica prepared, which the next view, formed without the
+    /// victim, replaces: only a commit quorum of 2f+1 keeps the victim from
+    /// executing it.
     Collude,
 }
 

@@ -3,8 +3,9 @@
 //! Before the heal time a message may be lost, duplicated, or delayed by a
 //! random amount in `[delay_min, delay_max]` (independent delays reorder
 //! messages), partitions cut replicas off from each other and from the
-//! clients, and a muted replica is heard by no other replica. After the heal the network is synchronous and reliable: every
-//! message arrives once, within a few milliseconds.
+//! clients, and a muted replica is heard by no other replica. After the heal
+//! the network is synchronous and reliable: every message arrives once,
+//! within a few milliseconds.
 
 use crate::scenario::{NetworkPlan, MS};
 use pbft_core::{ClientId, Message};

@@ -39,8 +39,8 @@ pub enum Scenario {
     ByzViewChange,
     /// A Byzantine primary that delays its pre-prepares to just under the timeout.
     ByzSlowPrimary,
-    /// Byzantine replicas that help one honest victim, which nobody hears,
-    /// commit alone, then hide it in the view change.
+    /// Byzantine replicas that help one honest victim, whose messages reach
+    /// no other replica, commit a batch alone, then hide it in the view change.
     ByzCollude,
     /// A random mix of the above within the fault budget (collusion aside:
     /// it needs its victim's links cut, which mixed plans do not draw).
@@ -170,7 +170,8 @@ pub struct Plan {
     pub heal_at: u64,
     /// Byzantine replicas and their behaviour.
     pub byzantine: Vec<(usize, Behavior)>,
-    /// The honest replica colluding Byzantine replicas help ahead of the rest.
+    /// The honest replica colluding Byzantine replicas help ahead of the rest
+    /// (the network mutes it: [`NetworkPlan::muted`]).
     pub victim: Option<usize>,
     /// Whether honest replicas crash and restart before the heal time.
     pub crashes: bool,
