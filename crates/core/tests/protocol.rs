@@ -242,7 +242,7 @@ fn quorums_for_prepared_and_committed_local() {
         // Its own commit and 2f others: executed only at the last one.
         for (k, &r) in others[..2 * f].iter().enumerate() {
             assert_eq!(
-                cluster.replica(1).status().last_executed,
+                cluster.replica(me.0).status().last_executed,
                 SeqNum(0),
                 "n={n}: executed with {} commits",
                 k + 1
@@ -256,7 +256,7 @@ fn quorums_for_prepared_and_committed_local() {
             cluster.deliver(me, Message::Commit(commit));
         }
         assert_eq!(
-            cluster.replica(1).status().last_executed,
+            cluster.replica(me.0).status().last_executed,
             seq,
             "n={n}: not executed with 2f+1 commits"
         );

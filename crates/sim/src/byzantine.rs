@@ -96,7 +96,7 @@ pub(crate) struct Byzantine {
     id: ReplicaId,
     signer: Signer,
     config: Config,
-    /// The replica a colluder helps.
+    /// The replica a colluder helps: the one the network mutes.
     victim: Option<ReplicaId>,
     seen: VecDeque<Message>,
     /// The latest VIEW-CHANGE seen from each replica (a forging new primary

@@ -153,7 +153,8 @@ pub struct NetworkPlan {
     pub partitions: bool,
     /// A replica whose messages to the other replicas are all lost (a
     /// one-way link failure: it still hears them, and its replies still
-    /// reach the clients).
+    /// reach the clients). Colluding Byzantine replicas help it ahead of
+    /// the rest.
     pub muted: Option<usize>,
 }
 
@@ -170,9 +171,6 @@ pub struct Plan {
     pub heal_at: u64,
     /// Byzantine replicas and their behaviour.
     pub byzantine: Vec<(usize, Behavior)>,
-    /// The honest replica colluding Byzantine replicas help ahead of the rest
-    /// (the network mutes it: [`NetworkPlan::muted`]).
-    pub victim: Option<usize>,
     /// Whether honest replicas crash and restart before the heal time.
     pub crashes: bool,
     /// Partitions isolate the current primary more often (to force view changes).
@@ -213,7 +211,6 @@ impl Plan {
             },
             heal_at: rng.gen_range(1_500..=3_000) * MS,
             byzantine: Vec::new(),
-            victim: None,
             crashes: false,
             target_primary: false,
             clients: rng.gen_range(2..=4),
@@ -290,7 +287,6 @@ impl Plan {
                     Behavior::Collude => {
                         let mut backups: Vec<usize> = (1..n).collect();
                         let victim = backups.remove(rng.gen_range(0..backups.len()));
-                        plan.victim = Some(victim);
                         plan.network.muted = Some(victim);
                         let mut chosen = Vec::new();
                         while chosen.len() < b {

@@ -192,7 +192,7 @@ impl Sim {
                             ReplicaId(i as u32),
                             signer.clone(),
                             sim.config.clone(),
-                            sim.plan.victim.map(|v| ReplicaId(v as u32)),
+                            sim.plan.network.muted.map(|v| ReplicaId(v as u32)),
                         )
                     });
             let replica = Replica::new(
@@ -250,14 +250,13 @@ impl Sim {
         }
         if sim.verbose {
             println!(
-                "plan: scenario={} f={} n={} seed={} heal={}ms byzantine={:?} victim={:?} crashes={} network={:?} clients={}x{} K={} batch={} delay={}us read_only={}",
+                "plan: scenario={} f={} n={} seed={} heal={}ms byzantine={:?} crashes={} network={:?} clients={}x{} K={} batch={} delay={}us read_only={}",
                 sim.plan.scenario,
                 sim.plan.f,
                 n,
                 sim.seed,
                 sim.plan.heal_at / MS,
                 sim.plan.byzantine,
-                sim.plan.victim,
                 sim.plan.crashes,
                 sim.plan.network,
                 sim.plan.clients,
