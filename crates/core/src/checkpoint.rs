@@ -105,6 +105,7 @@ impl Replica {
         let seq = self.last_executed;
         let snapshot = Snapshot::encode_parts(self.app.snapshot(), &self.clients);
         let digest = Digest::of(&snapshot);
+        out.push(Output::Persist(Record::Snapshot(seq, snapshot.clone())));
         self.own_checkpoints.insert(seq, (digest, snapshot));
         let checkpoint = self.signer.sign(Checkpoint {
             seq,
@@ -179,23 +180,24 @@ impl Replica {
         self.advance_stable(proof, out);
     }
 
-    /// Makes `proof` the stable checkpoint if it is newer: persists it with
-    /// its snapshot when this replica has that state, otherwise fetches the
-    /// state; then discards the log at and below it.
+    /// Makes `proof` the stable checkpoint if it is newer: persists it (its
+    /// snapshot, when this replica has that state, is already persisted
+    /// since it took the checkpoint), otherwise fetches the state; then
+    /// discards the log at and below it. The proof is persisted before the
+    /// window moves, so a restart comes back with the same window and never
+    /// drops what it accepted in it.
     pub(crate) fn advance_stable(&mut self, proof: CheckpointProof, out: &mut Vec<Output>) {
         if proof.seq <= self.stable.seq {
             return;
         }
         let seq = proof.seq;
+        out.push(Output::Persist(Record::Stable(proof.clone())));
+        // Serve the stable checkpoint's state only if it is this one's.
+        self.stable_snapshot.clear();
         match self.own_checkpoints.get(&seq) {
             Some((digest, snapshot)) if *digest == proof.digest => {
-                let snapshot = snapshot.clone();
                 tracing::debug!(seq = seq.0, "checkpoint stable");
-                out.push(Output::Persist(Record::Checkpoint(
-                    proof.clone(),
-                    snapshot.clone(),
-                )));
-                self.stable_snapshot = snapshot;
+                self.stable_snapshot = snapshot.clone();
             }
             Some((digest, _)) => {
                 tracing::error!(
@@ -205,11 +207,9 @@ impl Replica {
                 self.start_state_fetch(proof.clone(), out);
             }
             None if self.last_executed < seq => self.start_state_fetch(proof.clone(), out),
-            None => {
-                // Executed past it without a checkpoint of our own (we reached a
-                // later state by transfer): keep the proof; no snapshot to serve.
-                self.stable_snapshot.clear();
-            }
+            // Executed past it without a checkpoint of our own (we reached a
+            // later state by transfer): keep the proof; no snapshot to serve.
+            None => {}
         }
         self.stable = proof;
         self.last_assigned = self.last_assigned.max(seq);
@@ -337,26 +337,33 @@ impl Replica {
         self.try_propose(out);
     }
 
-    /// Replaces the state with a certified snapshot (whose digest was checked).
-    pub(crate) fn install_snapshot(
-        &mut self,
-        proof: CheckpointProof,
-        snapshot: Vec<u8>,
-    ) -> Result<(), String> {
+    /// Replaces the application state and client table with `snapshot`, the
+    /// state after executing `seq`.
+    pub(crate) fn load_state(&mut self, seq: SeqNum, snapshot: &[u8]) -> Result<(), String> {
         let decoded =
-            Snapshot::decode(&snapshot).map_err(|e| format!("snapshot does not decode: {e}"))?;
+            Snapshot::decode(snapshot).map_err(|e| format!("snapshot does not decode: {e}"))?;
         self.app.restore(&decoded.app).map_err(|e| e.to_string())?;
         self.clients = decoded.clients;
         // Slots above the checkpoint that had executed run again from this
         // state; execution is deterministic, so they give the same results.
-        self.last_executed = proof.seq;
-        // Requests that executed inside the transferred state no longer wait.
+        self.last_executed = seq;
+        // Requests that executed inside the loaded state no longer wait.
         let clients = &self.clients;
         self.pending.retain(|c, p| {
             clients
                 .get(c)
                 .is_none_or(|e| e.request_id < p.request.request_id)
         });
+        Ok(())
+    }
+
+    /// Replaces the state with a certified snapshot (whose digest was checked).
+    pub(crate) fn install_snapshot(
+        &mut self,
+        proof: CheckpointProof,
+        snapshot: Vec<u8>,
+    ) -> Result<(), String> {
+        self.load_state(proof.seq, &snapshot)?;
         self.own_checkpoints.retain(|s, _| *s > proof.seq);
         self.last_assigned = self.last_assigned.max(proof.seq);
         if proof.seq > self.stable.seq {
@@ -364,7 +371,7 @@ impl Replica {
             self.collect_garbage();
         }
         self.stable_snapshot = snapshot;
-        self.update_view_change_timer(true);
+        self.update_view_change_timer();
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use crate::message::{
 };
 use pbft_crypto::{Digest, Signed, Verified};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// An input to [`crate::Replica::handle`].
 #[derive(Clone, Debug)]
@@ -67,11 +68,21 @@ pub enum Output {
 
 /// What a replica persists. Replaying the records of a crashed replica in
 /// order through [`crate::Replica::restore`] gives back a replica that never
-/// contradicts what it sent before the crash.
+/// contradicts what it sent before the crash: it holds every pre-prepare and
+/// prepared certificate it vouched for inside its window, the view it was
+/// in, the state behind every CHECKPOINT it sent, and how far it replied.
 ///
-/// A driver may discard every record whose [`Record::seq`] is at or below the
-/// sequence number of the latest `Checkpoint` record, and every `ViewChange`
-/// or `NewView` record for a view below the latest one.
+/// What a restart needs of them, and so what [`compact`] keeps:
+/// * the stable checkpoint: the highest proof in a `Stable` or `Checkpoint`
+///   record. It sets the window, so it is persisted as soon as the replica
+///   moves its low water mark, before it accepts anything in the new window,
+///   even while the state for it is still being fetched;
+/// * the state to start from: the highest snapshot (a `Snapshot` this
+///   replica took, or a certified `Checkpoint` it fetched), plus every
+///   snapshot at or above the stable checkpoint (what its CHECKPOINTs
+///   vouched for, served to others);
+/// * `PrePrepare` and `Prepared` records above the stable checkpoint;
+/// * the latest `ViewChange` and `NewView`, and the highest `Executed`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// A pre-prepare this replica accepted or (as primary) issued, with its
@@ -83,8 +94,17 @@ pub enum Record {
     ViewChange(Signed<ViewChange>),
     /// A new view this replica entered (or, as primary, issued).
     NewView(Signed<NewView>),
-    /// A stable checkpoint and its snapshot (application state and client table).
+    /// A stable checkpoint and its snapshot (application state and client
+    /// table), fetched from a peer by state transfer.
     Checkpoint(CheckpointProof, Vec<u8>),
+    /// A checkpoint this replica took: the snapshot after executing `seq`.
+    /// Persisted before its CHECKPOINT is sent, so that the state it vouches
+    /// for survives a crash: 2f+1 CHECKPOINTs then always mean f+1 honest
+    /// replicas can serve the state, even after all of them restarted.
+    Snapshot(SeqNum, Vec<u8>),
+    /// The stable checkpoint moved here (the low water mark). Persisted
+    /// before anything in the new window is accepted or sent.
+    Stable(CheckpointProof),
     /// This replica is about to execute (and reply for) this sequence number.
     /// Persisted before the replies, so that after a crash the replica knows
     /// how far it had answered and does not serve read-only requests from an
@@ -98,50 +118,79 @@ impl Record {
         match self {
             Record::PrePrepare(pp, _) => Some(pp.seq),
             Record::Prepared(p) => Some(p.pre_prepare.seq),
-            Record::Checkpoint(proof, _) => Some(proof.seq),
+            Record::Checkpoint(proof, _) | Record::Stable(proof) => Some(proof.seq),
+            Record::Snapshot(seq, _) => Some(*seq),
             Record::ViewChange(_) | Record::NewView(_) | Record::Executed(_) => None,
         }
     }
 }
 
-/// Drops the records a restart no longer needs: everything at or below the
-/// latest checkpoint record (except that record), and every view-change,
-/// new-view or executed record but the latest of each. Order is kept.
+/// Whether a driver compacts its log after appending `group` (one step's
+/// records): whenever the stable checkpoint moved. The node's storage and the
+/// simulator both ask this, then call [`compact`], so restarts in the
+/// simulator replay exactly what a node would.
+pub fn compacts(group: &[Record]) -> bool {
+    group
+        .iter()
+        .any(|r| matches!(r, Record::Checkpoint(..) | Record::Stable(_)))
+}
+
+/// Drops the records a restart no longer needs (see [`Record`] for what it
+/// keeps). Order is kept, and restoring from the compacted records gives the
+/// same replica as restoring from all of them.
 pub fn compact(records: &mut Vec<Record>) {
     let Some(stable) = records
         .iter()
         .filter_map(|r| match r {
-            Record::Checkpoint(proof, _) => Some(proof.seq),
+            Record::Checkpoint(proof, _) | Record::Stable(proof) => Some(proof.seq),
             _ => None,
         })
         .max()
     else {
         return;
     };
-    let last_view_change = records
+    // Per sequence number, the last snapshot record (the one restore uses).
+    let mut snapshot_at: BTreeMap<SeqNum, usize> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Record::Checkpoint(proof, _) = r {
+            snapshot_at.insert(proof.seq, i);
+        } else if let Record::Snapshot(seq, _) = r {
+            snapshot_at.insert(*seq, i);
+        }
+    }
+    let base = snapshot_at.last_key_value().map(|(_, i)| *i);
+    let proof = records.iter().position(|r| match r {
+        Record::Checkpoint(p, _) | Record::Stable(p) => p.seq == stable,
+        _ => false,
+    });
+    let last_of = |pred: fn(&Record) -> bool| records.iter().rposition(pred);
+    let last_view_change = last_of(|r| matches!(r, Record::ViewChange(_)));
+    let last_new_view = last_of(|r| matches!(r, Record::NewView(_)));
+    let executed = records
         .iter()
-        .rposition(|r| matches!(r, Record::ViewChange(_)));
-    let last_new_view = records
-        .iter()
-        .rposition(|r| matches!(r, Record::NewView(_)));
-    let last_executed = records
-        .iter()
-        .rposition(|r| matches!(r, Record::Executed(_)));
-    let mut kept_checkpoint = false;
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Record::Executed(seq) => Some((*seq, i)),
+            _ => None,
+        })
+        .max_by_key(|(seq, i)| (*seq, std::cmp::Reverse(*i)))
+        .map(|(_, i)| i);
     let mut index = 0;
     records.retain(|r| {
         let i = index;
         index += 1;
         match r {
-            Record::Checkpoint(proof, _) => {
-                // Keep exactly one: the first record for the highest checkpoint.
-                let keep = proof.seq == stable && !kept_checkpoint;
-                kept_checkpoint |= keep;
-                keep
+            Record::Checkpoint(p, _) => {
+                Some(i) == proof
+                    || (snapshot_at.get(&p.seq) == Some(&i) && (p.seq >= stable || Some(i) == base))
             }
+            Record::Snapshot(seq, _) => {
+                snapshot_at.get(seq) == Some(&i) && (*seq >= stable || Some(i) == base)
+            }
+            Record::Stable(_) => Some(i) == proof,
             Record::ViewChange(_) => Some(i) == last_view_change,
             Record::NewView(_) => Some(i) == last_new_view,
-            Record::Executed(_) => Some(i) == last_executed,
+            Record::Executed(_) => Some(i) == executed,
             Record::PrePrepare(..) | Record::Prepared(_) => r.seq().is_some_and(|s| s > stable),
         }
     });

@@ -51,7 +51,6 @@ impl Replica {
                 // relayed between replicas (which may disagree on the view)
                 // die out instead of circulating.
                 self.forward_to_primary(client, out);
-                self.update_view_change_timer(false);
                 return;
             }
             Some(_) => {}
@@ -61,12 +60,14 @@ impl Replica {
             None => {}
         }
         self.pending_order.push_back((client, request.request_id));
+        let deadline = self.now + self.view_change_timeout();
         self.pending.insert(
             client,
             Pending {
                 request,
                 proposed: false,
                 arrived: self.now,
+                deadline,
                 forwarded: None,
             },
         );
@@ -75,7 +76,7 @@ impl Replica {
         } else {
             self.forward_to_primary(client, out);
         }
-        self.update_view_change_timer(false);
+        self.update_view_change_timer();
     }
 
     /// A backup relays a waiting request to the primary: only in an active
@@ -182,13 +183,15 @@ impl Replica {
     }
 
     /// A new view: every waiting request is to be proposed again (by the new
-    /// primary), oldest first.
+    /// primary), oldest first, and waits one full timeout in this view.
     pub(crate) fn requeue_pending(&mut self) {
+        let deadline = self.now + self.view_change_timeout();
         let mut order: Vec<(crate::Instant, ClientId, crate::ids::RequestId)> = self
             .pending
             .iter_mut()
             .map(|(c, p)| {
                 p.proposed = false;
+                p.deadline = deadline;
                 (p.arrived, *c, p.request.request_id)
             })
             .collect();
@@ -271,7 +274,7 @@ impl Replica {
             for request in &batch.requests {
                 self.note_pending(request);
             }
-            self.update_view_change_timer(false);
+            self.update_view_change_timer();
         } else if !self.batches.contains_key(&digest) {
             self.missing_batches.insert(digest);
         }
@@ -310,12 +313,14 @@ impl Replica {
         } else if self.pending.len() >= self.config.pending_requests_max {
             return;
         }
+        let deadline = self.now + self.view_change_timeout();
         self.pending.insert(
             client,
             Pending {
                 request: request.clone(),
                 proposed: true,
                 arrived: self.now,
+                deadline,
                 forwarded: None,
             },
         );
@@ -456,7 +461,7 @@ impl Replica {
         if progressed {
             // Progress in this view: the next view change starts from the base timeout.
             self.view_change_attempts = 0;
-            self.update_view_change_timer(true);
+            self.update_view_change_timer();
             self.try_propose(out);
         }
     }

@@ -80,6 +80,11 @@ pub(crate) struct Pending {
     pub proposed: bool,
     /// When it arrived (for the batch delay).
     pub arrived: Instant,
+    /// When this request's own view-change timer expires: a request that
+    /// waits this long starts a view change however busy the primary keeps
+    /// the replica with other clients' requests (a censoring primary is
+    /// replaced). Set when it starts waiting, and again when a view starts.
+    pub deadline: Instant,
     /// When this backup last relayed it to the primary.
     pub forwarded: Option<Instant>,
 }
@@ -265,26 +270,10 @@ impl Replica {
     ) -> Result<Replica, RestoreError> {
         let mut r = Replica::new(config, id, signer, app)?;
         r.now = now;
+        r.restore_checkpoints(records)?;
         for record in records {
             match record {
-                Record::Checkpoint(proof, snapshot) => {
-                    if proof.seq <= r.stable.seq {
-                        continue;
-                    }
-                    let actual = Digest::of(snapshot);
-                    if actual != proof.digest {
-                        return Err(RestoreError::CheckpointDigest {
-                            seq: proof.seq,
-                            expected: proof.digest,
-                            actual,
-                        });
-                    }
-                    r.install_snapshot(proof.clone(), snapshot.clone())
-                        .map_err(|reason| RestoreError::Snapshot {
-                            seq: proof.seq,
-                            reason,
-                        })?;
-                }
+                Record::Checkpoint(..) | Record::Snapshot(..) | Record::Stable(_) => {}
                 Record::PrePrepare(pp, batch) => {
                     if pp.view > r.view {
                         r.view = pp.view;
@@ -384,6 +373,9 @@ impl Replica {
             }
         }
         r.refresh_missing_batches();
+        if !r.missing_batches.is_empty() {
+            r.timer_fetch_batches = Some(now);
+        }
         if !r.active {
             // Resume the view change: re-send the VIEW-CHANGE at once (its
             // timer starts again once 2f+1 view changes are held).
@@ -391,6 +383,77 @@ impl Replica {
         }
         r.check_invariants();
         Ok(r)
+    }
+
+    /// Restart, first part: the stable checkpoint (the window), the state to
+    /// start from, and the checkpoints this replica took above the stable
+    /// one. The state is the highest snapshot held: its own (it executed
+    /// to there) or a certified one it fetched. If that is below the stable
+    /// checkpoint, a state transfer towards the stable checkpoint starts.
+    fn restore_checkpoints(&mut self, records: &[Record]) -> Result<(), RestoreError> {
+        let mut stable: Option<&CheckpointProof> = None;
+        let mut snapshots: BTreeMap<SeqNum, &Vec<u8>> = BTreeMap::new();
+        for record in records {
+            let proof = match record {
+                Record::Checkpoint(proof, snapshot) => {
+                    let actual = Digest::of(snapshot);
+                    if actual != proof.digest {
+                        return Err(RestoreError::CheckpointDigest {
+                            seq: proof.seq,
+                            expected: proof.digest,
+                            actual,
+                        });
+                    }
+                    snapshots.insert(proof.seq, snapshot);
+                    proof
+                }
+                Record::Snapshot(seq, snapshot) => {
+                    snapshots.insert(*seq, snapshot);
+                    continue;
+                }
+                Record::Stable(proof) => proof,
+                _ => continue,
+            };
+            if stable.is_none_or(|s| s.seq < proof.seq) {
+                stable = Some(proof);
+            }
+        }
+        if let Some((&seq, snapshot)) = snapshots.last_key_value() {
+            self.load_state(seq, snapshot)
+                .map_err(|reason| RestoreError::Snapshot { seq, reason })?;
+        }
+        if let Some(proof) = stable {
+            self.stable = proof.clone();
+            self.stable_snapshot = snapshots
+                .get(&proof.seq)
+                .filter(|s| Digest::of(s) == proof.digest)
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
+        }
+        let h = self.stable.seq;
+        for (&seq, snapshot) in snapshots.range(h.next()..) {
+            let digest = Digest::of(snapshot);
+            self.own_checkpoints
+                .insert(seq, (digest, snapshot.to_vec()));
+            let vote = self.signer.sign(crate::message::Checkpoint {
+                seq,
+                digest,
+                replica: self.id,
+            });
+            self.checkpoint_votes
+                .entry(seq)
+                .or_default()
+                .insert(self.id, vote);
+        }
+        self.last_assigned = self.last_assigned.max(h);
+        if self.last_executed < h {
+            self.state_fetch = Some(StateFetch {
+                target: self.stable.clone(),
+                next_source: 0,
+                deadline: self.now,
+            });
+        }
+        Ok(())
     }
 
     /// The single entry point: process `input` at time `now`, appending what
@@ -432,6 +495,11 @@ impl Replica {
             state_digest: self.app.digest(),
             pending_requests: self.pending.len(),
         }
+    }
+
+    /// Whether a state transfer is under way.
+    pub fn is_fetching_state(&self) -> bool {
+        self.state_fetch.is_some()
     }
 
     /// This replica's id.
@@ -592,18 +660,17 @@ impl Replica {
         }
     }
 
-    /// (Re)starts or stops the view-change timer after the set of pending
-    /// requests changed or a request executed: running while a request waits
-    /// (in an active view), restarted after each execution, stopped when idle.
-    pub(crate) fn update_view_change_timer(&mut self, restart: bool) {
+    /// Sets the view-change timer from the pending requests (in an active
+    /// view): it expires at the earliest of their deadlines, so it runs
+    /// while any request waits and is stopped when none does. Executing
+    /// other requests does not move a waiting request's deadline (TOCS 4.5.2
+    /// restarts one timer after every execution, which lets a primary that
+    /// orders everyone but one client keep its view for ever).
+    pub(crate) fn update_view_change_timer(&mut self) {
         if !self.active {
             return;
         }
-        if self.pending.is_empty() {
-            self.timer_view_change = None;
-        } else if restart || self.timer_view_change.is_none() {
-            self.timer_view_change = Some(self.now + self.view_change_timeout());
-        }
+        self.timer_view_change = self.pending.values().map(|p| p.deadline).min();
     }
 
     /// The invariants of the module docs; a violation is a bug in this crate.

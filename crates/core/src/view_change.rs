@@ -443,7 +443,7 @@ impl Replica {
         self.new_view = Some(nv);
         out.push(Output::EnteredView(self.view));
         self.request_missing_batches(out);
-        self.update_view_change_timer(true);
+        self.update_view_change_timer();
         self.replay_deferred(out);
         let seqs: Vec<SeqNum> = self.log.keys().copied().collect();
         for seq in seqs {

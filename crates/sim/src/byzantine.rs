@@ -18,7 +18,7 @@ use pbft_core::message::{
     ViewChange,
 };
 use pbft_core::view_change::plan_new_view;
-use pbft_core::{Config, Message, ReplicaId, SeqNum, View};
+use pbft_core::{ClientId, Config, Message, ReplicaId, SeqNum, View};
 use pbft_crypto::{Digest, Signed, Signer};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -53,6 +53,17 @@ pub enum Behavior {
     /// victim, replaces: only a commit quorum of 2f+1 keeps the victim from
     /// executing it.
     Collude,
+    /// Follows the protocol, but its VIEW-CHANGEs never carry a prepared
+    /// certificate, and as a new primary it proves its NEW-VIEW with the
+    /// 2f+1 VIEW-CHANGEs that hide the most history. Beside honest replicas
+    /// that crash and restart, it is the other half of a lost decision: a
+    /// restarted replica that forgot a certificate, plus this one, can hide
+    /// a slot that some honest replica executed.
+    Forget,
+    /// As primary, never orders one chosen client's requests (it drops them
+    /// on arrival) and orders everyone else's as usual: only a per-request
+    /// view-change timer replaces it while other clients keep it busy.
+    Censor,
 }
 
 impl Behavior {
@@ -82,6 +93,8 @@ impl fmt::Display for Behavior {
             Behavior::ViewChange => "viewchange",
             Behavior::SlowPrimary => "slow-primary",
             Behavior::Collude => "collude",
+            Behavior::Forget => "forget",
+            Behavior::Censor => "censor",
         };
         f.write_str(s)
     }
@@ -102,6 +115,8 @@ pub(crate) struct Byzantine {
     /// The latest VIEW-CHANGE seen from each replica (a forging new primary
     /// picks the set it proves its NEW-VIEW with).
     view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
+    /// The client a censor never serves.
+    pub censored: Option<ClientId>,
 }
 
 fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
@@ -124,6 +139,16 @@ impl Byzantine {
             victim,
             seen: VecDeque::new(),
             view_changes: BTreeMap::new(),
+            censored: None,
+        }
+    }
+
+    /// Whether the wrapped replica gets to see `message` at all (a censor
+    /// drops the censored client's requests).
+    pub fn admits(&self, message: &Message) -> bool {
+        match (self.behavior, message) {
+            (Behavior::Censor, Message::Request(r)) => Some(r.client) != self.censored,
+            _ => true,
         }
     }
 
@@ -132,7 +157,9 @@ impl Byzantine {
         if self.behavior == Behavior::Replay {
             self.remember(message.clone());
         }
-        if let (Behavior::ViewChange, Message::ViewChange(vc)) = (self.behavior, message) {
+        if let (Behavior::ViewChange | Behavior::Forget, Message::ViewChange(vc)) =
+            (self.behavior, message)
+        {
             if self
                 .view_changes
                 .get(&vc.replica)
@@ -247,7 +274,25 @@ impl Byzantine {
                     .collect()
             }
             Behavior::Collude => out.into_iter().filter_map(|o| self.collude(o)).collect(),
+            Behavior::Forget => out.into_iter().map(|o| self.forget(o)).collect(),
+            Behavior::Censor => out,
         }
+    }
+
+    fn forget(&self, mut o: Outgoing) -> Outgoing {
+        match &mut o.msg {
+            Message::ViewChange(vc) if !vc.value.prepared.is_empty() => {
+                vc.value.prepared.clear();
+                o.msg = self.resign(o.msg);
+            }
+            Message::NewView(signed, _) => {
+                if let Some(hiding) = self.hiding_new_view(&signed.value) {
+                    *signed = hiding;
+                }
+            }
+            _ => {}
+        }
+        o
     }
 
     fn collude(&self, mut o: Outgoing) -> Option<Outgoing> {

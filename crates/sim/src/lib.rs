@@ -86,6 +86,12 @@ pub struct RunReport {
     pub max_executed: u64,
     /// Crashes of honest replicas.
     pub crashes: u64,
+    /// Crashes inside a group write (a prefix of a step's records survived).
+    pub torn_writes: u64,
+    /// State transfers honest replicas completed.
+    pub state_transfers: u64,
+    /// Requests a censoring replica dropped on arrival.
+    pub censored_requests: u64,
     /// Events processed.
     pub events: u64,
     /// Messages put on the network.

@@ -4,8 +4,9 @@
 //! random amount in `[delay_min, delay_max]` (independent delays reorder
 //! messages), partitions cut replicas off from each other and from the
 //! clients, and a muted replica is heard by no other replica. After the heal
-//! the network is synchronous and reliable: every message arrives once,
-//! within a few milliseconds.
+//! the network is synchronous: every message arrives once, within a few
+//! milliseconds, except that some plans keep a little loss for good and some
+//! have a slow spell first, with delays above the view-change timeout base.
 
 use crate::scenario::{NetworkPlan, MS};
 use pbft_core::{ClientId, Message};
@@ -96,8 +97,15 @@ impl Network {
 
     /// The delays after which copies of a message from `from` to `to` arrive:
     /// none (lost or cut), one, or two (duplicated).
-    pub fn fate(&self, rng: &mut ChaCha8Rng, from: Endpoint, to: Endpoint) -> Vec<u64> {
+    pub fn fate(&self, rng: &mut ChaCha8Rng, now: u64, from: Endpoint, to: Endpoint) -> Vec<u64> {
         if self.healed {
+            if self.plan.residual_loss > 0.0 && rng.gen_bool(self.plan.residual_loss) {
+                return Vec::new();
+            }
+            if now < self.plan.slow_until {
+                let d = self.plan.slow_delay;
+                return vec![rng.gen_range(d / 2..=d)];
+            }
             return vec![rng.gen_range(MS..=3 * MS)];
         }
         if self.group(from) != self.group(to) {

@@ -42,6 +42,15 @@ pub enum Scenario {
     /// Byzantine replicas that help one honest victim, whose messages reach
     /// no other replica, commit a batch alone, then hide it in the view change.
     ByzCollude,
+    /// f Byzantine replicas that hide prepared certificates in view changes,
+    /// beside honest replicas that crash (any number of them at once, in
+    /// the middle of a step: torn group writes, crashes between the write
+    /// and the sends, crashes during compaction) and restart from what they
+    /// persisted. Safety must hold throughout; liveness once all are back.
+    CrashByz,
+    /// Byzantine primaries that never order one client's requests while
+    /// the other clients keep them busy.
+    ByzCensor,
     /// A random mix of the above within the fault budget (collusion aside:
     /// it needs its victim's links cut, which mixed plans do not draw).
     Mixed,
@@ -49,7 +58,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -63,6 +72,8 @@ impl Scenario {
         Scenario::ByzViewChange,
         Scenario::ByzSlowPrimary,
         Scenario::ByzCollude,
+        Scenario::CrashByz,
+        Scenario::ByzCensor,
         Scenario::Mixed,
     ];
 
@@ -82,6 +93,8 @@ impl Scenario {
             Scenario::ByzViewChange => "byz-viewchange",
             Scenario::ByzSlowPrimary => "byz-slow-primary",
             Scenario::ByzCollude => "byz-collude",
+            Scenario::CrashByz => "crash-byz",
+            Scenario::ByzCensor => "byz-censor",
             Scenario::Mixed => "mixed",
         }
     }
@@ -98,6 +111,8 @@ impl Scenario {
             Scenario::ByzViewChange => Behavior::ViewChange,
             Scenario::ByzSlowPrimary => Behavior::SlowPrimary,
             Scenario::ByzCollude => Behavior::Collude,
+            Scenario::CrashByz => Behavior::Forget,
+            Scenario::ByzCensor => Behavior::Censor,
             _ => return None,
         })
     }
@@ -156,6 +171,14 @@ pub struct NetworkPlan {
     /// reach the clients). Colluding Byzantine replicas help it ahead of
     /// the rest.
     pub muted: Option<usize>,
+    /// After the heal: the probability that a message is still lost.
+    pub residual_loss: f64,
+    /// After the heal and until this time (microseconds), delays are drawn
+    /// from `[slow_delay / 2, slow_delay]`: longer than the view-change
+    /// timeout base, so only its doubling lets a view settle.
+    pub slow_until: u64,
+    /// See `slow_until`, microseconds.
+    pub slow_delay: u64,
 }
 
 /// The concrete fault plan of one run, drawn from the seed.
@@ -173,6 +196,18 @@ pub struct Plan {
     pub byzantine: Vec<(usize, Behavior)>,
     /// Whether honest replicas crash and restart before the heal time.
     pub crashes: bool,
+    /// Most honest replicas down at once. Within the fault budget
+    /// (Byzantine + down <= f) in most scenarios; any number in `crash-byz`,
+    /// where only safety is promised until the heal restarts them all.
+    pub crash_budget: usize,
+    /// Each replica's clock: offset (microseconds) and drift (parts per
+    /// million, positive runs fast), so timers do not fire in lockstep.
+    pub clocks: Vec<(u64, i64)>,
+    /// The longest an operation may take once the network is stable
+    /// (after the heal and any slow period), microseconds.
+    pub liveness_bound: u64,
+    /// Whether client c0 is the one a censoring primary never serves.
+    pub censored: bool,
     /// Partitions isolate the current primary more often (to force view changes).
     pub target_primary: bool,
     /// Simulated clients.
@@ -193,6 +228,10 @@ pub struct Plan {
 
 /// Milliseconds to microseconds.
 pub(crate) const MS: u64 = 1_000;
+/// The replicas' view-change timeout base, microseconds.
+pub(crate) const TIMEOUT_BASE: u64 = 100 * MS;
+/// How long an operation may take once the network is stable, by default.
+pub(crate) const LIVENESS_BOUND: u64 = 30_000 * MS;
 
 impl Plan {
     /// Draws the plan of `scenario` for `f` from `rng`.
@@ -208,10 +247,17 @@ impl Plan {
                 duplicate: 0.0,
                 partitions: false,
                 muted: None,
+                residual_loss: 0.0,
+                slow_until: 0,
+                slow_delay: 0,
             },
             heal_at: rng.gen_range(1_500..=3_000) * MS,
             byzantine: Vec::new(),
             crashes: false,
+            crash_budget: 0,
+            clocks: Vec::new(),
+            liveness_bound: LIVENESS_BOUND,
+            censored: false,
             target_primary: false,
             clients: rng.gen_range(2..=4),
             ops_per_client: rng.gen_range(8..=14),
@@ -230,21 +276,87 @@ impl Plan {
             plan.network.loss = rng.gen_range(0.02..0.2);
             plan.network.duplicate = rng.gen_range(0.02..0.2);
         };
+        // Clocks: offsets up to 10 s, drift up to 5% either way.
+        plan.clocks = (0..n)
+            .map(|_| {
+                (
+                    rng.gen_range(0..=10_000) * MS,
+                    rng.gen_range(-50_000..=50_000),
+                )
+            })
+            .collect();
+        // After the heal: sometimes a little loss, sometimes a slow spell.
+        let after_heal = |plan: &mut Plan, rng: &mut ChaCha8Rng| {
+            if rng.gen_bool(0.3) {
+                plan.network.residual_loss = 0.01;
+            }
+            if rng.gen_bool(0.25) {
+                plan.network.slow_delay = rng.gen_range(2..=3) * TIMEOUT_BASE;
+                plan.network.slow_until = plan.heal_at + rng.gen_range(500..=2_000) * MS;
+            }
+        };
         match scenario {
             Scenario::Normal => {
                 plan.heal_at = 0;
                 plan.think_max = rng.gen_range(0..=50) * MS;
             }
-            Scenario::Lossy => lossy(&mut plan, rng),
+            Scenario::Lossy => {
+                lossy(&mut plan, rng);
+                after_heal(&mut plan, rng);
+            }
             Scenario::Partition => {
                 plan.network.partitions = true;
                 plan.target_primary = rng.gen_bool(0.5);
+                after_heal(&mut plan, rng);
             }
             Scenario::Crash => {
                 plan.crashes = true;
+                plan.crash_budget = f;
                 if rng.gen_bool(0.3) {
                     lossy(&mut plan, rng);
                 }
+                after_heal(&mut plan, rng);
+            }
+            Scenario::CrashByz => {
+                let b = if rng.gen_bool(0.75) {
+                    f
+                } else {
+                    rng.gen_range(1..=f)
+                };
+                // New primaries of the first view changes, so that a forgetful
+                // replica often picks the NEW-VIEW's proofs.
+                plan.byzantine = (1..=b).map(|i| (i, Behavior::Forget)).collect();
+                plan.crashes = true;
+                plan.crash_budget = n - b;
+                // Laggards (cut off, then fetching state) are what restarts
+                // can make forget.
+                plan.network.partitions = true;
+                plan.target_primary = rng.gen_bool(0.5);
+                if rng.gen_bool(0.3) {
+                    lossy(&mut plan, rng);
+                }
+                // Windows that fill and checkpoints that come often.
+                plan.checkpoint_interval = rng.gen_range(2..=4);
+                plan.clients = rng.gen_range(3..=5);
+                plan.think_max = rng.gen_range(0..=50) * MS;
+                after_heal(&mut plan, rng);
+            }
+            Scenario::ByzCensor => {
+                // Censors lead the first views; the other clients keep them
+                // busy for far longer than a view-change timeout, so a timer
+                // that restarts on any execution never fires.
+                let b = if rng.gen_bool(0.75) {
+                    f
+                } else {
+                    rng.gen_range(1..=f)
+                };
+                plan.byzantine = (0..b).map(|i| (i, Behavior::Censor)).collect();
+                plan.censored = true;
+                plan.heal_at = 0;
+                plan.clients = rng.gen_range(3..=5);
+                plan.ops_per_client = rng.gen_range(100..=150);
+                plan.think_max = rng.gen_range(0..=20) * MS;
+                plan.liveness_bound = 40 * TIMEOUT_BASE;
             }
             Scenario::Mixed => {
                 // Mixed runs use the SDK's default client: f+1 confirmations
@@ -260,6 +372,7 @@ impl Plan {
                 plan.network.partitions = rng.gen_bool(0.5);
                 plan.target_primary = rng.gen_bool(0.5);
                 plan.crashes = rng.gen_bool(0.5);
+                after_heal(&mut plan, rng);
                 let b = rng.gen_range(0..=f);
                 let mut ids: Vec<usize> = (0..n).collect();
                 for _ in 0..b {
@@ -268,6 +381,7 @@ impl Plan {
                     plan.byzantine.push((i, behavior));
                 }
                 plan.byzantine.sort_by_key(|(i, _)| *i);
+                plan.crash_budget = f - b;
             }
             _ => {
                 let behavior = scenario.byzantine().unwrap_or(Behavior::Silent);
@@ -332,6 +446,12 @@ impl Plan {
             }
         }
         plan
+    }
+
+    /// When the network is stable for good: the heal, or the end of the
+    /// slow spell after it.
+    pub fn stable_at(&self) -> u64 {
+        self.heal_at.max(self.network.slow_until)
     }
 
     /// n = 3f+1.

@@ -7,7 +7,7 @@ use crate::checker::linearizability::{self, History};
 use crate::checker::liveness::{self, LivenessInput};
 use crate::client::{Client, ClientAction, ClientParams};
 use crate::network::{Dest, Endpoint, Network, Outgoing};
-use crate::scenario::{Plan, MS};
+use crate::scenario::{Plan, MS, TIMEOUT_BASE};
 use crate::trace::{describe, TraceHash};
 use crate::{RunOptions, RunReport};
 use pbft_app::kv::KvStore;
@@ -21,10 +21,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// The replicas' timeout base.
-pub(crate) const TIMEOUT_BASE: u64 = 100 * MS;
-/// How long an operation may take once the faults healed.
-pub(crate) const LIVENESS_BOUND: u64 = 30_000 * MS;
 /// After every client finished, the run goes on this long (so replicas catch up).
 const GRACE: u64 = 500 * MS;
 /// Most events one run may process (a livelock guard).
@@ -49,6 +45,10 @@ enum Event {
     },
     PartitionTick,
     CrashTick,
+    /// A crash that was waiting for the replica's next step happens now.
+    CrashNow {
+        replica: usize,
+    },
     Restart {
         replica: usize,
     },
@@ -86,11 +86,54 @@ struct Node {
     timer_generation: u64,
     timer_at: Option<u64>,
     crashes: u64,
+    /// The replica's clock: offset (microseconds) and drift (ppm).
+    clock: (u64, i64),
+    /// A crash is due inside the replica's next step.
+    crash_pending: bool,
+    /// A crash is due inside the replica's step after this many more.
+    crash_countdown: Option<u32>,
+    /// The highest `Executed` record it ever persisted: it may have replied
+    /// for everything up to there, so it must never answer a read-only
+    /// request from an older state (checked in the run, whatever the core's
+    /// own floor says).
+    replied_floor: u64,
 }
 
 impl Node {
     fn honest(&self) -> bool {
         self.byzantine.is_none()
+    }
+
+    /// The replica's clock reading at simulated time `t`.
+    fn local(&self, t: u64) -> u64 {
+        let (offset, ppm) = self.clock;
+        let drift = (t as i128 * ppm as i128) / 1_000_000;
+        offset + (t as i128 + drift).max(0) as u64
+    }
+
+    /// The earliest simulated time at which the replica's clock reads `local`.
+    fn global(&self, local: u64) -> u64 {
+        let (offset, ppm) = self.clock;
+        let since = local.saturating_sub(offset) as i128;
+        let rate = 1_000_000 + ppm as i128;
+        ((since * 1_000_000 + rate - 1) / rate) as u64
+    }
+
+    /// Appends one step's records, as the node's storage does: all of them,
+    /// then compaction if one is a checkpoint, unless `crash_in_compaction`
+    /// (the rewritten log never replaced the old one).
+    fn append(&mut self, records: &[Record], crash_in_compaction: bool) -> bool {
+        for r in records {
+            if let Record::Executed(seq) = r {
+                self.replied_floor = self.replied_floor.max(seq.0);
+            }
+        }
+        self.storage.extend_from_slice(records);
+        let compacts = pbft_core::io::compacts(records);
+        if !crash_in_compaction && compacts {
+            pbft_core::io::compact(&mut self.storage);
+        }
+        compacts
     }
 }
 
@@ -123,6 +166,9 @@ pub(crate) struct Sim {
     max_view: u64,
     entered_views: u64,
     crashes: u64,
+    torn_writes: u64,
+    state_transfers: u64,
+    censored_requests: u64,
     aborted: bool,
     all_done_at: Option<u64>,
 }
@@ -175,6 +221,9 @@ impl Sim {
             max_view: 0,
             entered_views: 0,
             crashes: 0,
+            torn_writes: 0,
+            state_transfers: 0,
+            censored_requests: 0,
             aborted: false,
             all_done_at: None,
             plan,
@@ -217,6 +266,10 @@ impl Sim {
                 timer_generation: 0,
                 timer_at: None,
                 crashes: 0,
+                clock: sim.plan.clocks.get(i).copied().unwrap_or((0, 0)),
+                crash_pending: false,
+                crash_countdown: None,
+                replied_floor: 0,
             });
         }
         let params = ClientParams {
@@ -236,6 +289,14 @@ impl Sim {
             });
             let start = sim.rng.gen_range(0..=50 * MS);
             sim.schedule(start, Event::ClientIssue { client: c });
+        }
+        if sim.plan.censored {
+            let censored = sim.clients.first().map(|c| c.client.id);
+            for node in &mut sim.nodes {
+                if let Some(b) = node.byzantine.as_mut() {
+                    b.censored = censored;
+                }
+            }
         }
         if sim.plan.heal_at > 0 {
             sim.schedule(sim.plan.heal_at, Event::Heal);
@@ -296,10 +357,6 @@ impl Sim {
         self.nodes.len()
     }
 
-    fn byzantine_count(&self) -> usize {
-        self.nodes.iter().filter(|n| !n.honest()).count()
-    }
-
     fn crashed_count(&self) -> usize {
         self.nodes.iter().filter(|n| n.replica.is_none()).count()
     }
@@ -318,8 +375,8 @@ impl Sim {
     }
 
     pub fn run(mut self) -> RunReport {
-        let hard_end = self.plan.heal_at
-            + LIVENESS_BOUND
+        let hard_end = self.plan.stable_at()
+            + self.plan.liveness_bound
             + self.plan.ops_per_client as u64 * (self.plan.think_max + 2 * TIMEOUT_BASE);
         while !self.aborted {
             let Some(Reverse(queued)) = self.queue.pop() else {
@@ -390,9 +447,18 @@ impl Sim {
             }
             Event::PartitionTick => self.partition_tick(),
             Event::CrashTick => self.crash_tick(),
+            Event::CrashNow { replica } => {
+                if self.nodes[replica].crash_pending && self.nodes[replica].replica.is_some() {
+                    self.crash(replica);
+                }
+            }
             Event::Restart { replica } => self.restart(replica),
             Event::Heal => {
                 self.network.heal();
+                for node in &mut self.nodes {
+                    node.crash_pending = false;
+                    node.crash_countdown = None;
+                }
                 self.log(|| "heal: the network is now synchronous and reliable".to_string());
                 for i in 0..self.n() {
                     if self.nodes[i].replica.is_none() && self.nodes[i].honest() {
@@ -446,7 +512,7 @@ impl Sim {
     /// Puts a message on the network.
     fn transmit(&mut self, from: Endpoint, to: Endpoint, bytes: Rc<Vec<u8>>, extra_delay: u64) {
         self.messages += 1;
-        let delays = self.network.fate(&mut self.rng, from, to);
+        let delays = self.network.fate(&mut self.rng, self.now, from, to);
         if delays.is_empty() && self.verbose {
             self.log(|| format!("{from} -> {to} lost/cut"));
         }
@@ -494,6 +560,10 @@ impl Sim {
                     }
                 };
                 if let Some(b) = self.nodes[r].byzantine.as_mut() {
+                    if !b.admits(&verified) {
+                        self.censored_requests += 1;
+                        return;
+                    }
                     b.observe(&verified);
                 }
                 self.step(r, Input::Message(verified), false);
@@ -530,8 +600,17 @@ impl Sim {
 
     /// Runs one input through replica `i`, then acts on its outputs.
     fn step(&mut self, i: usize, input: Input, tick: bool) {
-        let now = Instant(self.now);
-        let Some(replica) = self.nodes[i].replica.as_mut() else {
+        let now = Instant(self.nodes[i].local(self.now));
+        let node = &mut self.nodes[i];
+        match node.crash_countdown {
+            Some(0) => {
+                node.crash_countdown = None;
+                node.crash_pending = !self.network.healed();
+            }
+            Some(k) => node.crash_countdown = Some(k - 1),
+            None => {}
+        }
+        let Some(replica) = node.replica.as_mut() else {
             return;
         };
         let mut out = Vec::new();
@@ -546,8 +625,50 @@ impl Sim {
             self.aborted = true;
             return;
         }
-        self.outputs(i, out);
+        if self.nodes[i].crash_pending {
+            return self.crash_in_step(i, out);
+        }
+        self.outputs(i, out, None);
         self.reschedule_timer(i, tick);
+    }
+
+    /// Crashes replica `i` part-way through acting on one step's outputs,
+    /// at a point the node's driver can really stop at: the driver writes
+    /// all of a step's records with one fsync, then sends. So either a
+    /// prefix of the records survives (a torn group write) and nothing was
+    /// sent, or all of them are durable (the compaction that follows a
+    /// checkpoint may not have happened) and a prefix of the sends left.
+    fn crash_in_step(&mut self, i: usize, out: Vec<Output>) {
+        let records = out
+            .iter()
+            .filter(|o| matches!(o, Output::Persist(_)))
+            .count();
+        if records > 0 && self.rng.gen_bool(0.4) {
+            let kept = self.rng.gen_range(0..records);
+            let prefix: Vec<Record> = out
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Persist(r) => Some(r),
+                    _ => None,
+                })
+                .take(kept)
+                .collect();
+            self.log(|| {
+                format!("r{i} crashes in a group write: {kept} of {records} records durable")
+            });
+            self.torn_writes += 1;
+            // A torn write never finished, so it never compacted either.
+            let _ = self.nodes[i].append(&prefix, true);
+            return self.crash(i);
+        }
+        let sends = out.iter().filter(|o| is_send(o)).count();
+        let kept = self.rng.gen_range(0..=sends);
+        let in_compaction = self.rng.gen_bool(0.3);
+        self.log(|| {
+            format!("r{i} crashes after its records are durable, {kept} of {sends} sends out (in compaction: {in_compaction})")
+        });
+        self.outputs(i, out, Some((kept, in_compaction)));
+        self.crash(i);
     }
 
     fn reschedule_timer(&mut self, i: usize, after_tick: bool) {
@@ -556,7 +677,7 @@ impl Sim {
         let Some(replica) = node.replica.as_ref() else {
             return;
         };
-        let mut next = replica.poll_timeout().map(|t| t.0);
+        let mut next = replica.poll_timeout().map(|t| node.global(t.0));
         if after_tick {
             // A timer that is still due right after a tick would spin forever.
             next = next.map(|t| t.max(now + 1));
@@ -578,13 +699,38 @@ impl Sim {
         }
     }
 
-    fn outputs(&mut self, i: usize, out: Vec<Output>) {
+    /// Acts on one step's outputs as the node's driver does: first every
+    /// record, appended together (group commit), then the sends in order.
+    /// With `crash`, only the first `kept` sends leave, and the compaction
+    /// after a checkpoint is skipped if `in_compaction`.
+    fn outputs(&mut self, i: usize, out: Vec<Output>, crash: Option<(usize, bool)>) {
         let n = self.n();
         let honest = self.nodes[i].honest();
+        let records: Vec<Record> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Persist(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let compacted = self.nodes[i].append(&records, crash.is_some_and(|(_, c)| c));
+        let fetches = out
+            .iter()
+            .any(|o| matches!(o, Output::Send(_, Message::FetchState(_))));
+        if crash.is_none() && (compacted || fetches) {
+            self.maybe_crash_soon(i);
+        }
+        let mut sends_left = crash.map_or(usize::MAX, |(kept, _)| kept);
         let mut outgoing = Vec::new();
         for output in out {
+            if is_send(&output) {
+                if sends_left == 0 {
+                    continue;
+                }
+                sends_left -= 1;
+            }
             match output {
-                Output::Persist(record) => self.persist(i, record),
+                Output::Persist(_) => {}
                 Output::Send(to, msg) => {
                     if to.index() < n && to.index() != i {
                         outgoing.push(Outgoing {
@@ -617,11 +763,16 @@ impl Sim {
                         }
                     }
                 }
-                Output::Reply(client, reply) => outgoing.push(Outgoing {
-                    to: Dest::Client(client),
-                    msg: Message::Reply(reply),
-                    extra_delay: 0,
-                }),
+                Output::Reply(client, reply) => {
+                    if honest && reply.read_only {
+                        self.check_read_only_answer(i);
+                    }
+                    outgoing.push(Outgoing {
+                        to: Dest::Client(client),
+                        msg: Message::Reply(reply),
+                        extra_delay: 0,
+                    })
+                }
                 Output::Executed {
                     seq,
                     view,
@@ -645,6 +796,7 @@ impl Sim {
                 }
                 Output::StateTransferred { seq, digest } => {
                     self.log(|| format!("r{i} state transfer to {seq} {digest}"));
+                    self.state_transfers += 1;
                     if honest {
                         self.agreement.state_transferred(i, seq.0, digest);
                     }
@@ -679,15 +831,42 @@ impl Sim {
         }
     }
 
-    /// Appends a record to replica `i`'s storage; after each checkpoint
-    /// record, compacts it with [`pbft_core::io::compact`] (what the node's
-    /// storage does), so restarts run from compacted records.
-    fn persist(&mut self, i: usize, record: Record) {
-        let storage = &mut self.nodes[i].storage;
-        let compact = matches!(record, Record::Checkpoint(..));
-        storage.push(record);
-        if compact {
-            pbft_core::io::compact(storage);
+    /// In plans with crashes, a replica that just compacted its log or
+    /// started a state transfer often crashes a few steps later: the moments
+    /// where what it persisted and what it sent are most likely to part.
+    fn maybe_crash_soon(&mut self, i: usize) {
+        if !self.plan.crashes || self.network.healed() || !self.nodes[i].honest() {
+            return;
+        }
+        let due = self
+            .nodes
+            .iter()
+            .filter(|n| n.crash_pending || n.crash_countdown.is_some())
+            .count();
+        if self.crashed_count() + due >= self.plan.crash_budget || !self.rng.gen_bool(0.3) {
+            return;
+        }
+        let steps = self.rng.gen_range(0..=30);
+        self.log(|| format!("r{i} will crash in {steps} steps"));
+        self.nodes[i].crash_countdown = Some(steps);
+        let back = (self.now + self.rng.gen_range(50 * MS..=800 * MS)).min(self.plan.heal_at);
+        self.schedule(back, Event::Restart { replica: i });
+    }
+
+    /// The in-run oracle for read-only answers: an honest replica never
+    /// answers from a state older than one it may already have replied from.
+    fn check_read_only_answer(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let executed = replica.status().last_executed.0;
+        if executed < node.replied_floor {
+            self.violations.push(format!(
+                "stale read: r{i} answered a read-only request at {}ms from the state after seq {executed}, but it had persisted Executed({}) (and may have replied from there) before",
+                self.now / MS,
+                node.replied_floor
+            ));
         }
     }
 
@@ -728,13 +907,37 @@ impl Sim {
         if self.network.healed() {
             return;
         }
-        let f = self.plan.f;
-        if self.byzantine_count() + self.crashed_count() < f {
+        let pending = self
+            .nodes
+            .iter()
+            .filter(|n| n.crash_pending || n.crash_countdown.is_some())
+            .count();
+        if self.crashed_count() + pending < self.plan.crash_budget {
             let candidates: Vec<usize> = (0..self.n())
-                .filter(|&i| self.nodes[i].honest() && self.nodes[i].replica.is_some())
+                .filter(|&i| {
+                    let node = &self.nodes[i];
+                    node.honest()
+                        && node.replica.is_some()
+                        && !node.crash_pending
+                        && node.crash_countdown.is_none()
+                })
+                .collect();
+            // Replicas fetching state are the interesting ones: what they
+            // accepted above their persisted window must survive.
+            let fetching: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    self.nodes[i]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.is_fetching_state())
+                })
                 .collect();
             let primary = self.current_primary();
-            let victim = if candidates.contains(&primary) && self.rng.gen_bool(0.5) {
+            let victim = if !fetching.is_empty() && self.rng.gen_bool(0.7) {
+                Some(fetching[self.rng.gen_range(0..fetching.len())])
+            } else if candidates.contains(&primary) && self.rng.gen_bool(0.5) {
                 Some(primary)
             } else if candidates.is_empty() {
                 None
@@ -742,7 +945,11 @@ impl Sim {
                 Some(candidates[self.rng.gen_range(0..candidates.len())])
             };
             if let Some(v) = victim {
-                self.crash(v);
+                // The crash comes inside the victim's next step, or a little
+                // later between steps if it takes none.
+                self.nodes[v].crash_pending = true;
+                let fallback = self.now + self.rng.gen_range(1..=30 * MS);
+                self.schedule(fallback, Event::CrashNow { replica: v });
                 let back =
                     (self.now + self.rng.gen_range(50 * MS..=800 * MS)).min(self.plan.heal_at);
                 self.schedule(back, Event::Restart { replica: v });
@@ -766,6 +973,7 @@ impl Sim {
         node.replica = None;
         node.timer_generation += 1;
         node.timer_at = None;
+        node.crash_pending = false;
         node.crashes += 1;
         self.crashes += 1;
     }
@@ -777,7 +985,11 @@ impl Sim {
         self.log(|| format!("restart r{i} from {} records", self.nodes[i].storage.len()));
         self.trace.add(&[8, i as u64, self.now]);
         let node = &self.nodes[i];
-        let (config, signer, now) = (self.config.clone(), node.signer.clone(), Instant(self.now));
+        let (config, signer, now) = (
+            self.config.clone(),
+            node.signer.clone(),
+            Instant(node.local(self.now)),
+        );
         let storage = &node.storage;
         let result = catch_unwind(AssertUnwindSafe(|| {
             Replica::restore(
@@ -820,9 +1032,9 @@ impl Sim {
             let live = liveness::check(&LivenessInput {
                 history: &self.history,
                 not_issued: self.clients.iter().map(|c| c.client.ops_left).collect(),
-                heal_at: self.plan.heal_at,
+                heal_at: self.plan.stable_at(),
                 end,
-                bound: LIVENESS_BOUND,
+                bound: self.plan.liveness_bound,
             });
             if !live.is_empty() {
                 violations.extend(live);
@@ -846,6 +1058,9 @@ impl Sim {
             entered_views: self.entered_views,
             max_executed: self.agreement.max_executed(),
             crashes: self.crashes,
+            torn_writes: self.torn_writes,
+            state_transfers: self.state_transfers,
+            censored_requests: self.censored_requests,
             events: self.events,
             messages: self.messages,
             rejected: self.rejected,
@@ -881,6 +1096,14 @@ impl Sim {
         }
         parts.join("; ")
     }
+}
+
+/// Whether an output leaves the node (and so may be cut by a crash).
+fn is_send(output: &Output) -> bool {
+    matches!(
+        output,
+        Output::Send(..) | Output::Broadcast(_) | Output::Reply(..) | Output::Status(..)
+    )
 }
 
 fn endpoint_code(e: Endpoint) -> u64 {

@@ -161,7 +161,7 @@ impl Storage {
         self.file.write_all(&bytes).map_err(io_err(&path))?;
         self.file.sync_data().map_err(io_err(&path))?;
         self.live.extend_from_slice(records);
-        if records.iter().any(|r| matches!(r, Record::Checkpoint(..))) {
+        if pbft_core::io::compacts(records) {
             self.compact()?;
         }
         Ok(())
