@@ -224,6 +224,7 @@ impl Replica {
         self.log.retain(|seq, _| *seq > h);
         self.own_checkpoints.retain(|seq, _| *seq > h);
         self.checkpoint_votes.retain(|seq, _| *seq > h);
+        self.decided.retain(|seq, _| *seq > h);
         let referenced: BTreeSet<Digest> = self
             .log
             .values()
@@ -233,6 +234,7 @@ impl Replica {
                     .values()
                     .filter_map(|slot| slot.prepared.as_ref().map(|p| p.pre_prepare.digest)),
             )
+            .chain(self.decided.values().copied())
             .collect();
         self.batches.retain(|d, _| referenced.contains(d));
         self.missing_batches.retain(|d| referenced.contains(d));
@@ -290,6 +292,9 @@ impl Replica {
 
     /// FETCH-STATE: serve the stable checkpoint if it is recent enough.
     pub(crate) fn on_fetch_state(&mut self, request: FetchState, out: &mut Vec<Output>) {
+        if !self.may_help(request.replica, "fetch-state") {
+            return self.drop_input("state request answered too recently");
+        }
         if self.stable.seq < request.seq
             || self.stable_snapshot.is_empty()
             || self.stable.seq == SeqNum(0)

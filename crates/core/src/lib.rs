@@ -18,6 +18,7 @@ pub mod io;
 pub mod message;
 pub mod normal;
 pub mod replica;
+pub mod retransmit;
 pub mod view_change;
 
 pub use config::{Config, ConfigError};

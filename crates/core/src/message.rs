@@ -234,6 +234,33 @@ pub struct StatusReport {
     pub replica: ReplicaId,
 }
 
+/// PBFT's STATUS between replicas (TOCS 2002, 5.2): where the sender stands,
+/// sent when it has executed nothing for a while. Peers that know more
+/// answer with what it lacks (see `retransmit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The sender's view.
+    pub view: View,
+    /// False while it is changing to `view`.
+    pub active: bool,
+    /// Its stable checkpoint.
+    pub stable: SeqNum,
+    /// Its last executed sequence number.
+    pub last_executed: SeqNum,
+    /// The sender.
+    pub replica: ReplicaId,
+}
+
+/// 2f+1 COMMITs from distinct replicas for one (view, seq, digest): proof
+/// that `seq` is decided, whatever view the receiver is in. Relayed as is
+/// (each commit keeps its own signer's signature), so the relay is not
+/// trusted and need not sign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitCertificate {
+    /// The commits.
+    pub commits: Vec<Signed<Commit>>,
+}
+
 macro_rules! signable {
     ($($t:ty => $kind:literal),* $(,)?) => {
         $(impl Signable for $t { const KIND: &'static str = $kind; })*
@@ -255,6 +282,7 @@ signable! {
     StateData => "state-data",
     StatusRequest => "status-request",
     StatusReport => "status-report",
+    Progress => "progress",
 }
 
 /// Everything replicas and clients send each other.
@@ -289,6 +317,10 @@ pub enum Message {
     StatusRequest(Signed<StatusRequest>),
     /// A status answer (replica to client).
     StatusReport(Signed<StatusReport>),
+    /// Where a replica stands (replica to replica).
+    Progress(Signed<Progress>),
+    /// A decided sequence number, with its batch when the relay has it.
+    Certificate(CommitCertificate, Option<Batch>),
 }
 
 impl Message {
@@ -309,13 +341,17 @@ impl Message {
             Message::Reply(_) => Reply::KIND,
             Message::StatusRequest(_) => StatusRequest::KIND,
             Message::StatusReport(_) => StatusReport::KIND,
+            Message::Progress(_) => Progress::KIND,
+            Message::Certificate(..) => "commit-certificate",
         }
     }
 
     /// The replica that signed this message, if a replica did.
     pub fn replica(&self) -> Option<ReplicaId> {
         Some(match self {
-            Message::Request(_) | Message::StatusRequest(_) => return None,
+            Message::Request(_) | Message::StatusRequest(_) | Message::Certificate(..) => {
+                return None
+            }
             Message::PrePrepare(m, _) => m.replica,
             Message::Prepare(m) => m.replica,
             Message::Commit(m) => m.replica,
@@ -328,6 +364,7 @@ impl Message {
             Message::StateData(m) => m.replica,
             Message::Reply(m) => m.replica,
             Message::StatusReport(m) => m.replica,
+            Message::Progress(m) => m.replica,
         })
     }
 
@@ -436,6 +473,15 @@ impl Authenticated for Message {
             Message::Reply(m) => add_replica(config, m.replica, m, checks)?,
             Message::StatusRequest(m) => checks.add(m.client.0, m),
             Message::StatusReport(m) => add_replica(config, m.replica, m, checks)?,
+            Message::Progress(m) => add_replica(config, m.replica, m, checks)?,
+            Message::Certificate(cert, batch) => {
+                for c in &cert.commits {
+                    add_replica(config, c.replica, c, checks)?;
+                }
+                if let Some(b) = batch {
+                    add_batch(b, checks);
+                }
+            }
         }
         Ok(())
     }

@@ -429,13 +429,7 @@ impl Replica {
         let mut progressed = false;
         loop {
             let seq = self.last_executed.next();
-            let Some(slot) = self.log.get(&seq) else {
-                break;
-            };
-            if !slot.committed {
-                break;
-            }
-            let Some(digest) = slot.pre_prepare.as_ref().map(|pp| pp.digest) else {
+            let Some(digest) = self.decided_digest(seq) else {
                 break;
             };
             let Some(batch) = self.batches.get(&digest).cloned() else {
@@ -448,6 +442,7 @@ impl Replica {
             let requests = self.execute_batch(&batch, out);
             self.last_executed = seq;
             progressed |= requests > 0;
+            self.decided.remove(&seq);
             out.push(Output::Executed {
                 seq,
                 view: self.view,
@@ -508,6 +503,7 @@ impl Replica {
             .iter()
             .filter(|(seq, _)| **seq > self.last_executed)
             .filter_map(|(_, slot)| slot.pre_prepare.as_ref().map(|pp| pp.digest))
+            .chain(self.decided.values().copied())
             .filter(|d| !self.batches.contains_key(d))
             .collect();
         self.missing_batches = needed.into_iter().collect();

@@ -196,6 +196,15 @@ pub struct Replica {
     pub(crate) timer_view_change_resend: Option<Instant>,
     pub(crate) timer_batch: Option<Instant>,
     pub(crate) timer_fetch_batches: Option<Instant>,
+    /// When to check whether anything executed, and if not send PROGRESS.
+    pub(crate) timer_progress: Option<Instant>,
+    /// `last_executed` when the progress timer last fired.
+    pub(crate) progress_mark: SeqNum,
+    /// Sequence numbers learned decided from commit certificates, not yet
+    /// executed (see `retransmit`).
+    pub(crate) decided: BTreeMap<SeqNum, Digest>,
+    /// When each peer was last answered, per kind of request (rate limits).
+    pub(crate) helped: BTreeMap<(ReplicaId, &'static str), Instant>,
 
     /// Dropped inputs by reason (messages a peer or client controls).
     pub(crate) dropped: BTreeMap<&'static str, u64>,
@@ -250,6 +259,10 @@ impl Replica {
             timer_view_change_resend: None,
             timer_batch: None,
             timer_fetch_batches: None,
+            timer_progress: Some(Instant(0) + config.timeout_base / 2),
+            progress_mark: SeqNum(0),
+            decided: BTreeMap::new(),
+            helped: BTreeMap::new(),
             dropped: BTreeMap::new(),
             config,
         })
@@ -376,6 +389,9 @@ impl Replica {
         if !r.missing_batches.is_empty() {
             r.timer_fetch_batches = Some(now);
         }
+        // Tell the others where it stands at once: they send what it missed.
+        r.progress_mark = r.last_executed;
+        r.timer_progress = Some(now);
         if !r.active {
             // Resume the view change: re-send the VIEW-CHANGE at once (its
             // timer starts again once 2f+1 view changes are held).
@@ -476,6 +492,7 @@ impl Replica {
             self.timer_view_change_resend,
             self.timer_batch,
             self.timer_fetch_batches,
+            self.timer_progress,
             self.state_fetch.as_ref().map(|f| f.deadline),
         ]
         .into_iter()
@@ -589,6 +606,8 @@ impl Replica {
                 });
                 out.push(Output::Status(m.client, report));
             }
+            Message::Progress(m) => self.on_progress(m.value, out),
+            Message::Certificate(cert, batch) => self.on_certificate(cert, batch, out),
             Message::Reply(_) | Message::StatusReport(_) => {
                 self.drop_input("client-bound message sent to a replica")
             }
@@ -657,6 +676,9 @@ impl Replica {
         }
         if self.state_fetch.as_ref().is_some_and(|f| f.deadline <= now) {
             self.on_timeout_state_fetch(out);
+        }
+        if self.timer_progress.is_some_and(|t| t <= now) {
+            self.on_timeout_progress(out);
         }
     }
 

@@ -220,12 +220,10 @@ impl Replica {
     pub(crate) fn on_view_change(&mut self, vc: Signed<ViewChange>, out: &mut Vec<Output>) {
         let sender = vc.replica;
         if vc.new_view < self.view || (vc.new_view == self.view && self.active) {
-            // The sender is behind: relay the NEW-VIEW that started our view.
-            if self.active {
-                if let Some(nv) = self.new_view.clone() {
-                    let batches = self.batches_for(&nv);
-                    out.push(Output::Send(sender, Message::NewView(nv, batches)));
-                }
+            // The sender is behind: relay the NEW-VIEW that started our view
+            // (rate-limited: a stale VIEW-CHANGE is cheap to send).
+            if self.active && self.may_help(sender, "stale view-change") {
+                self.send_new_view(sender, out);
             }
             return self.drop_input("view-change for an old view");
         }

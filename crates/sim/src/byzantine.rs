@@ -241,6 +241,7 @@ impl Byzantine {
             Message::FetchState(m) => Message::FetchState(s.sign(m.value)),
             Message::StateData(m) => Message::StateData(s.sign(m.value)),
             Message::Reply(m) => Message::Reply(s.sign(m.value)),
+            Message::Progress(m) => Message::Progress(s.sign(m.value)),
             other => other,
         }
     }
@@ -621,6 +622,13 @@ fn bad_signature(rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
         Message::Reply(m) => flip(&mut m.signature),
         Message::StatusRequest(m) => flip(&mut m.signature),
         Message::StatusReport(m) => flip(&mut m.signature),
+        Message::Progress(m) => flip(&mut m.signature),
+        Message::Certificate(cert, _) => {
+            if !cert.commits.is_empty() {
+                let k = rng.gen_range(0..cert.commits.len());
+                flip(&mut cert.commits[k].signature);
+            }
+        }
     }
     o
 }

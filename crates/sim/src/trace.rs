@@ -89,6 +89,21 @@ pub(crate) fn describe(m: &Message) -> String {
             m.replica.0
         ),
         Message::Reply(r) => format!("REPLY t{} {} from r{}", r.request_id.0, r.view, r.replica.0),
+        Message::Progress(m) => format!(
+            "PROGRESS {} active={} stable {} executed {} from r{}",
+            m.view, m.active, m.stable, m.last_executed, m.replica.0
+        ),
+        Message::Certificate(cert, batch) => match cert.commits.first() {
+            Some(c) => format!(
+                "CERTIFICATE {} {} {} ({} commits, batch {})",
+                c.view,
+                c.seq,
+                c.digest,
+                cert.commits.len(),
+                batch.is_some()
+            ),
+            None => "CERTIFICATE (empty)".to_string(),
+        },
         other => other.kind().to_uppercase(),
     }
 }
