@@ -4,13 +4,21 @@
 Each mutation must make the simulator report a violation: a check whose
 removal no simulated run notices is a check the simulator does not test.
 
-    scripts/mutation-check.py [--seeds N] [--only M1,M4] [--scenarios a,b] [--skip-tests] [--keep-worktree]
+    scripts/mutation-check.py [--seeds N] [--first-seed S] [--only M1,M4] [--scenarios a,b]
+                              [--skip-tests] [--keep-worktree]
 
 It works on a throw-away git worktree of HEAD (your working tree is never
-touched), builds `pbft-sim` in release mode there, runs `--seeds N` over every
-scenario and f, then the simulator's tests (`cargo test -p pbft-sim`: the
-sweep, the pinned catchers and regressions), and prints, per mutation, the
-failing runs and the failing tests.
+touched), builds `pbft-sim` in release mode there and, per mutation:
+
+* runs `--seeds N` seeds from `--first-seed` (default 1000, outside the
+  range the sweep test runs) over the mutation's scenarios (or
+  `--scenarios`) and every f, and lists the failing runs: candidates for
+  the catcher's pinned seeds (`--seeds 0` skips this);
+* runs the mutation's named catcher test in `crates/sim/tests/catchers.rs`.
+  A mutation counts as caught only if that test fails (`--skip-tests`
+  skips this, and then nothing is counted).
+
+It exits non-zero if any mutation survives its catcher.
 """
 
 import argparse
@@ -24,43 +32,77 @@ MUTATIONS = [
     ("M1", "pre-prepare uniqueness per (view, seq) removed: a conflicting pre-prepare overwrites",
      "crates/core/src/normal.rs",
      "        if let Some(existing) = &self.slot(pp.seq).pre_prepare {",
-     "        if let Some(existing) = &self.slot(pp.seq).pre_prepare.clone().filter(|e| e.digest == pp.digest) {"),
+     "        if let Some(existing) = &self.slot(pp.seq).pre_prepare.clone().filter(|e| e.digest == pp.digest) {",
+     "byz-equivocate", "pre_prepare_uniqueness"),
     ("M2", "prepared quorum 2f -> f",
      "crates/core/src/normal.rs",
      "        let needed = 2 * self.config.f();\n        let Some(slot) = self.log.get(&seq)",
-     "        let needed = self.config.f();\n        let Some(slot) = self.log.get(&seq)"),
+     "        let needed = self.config.f();\n        let Some(slot) = self.log.get(&seq)",
+     "lossy", "prepared_quorum"),
     ("M3", "commit quorum 2f+1 -> f+1",
      "crates/core/src/normal.rs",
      "        let quorum = self.config.quorum();\n        let Some(slot) = self.log.get_mut(&seq)",
-     "        let quorum = self.config.f() + 1;\n        let Some(slot) = self.log.get_mut(&seq)"),
+     "        let quorum = self.config.f() + 1;\n        let Some(slot) = self.log.get_mut(&seq)",
+     "byz-collude", "commit_quorum"),
     ("M4", "size check of prepared certificates in VIEW-CHANGE removed",
      "crates/core/src/view_change.rs",
      "        if proof.prepares.len() < needed ||",
-     "        if proof.prepares.len() < needed.min(0) ||"),
+     "        if proof.prepares.len() < needed.min(0) ||",
+     "byz-viewchange", "prepared_certificate_size"),
     ("M5", "backups no longer recompute NEW-VIEW's pre-prepares",
      "crates/core/src/view_change.rs",
      "        if !matches {",
-     "        if !matches && nv.view.0 == u64::MAX {"),
+     "        if !matches && nv.view.0 == u64::MAX {",
+     "byz-viewchange", "new_view_recomputed"),
     ("M6", "pre-prepare batch-digest check removed",
      "crates/core/src/normal.rs",
      "        if batch.digest() != pp.digest {",
-     "        if batch.digest() != pp.digest && pp.seq.0 == u64::MAX {"),
+     "        if batch.digest() != pp.digest && pp.seq.0 == u64::MAX {",
+     "byz-equivocate", "batch_digest"),
     ("M7", "exactly-once check at execution removed",
      "crates/core/src/normal.rs",
      "                continue; // duplicate: executed at most once per (client, id)",
-     "                // mutated: duplicates execute again"),
+     "                // mutated: duplicates execute again",
+     "lossy,crash", "exactly_once"),
     ("M8", "checkpoint-proof quorum 2f+1 -> 1",
      "crates/core/src/checkpoint.rs",
      "        signers.len() >= self.config.quorum()",
-     "        !signers.is_empty()"),
+     "        !signers.is_empty()",
+     "byz-checkpoint", "checkpoint_proof_quorum"),
     ("M9", "NEW-VIEW takes the lowest-view certificate instead of the highest",
      "crates/core/src/view_change.rs",
      ".and_modify(|b| *b = (*b).max(candidate))",
-     ".and_modify(|b| *b = (*b).min(candidate))"),
+     ".and_modify(|b| *b = (*b).min(candidate))",
+     "lossy,byz-viewchange", "new_view_highest_certificate"),
     ("M10", "high water mark no longer bounds accepted pre-prepares",
      "crates/core/src/replica.rs",
      "        seq > self.stable.seq && seq <= self.high_water_mark()",
-     "        seq > self.stable.seq"),
+     "        seq > self.stable.seq",
+     "lossy,partition", "high_water_mark"),
+    ("M11", "the stable checkpoint is persisted only with its state (the window moves in memory alone)",
+     "crates/core/src/checkpoint.rs",
+     "        out.push(Output::Persist(Record::Stable(proof.clone())));\n        // Serve",
+     "        if self.own_checkpoints.get(&seq).is_some_and(|(d, _)| *d == proof.digest) {\n"
+     "            out.push(Output::Persist(Record::Stable(proof.clone())));\n        }\n        // Serve",
+     "crash-byz", "persisted_window"),
+    ("M12", "compaction keeps the latest Executed record instead of the highest",
+     "crates/core/src/io.rs",
+     ".max_by_key(|(seq, i)| (*seq, std::cmp::Reverse(*i)))",
+     ".max_by_key(|(_, i)| *i)",
+     "crash,crash-byz", "executed_floor"),
+    ("M13", "every execution restarts the view-change deadlines of all waiting requests",
+     "crates/core/src/normal.rs",
+     "            self.view_change_attempts = 0;\n            self.update_view_change_timer();",
+     "            self.view_change_attempts = 0;\n"
+     "            let deadline = self.now + self.view_change_timeout();\n"
+     "            self.pending.values_mut().for_each(|p| p.deadline = deadline);\n"
+     "            self.update_view_change_timer();",
+     "byz-censor", "per_request_timers"),
+    ("M14", "PROGRESS is never sent (no status, no retransmission)",
+     "crates/core/src/retransmit.rs",
+     "        if self.last_executed == self.progress_mark {",
+     "        if self.last_executed == self.progress_mark && self.id.0 == u32::MAX {",
+     "laggard", "retransmission"),
 ]
 
 
@@ -68,28 +110,25 @@ def run(cmd, cwd, env=None):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
-def failing_tests(work, env):
-    """The simulator's tests that fail, as `binary::test`."""
-    # One stream, so each result follows the "Running" line of its binary.
-    r = subprocess.run(["cargo", "test", "-p", "pbft-sim", "--release", "--no-fail-fast", "--tests"],
+def catcher_fails(work, env, catcher):
+    """Whether `catchers::<catcher>` fails (a build failure is not a catch)."""
+    r = subprocess.run(["cargo", "test", "-p", "pbft-sim", "--release", "--test", "catchers", "--",
+                        "--exact", catcher],
                        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    failed, binary = [], "?"
-    for line in r.stdout.splitlines():
-        m = re.match(r"\s*Running (?:unittests )?(?:tests/)?(\S+?)(?:\.rs)? \(", line)
-        if m:
-            binary = m.group(1)
-        m = re.match(r"test (\S+) \.\.\. FAILED", line)
-        if m:
-            failed.append(f"{binary}::{m.group(1)}")
-    return failed
+    if f"test {catcher} ... FAILED" in r.stdout:
+        return True
+    if f"test {catcher} ... ok" not in r.stdout:
+        print(f"    catcher {catcher} did not run:\n{r.stdout[-1500:]}")
+    return False
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=100, help="seeds per (scenario, f)")
+    ap.add_argument("--seeds", type=int, default=40, help="seeds per (scenario, f); 0: none")
+    ap.add_argument("--first-seed", type=int, default=1000, help="first seed of the range")
     ap.add_argument("--only", default="", help="comma-separated mutation ids")
-    ap.add_argument("--scenarios", default="all", help="comma-separated scenario names (default: all)")
-    ap.add_argument("--skip-tests", action="store_true", help="only the seed sweep, not `cargo test`")
+    ap.add_argument("--scenarios", default="", help="comma-separated scenario names (default: the mutation's)")
+    ap.add_argument("--skip-tests", action="store_true", help="only the seed range, not the catcher test")
     ap.add_argument("--keep-worktree", action="store_true")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -100,7 +139,7 @@ def main():
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(top, "target", "mutation"))
     survivors = []
     try:
-        for mid, name, path, old, new in MUTATIONS:
+        for mid, name, path, old, new, scenarios, catcher in MUTATIONS:
             if only and mid not in only:
                 continue
             file = os.path.join(work, path)
@@ -117,23 +156,22 @@ def main():
                     survivors.append(mid)
                     continue
                 sim = os.path.join(env["CARGO_TARGET_DIR"], "release", "pbft-sim")
-                out = ""
-                for scenario in args.scenarios.split(","):
-                    r = run([sim, "--seeds", str(args.seeds), "--scenario", scenario, "--f", "all"], work, env)
-                    out += r.stdout
-                failing = list(dict.fromkeys(re.findall(r"--scenario (\S+) --f (\d) --seed (\d+)", out)))
-                if failing:
-                    shown = ", ".join(f"{s} f={f} seed={n}" for s, f, n in failing[:6])
-                    print(f"{mid} {name}: CAUGHT by {len(failing)} run(s): {shown}")
-                else:
-                    print(f"{mid} {name}: NOT caught in {args.seeds} seeds per scenario and f ({args.scenarios})")
-                tests = [] if args.skip_tests else failing_tests(work, env)
-                if tests:
-                    print(f"    failing tests: {', '.join(tests)}")
-                elif not args.skip_tests:
-                    print("    failing tests: none")
-                if not failing and not tests:
-                    survivors.append(mid)
+                print(f"{mid} {name}")
+                if args.seeds > 0:
+                    out = ""
+                    for scenario in (args.scenarios or scenarios).split(","):
+                        r = run([sim, "--seeds", str(args.seeds), "--first-seed", str(args.first_seed),
+                                 "--scenario", scenario, "--f", "all"], work, env)
+                        out += r.stdout
+                    failing = list(dict.fromkeys(re.findall(r"--scenario (\S+) --f (\d) --seed (\d+)", out)))
+                    shown = ", ".join(f"{s} f={f} seed={n}" for s, f, n in failing[:8])
+                    print(f"    failing runs in seeds {args.first_seed}..{args.first_seed + args.seeds}: "
+                          f"{len(failing)} {shown}")
+                if not args.skip_tests:
+                    caught = catcher_fails(work, env, catcher)
+                    print(f"    catcher catchers::{catcher}: {'FAILS (caught)' if caught else 'passes (NOT caught)'}")
+                    if not caught:
+                        survivors.append(mid)
             finally:
                 open(file, "w").write(src)
             sys.stdout.flush()

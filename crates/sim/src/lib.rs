@@ -92,6 +92,9 @@ pub struct RunReport {
     pub state_transfers: u64,
     /// Requests a censoring replica dropped on arrival.
     pub censored_requests: u64,
+    /// In `laggard` runs: how long after the heal the laggard reached the
+    /// others' last executed sequence number, microseconds.
+    pub rejoin_us: Option<u64>,
     /// Events processed.
     pub events: u64,
     /// Messages put on the network.

@@ -88,6 +88,8 @@ struct Row {
     max_view: u64,
     view_sum: u64,
     millis: u128,
+    /// Laggard runs: time from the heal until the laggard caught up, ms.
+    rejoin_ms: Vec<u64>,
 }
 
 fn main() -> Result<ExitCode> {
@@ -131,6 +133,7 @@ fn main() -> Result<ExitCode> {
                 row.requests += report.requests as u64;
                 row.max_view = row.max_view.max(report.view_changes);
                 row.view_sum += report.view_changes;
+                row.rejoin_ms.extend(report.rejoin_us.map(|us| us / 1000));
                 if !report.passed() {
                     row.failed += 1;
                     row.violations += report.violations.len() as u64;
@@ -167,6 +170,18 @@ fn main() -> Result<ExitCode> {
             row.view_sum as f64 / row.runs.max(1) as f64,
             row.max_view,
             row.millis
+        );
+    }
+    for (scenario, f, row) in rows.iter_mut().filter(|(_, _, r)| !r.rejoin_ms.is_empty()) {
+        row.rejoin_ms.sort_unstable();
+        let at = |q: usize| row.rejoin_ms[(row.rejoin_ms.len() - 1) * q / 100];
+        println!(
+            "{} f={f}: laggard caught up after the heal in p50 {} ms, p99 {} ms, max {} ms ({} runs)",
+            scenario.name(),
+            at(50),
+            at(99),
+            at(100),
+            row.rejoin_ms.len()
         );
     }
     if failures.is_empty() {

@@ -116,6 +116,17 @@ impl Network {
                 return Vec::new();
             }
         }
+        if let (Endpoint::Replica(_), Endpoint::Replica(j)) = (from, to) {
+            if self.plan.deaf == Some(j) {
+                return Vec::new();
+            }
+        }
+        if matches!(from, Endpoint::Client(_))
+            && self.plan.client_loss > 0.0
+            && rng.gen_bool(self.plan.client_loss)
+        {
+            return Vec::new();
+        }
         if self.plan.loss > 0.0 && rng.gen_bool(self.plan.loss) {
             return Vec::new();
         }

@@ -51,6 +51,11 @@ pub enum Scenario {
     /// Byzantine primaries that never order one client's requests while
     /// the other clients keep them busy.
     ByzCensor,
+    /// One honest backup hears no other replica until the heal: it lags,
+    /// and its timer fires alone. After the heal the cluster is idle; the
+    /// laggard must catch up through status and retransmission alone,
+    /// without a view change of the group, within a few timeouts.
+    Laggard,
     /// A random mix of the above within the fault budget (collusion aside:
     /// it needs its victim's links cut, which mixed plans do not draw).
     Mixed,
@@ -58,7 +63,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -74,6 +79,7 @@ impl Scenario {
         Scenario::ByzCollude,
         Scenario::CrashByz,
         Scenario::ByzCensor,
+        Scenario::Laggard,
         Scenario::Mixed,
     ];
 
@@ -95,6 +101,7 @@ impl Scenario {
             Scenario::ByzCollude => "byz-collude",
             Scenario::CrashByz => "crash-byz",
             Scenario::ByzCensor => "byz-censor",
+            Scenario::Laggard => "laggard",
             Scenario::Mixed => "mixed",
         }
     }
@@ -171,6 +178,13 @@ pub struct NetworkPlan {
     /// reach the clients). Colluding Byzantine replicas help it ahead of
     /// the rest.
     pub muted: Option<usize>,
+    /// A replica that hears no other replica (it still hears the clients):
+    /// it falls behind and its timer fires alone, stranding it in a view
+    /// of its own.
+    pub deaf: Option<usize>,
+    /// The probability that a client's message is lost (so clients time
+    /// out and broadcast their requests to every replica).
+    pub client_loss: f64,
     /// After the heal: the probability that a message is still lost.
     pub residual_loss: f64,
     /// After the heal and until this time (microseconds), delays are drawn
@@ -247,6 +261,8 @@ impl Plan {
                 duplicate: 0.0,
                 partitions: false,
                 muted: None,
+                deaf: None,
+                client_loss: 0.0,
                 residual_loss: 0.0,
                 slow_until: 0,
                 slow_delay: 0,
@@ -357,6 +373,20 @@ impl Plan {
                 plan.ops_per_client = rng.gen_range(100..=150);
                 plan.think_max = rng.gen_range(0..=20) * MS;
                 plan.liveness_bound = 40 * TIMEOUT_BASE;
+            }
+            Scenario::Laggard => {
+                plan.network.deaf = Some(rng.gen_range(1..n));
+                // Clients that time out broadcast their requests: the
+                // laggard then holds requests it cannot execute, and its
+                // timer fires alone.
+                plan.network.client_loss = rng.gen_range(0.1..0.4);
+                plan.think_max = rng.gen_range(0..=100) * MS;
+                // Sometimes a little loss after the heal (never a slow
+                // spell: the group must not need a view change).
+                if rng.gen_bool(0.3) {
+                    plan.network.residual_loss = 0.01;
+                }
+                plan.heal_at = rng.gen_range(2_500..=4_000) * MS;
             }
             Scenario::Mixed => {
                 // Mixed runs use the SDK's default client: f+1 confirmations

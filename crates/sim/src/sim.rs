@@ -23,6 +23,8 @@ use std::time::Duration;
 
 /// After every client finished, the run goes on this long (so replicas catch up).
 const GRACE: u64 = 500 * MS;
+/// How soon after the heal a laggard must reach the others (a few timeouts).
+const REJOIN_BOUND: u64 = 10 * TIMEOUT_BASE;
 /// Most events one run may process (a livelock guard).
 const EVENT_BUDGET: u64 = 5_000_000;
 
@@ -171,6 +173,10 @@ pub(crate) struct Sim {
     censored_requests: u64,
     aborted: bool,
     all_done_at: Option<u64>,
+    /// When the laggard first reached the others after the heal.
+    rejoined_at: Option<u64>,
+    /// The highest view a replica other than the laggard was in at the heal.
+    view_at_heal: Option<u64>,
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -226,6 +232,8 @@ impl Sim {
             censored_requests: 0,
             aborted: false,
             all_done_at: None,
+            rejoined_at: None,
+            view_at_heal: None,
             plan,
         };
         for (i, key) in replica_keys.into_iter().enumerate() {
@@ -386,7 +394,11 @@ impl Sim {
                 break;
             }
             if let Some(done) = self.all_done_at {
-                if queued.at > done + GRACE {
+                let laggard_end = match self.plan.network.deaf {
+                    Some(_) => self.plan.stable_at() + REJOIN_BOUND + GRACE,
+                    None => 0,
+                };
+                if queued.at > (done + GRACE).max(laggard_end) {
                     break;
                 }
             }
@@ -455,6 +467,9 @@ impl Sim {
             Event::Restart { replica } => self.restart(replica),
             Event::Heal => {
                 self.network.heal();
+                if let Some(laggard) = self.plan.network.deaf {
+                    self.view_at_heal = Some(self.group_view(laggard));
+                }
                 for node in &mut self.nodes {
                     node.crash_pending = false;
                     node.crash_countdown = None;
@@ -630,6 +645,40 @@ impl Sim {
         }
         self.outputs(i, out, None);
         self.reschedule_timer(i, tick);
+        self.check_rejoin();
+    }
+
+    /// In `laggard` runs, after the heal: notes when the laggard first has
+    /// executed as far as every other running replica.
+    fn check_rejoin(&mut self) {
+        let Some(laggard) = self.plan.network.deaf else {
+            return;
+        };
+        if self.rejoined_at.is_some() || !self.network.healed() {
+            return;
+        }
+        let executed = |n: &Node| n.replica.as_ref().map(|r| r.status().last_executed);
+        let Some(own) = executed(&self.nodes[laggard]) else {
+            return;
+        };
+        let others = (0..self.n())
+            .filter(|&j| j != laggard)
+            .filter_map(|j| executed(&self.nodes[j]))
+            .max();
+        if others.is_some_and(|o| own >= o) {
+            self.rejoined_at = Some(self.now);
+            self.log(|| format!("r{laggard} caught up at {own}"));
+        }
+    }
+
+    /// The highest view of the replicas other than the laggard.
+    fn group_view(&self, laggard: usize) -> u64 {
+        (0..self.n())
+            .filter(|&j| j != laggard)
+            .filter_map(|j| self.nodes[j].replica.as_ref())
+            .map(|r| r.status().view.0)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Crashes replica `i` part-way through acting on one step's outputs,
@@ -1046,6 +1095,27 @@ impl Sim {
                 ));
             }
         }
+        if let (Some(laggard), false) = (self.plan.network.deaf, self.aborted) {
+            let heal = self.plan.stable_at();
+            match self.rejoined_at {
+                Some(at) if at <= heal + REJOIN_BOUND => {}
+                Some(at) => violations.push(format!(
+                    "rejoin: the laggard r{laggard} caught up {}ms after the heal (bound {}ms)",
+                    (at - heal) / MS,
+                    REJOIN_BOUND / MS
+                )),
+                None => violations.push(format!(
+                    "rejoin: the laggard r{laggard} never caught up after the heal: {}",
+                    self.replica_summary()
+                )),
+            }
+            let view = self.group_view(laggard);
+            if self.view_at_heal.is_some_and(|v| view > v) {
+                violations.push(format!(
+                    "rejoin: the group changed view after the heal (to v{view}) to let the laggard r{laggard} in"
+                ));
+            }
+        }
         self.trace.add(&[9, end, self.history.completed() as u64]);
         RunReport {
             scenario: self.plan.scenario,
@@ -1061,6 +1131,9 @@ impl Sim {
             torn_writes: self.torn_writes,
             state_transfers: self.state_transfers,
             censored_requests: self.censored_requests,
+            rejoin_us: self
+                .rejoined_at
+                .map(|at| at.saturating_sub(self.plan.stable_at())),
             events: self.events,
             messages: self.messages,
             rejected: self.rejected,

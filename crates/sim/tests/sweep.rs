@@ -1,9 +1,11 @@
-//! Seeds across every scenario and f: each run must pass every checker.
+//! Seeds across every scenario and f: each run must pass every checker, and
+//! each scenario's fault must really have happened (a broken injector would
+//! otherwise pass in silence).
 //!
 //! `PBFT_SIM_SEEDS` (default 16) sets the seeds per (scenario, f): the default
-//! gives 14 scenarios x 3 values of f x 16 seeds = 672 runs.
+//! gives 17 scenarios x 3 values of f x 16 seeds = 816 runs.
 
-use pbft_sim::{run, Scenario};
+use pbft_sim::{run, RunReport, Scenario};
 
 fn seeds() -> u64 {
     std::env::var("PBFT_SIM_SEEDS")
@@ -12,19 +14,50 @@ fn seeds() -> u64 {
         .unwrap_or(16)
 }
 
+/// What must add up to more than zero over a scenario's runs.
+fn fault_happened(scenario: Scenario) -> Option<(&'static str, fn(&RunReport) -> u64)> {
+    Some(match scenario {
+        Scenario::Crash => ("crashes", |r| r.crashes),
+        Scenario::CrashByz => ("crashes inside a group write", |r| r.torn_writes),
+        Scenario::ByzBadSig => ("rejected signatures", |r| r.rejected),
+        Scenario::ByzCensor => ("censored requests", |r| r.censored_requests),
+        Scenario::ByzCheckpoint | Scenario::Partition => ("state transfers", |r| r.state_transfers),
+        Scenario::ByzEquivocate
+        | Scenario::ByzViewChange
+        | Scenario::ByzSlowPrimary
+        | Scenario::Lossy
+        | Scenario::Mixed => ("view changes", |r| r.entered_views),
+        Scenario::Laggard => ("laggards caught up", |r| u64::from(r.rejoin_us.is_some())),
+        _ => return None,
+    })
+}
+
 fn sweep(scenario: Scenario) {
     let mut failures = Vec::new();
     let mut completed = 0;
+    let mut faults = 0;
+    let mut runs = 0;
+    let fault = fault_happened(scenario);
     for f in 1..=3 {
         for seed in 0..seeds() {
             let report = run(scenario, f, seed);
             completed += report.completed;
+            runs += 1;
+            if let Some((_, count)) = fault {
+                faults += count(&report);
+            }
             if !report.passed() {
                 failures.push(report.summary());
             }
         }
     }
     assert!(completed > 0, "{scenario}: no operation completed");
+    if let Some((what, _)) = fault {
+        assert!(faults > 0, "{scenario}: no {what} in {runs} runs");
+        if scenario == Scenario::Laggard {
+            assert_eq!(faults, runs, "{scenario}: a laggard never caught up");
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -53,5 +86,8 @@ sweeps! {
     byz_viewchange => Scenario::ByzViewChange,
     byz_slow_primary => Scenario::ByzSlowPrimary,
     byz_collude => Scenario::ByzCollude,
+    crash_byz => Scenario::CrashByz,
+    byz_censor => Scenario::ByzCensor,
+    laggard => Scenario::Laggard,
     mixed => Scenario::Mixed,
 }
