@@ -13,13 +13,14 @@ use pbft_app::kv::KvResult;
 use pbft_app::kv::{KvOp, KvStore};
 use pbft_app::StateMachine;
 use pbft_core::checkpoint::Snapshot;
+use pbft_core::message::Request;
 use pbft_core::message::{
     Batch, Checkpoint, CheckpointProof, NewView, PrePrepare, Prepare, PreparedProof, StateData,
     ViewChange,
 };
 use pbft_core::view_change::plan_new_view;
-use pbft_core::{ClientId, Config, Message, ReplicaId, SeqNum, View};
-use pbft_crypto::{Digest, Signed, Signer};
+use pbft_core::{ClientId, Config, Message, ReplicaId, RequestId, SeqNum, View};
+use pbft_crypto::{Digest, KeyPair, Scheme, Signed, Signer};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, VecDeque};
@@ -64,12 +65,25 @@ pub enum Behavior {
     /// on arrival) and orders everyone else's as usual: only a per-request
     /// view-change timer replaces it while other clients keep it busy.
     Censor,
+    /// Attacks authentication rather than the protocol: sends messages under
+    /// an honest replica's id (signed with its own key), splices valid
+    /// signatures of messages it received onto altered fields (view, seq,
+    /// digest, sender), and as primary puts altered client requests into its
+    /// batches with the batch digest recomputed and the pre-prepare signed.
+    /// Every one must fail verification; a removed signature check lets an
+    /// honest replica act on a forgery.
+    Forge,
+    /// Floods: valid-looking messages for views far ahead, stale
+    /// VIEW-CHANGEs, PROGRESS, FETCH-STATE and FETCH-BATCH requests, and
+    /// requests signed by client keys it made up (on keys the workload never
+    /// touches), on top of following the protocol.
+    Flood,
 }
 
 impl Behavior {
     /// The behaviours mixed runs draw from: all but [`Behavior::Collude`],
     /// which needs its victim's links cut.
-    pub const MIXED: [Behavior; 8] = [
+    pub const MIXED: [Behavior; 12] = [
         Behavior::Silent,
         Behavior::Equivocate,
         Behavior::Conflict,
@@ -78,6 +92,10 @@ impl Behavior {
         Behavior::Checkpoint,
         Behavior::ViewChange,
         Behavior::SlowPrimary,
+        Behavior::Forget,
+        Behavior::Censor,
+        Behavior::Forge,
+        Behavior::Flood,
     ];
 }
 
@@ -95,6 +113,8 @@ impl fmt::Display for Behavior {
             Behavior::Collude => "collude",
             Behavior::Forget => "forget",
             Behavior::Censor => "censor",
+            Behavior::Forge => "forge",
+            Behavior::Flood => "flood",
         };
         f.write_str(s)
     }
@@ -154,7 +174,7 @@ impl Byzantine {
 
     /// Notes a message this replica received (for replays).
     pub fn observe(&mut self, message: &Message) {
-        if self.behavior == Behavior::Replay {
+        if matches!(self.behavior, Behavior::Replay | Behavior::Forge) {
             self.remember(message.clone());
         }
         if let (Behavior::ViewChange | Behavior::Forget, Message::ViewChange(vc)) =
@@ -277,7 +297,187 @@ impl Byzantine {
             Behavior::Collude => out.into_iter().filter_map(|o| self.collude(o)).collect(),
             Behavior::Forget => out.into_iter().map(|o| self.forget(o)).collect(),
             Behavior::Censor => out,
+            Behavior::Forge => self.forge(rng, out),
+            Behavior::Flood => self.flood(rng, out),
         }
+    }
+
+    /// A replica id other than this one.
+    fn other_replica(&self, rng: &mut ChaCha8Rng) -> ReplicaId {
+        let n = self.config.n() as u32;
+        let k = rng.gen_range(1..n);
+        ReplicaId((self.id.0 + k) % n)
+    }
+
+    fn forge(&mut self, rng: &mut ChaCha8Rng, out: Vec<Outgoing>) -> Vec<Outgoing> {
+        let mut result = Vec::with_capacity(out.len() + 1);
+        for mut o in out {
+            match &mut o.msg {
+                // Altered client requests, the batch digest recomputed.
+                Message::PrePrepare(pp, batch)
+                    if !batch.requests.is_empty() && rng.gen_bool(0.5) =>
+                {
+                    let k = rng.gen_range(0..batch.requests.len());
+                    batch.requests[k].value.op = KvOp::Put {
+                        key: b"k0".to_vec(),
+                        value: b"forged".to_vec(),
+                    }
+                    .encode();
+                    let mut value = pp.value.clone();
+                    value.digest = batch.digest();
+                    *pp = self.signer.sign(value);
+                }
+                // Its own message under an honest replica's name.
+                Message::Prepare(p) if rng.gen_bool(0.3) => {
+                    p.value.replica = self.other_replica(rng);
+                    o.msg = self.resign(o.msg);
+                }
+                Message::Commit(c) if rng.gen_bool(0.3) => {
+                    c.value.replica = self.other_replica(rng);
+                    o.msg = self.resign(o.msg);
+                }
+                Message::Checkpoint(c) if rng.gen_bool(0.3) => {
+                    c.value.replica = self.other_replica(rng);
+                    o.msg = self.resign(o.msg);
+                }
+                Message::ViewChange(vc) if rng.gen_bool(0.3) => {
+                    vc.value.replica = self.other_replica(rng);
+                    o.msg = self.resign(o.msg);
+                }
+                _ => {}
+            }
+            result.push(o);
+        }
+        // A received message with altered fields under its original signature.
+        if !self.seen.is_empty() && rng.gen_bool(0.3) {
+            let k = rng.gen_range(0..self.seen.len());
+            let mut msg = self.seen[k].clone();
+            let altered = match &mut msg {
+                Message::Prepare(p) => {
+                    p.value.digest = random_digest(rng);
+                    true
+                }
+                Message::Commit(c) => {
+                    c.value.seq = c.value.seq.next();
+                    true
+                }
+                Message::Checkpoint(c) => {
+                    c.value.digest = random_digest(rng);
+                    true
+                }
+                Message::PrePrepare(pp, _) => {
+                    pp.value.view = pp.value.view.next();
+                    true
+                }
+                Message::ViewChange(vc) => {
+                    vc.value.prepared.clear();
+                    true
+                }
+                Message::Request(r) => {
+                    r.value.request_id = RequestId(r.value.request_id.0 + 1);
+                    true
+                }
+                _ => false,
+            };
+            if altered {
+                let to = self.other_replica(rng);
+                result.push(Outgoing {
+                    to: Dest::Replica(to.index()),
+                    msg,
+                    extra_delay: 0,
+                });
+            }
+        }
+        result
+    }
+
+    fn flood(&mut self, rng: &mut ChaCha8Rng, mut out: Vec<Outgoing>) -> Vec<Outgoing> {
+        // Often enough to matter, rarely enough that the requests it makes
+        // up stay below what the cluster can order: beyond that, every
+        // request waits past its deadline and views change (a limit on
+        // requests relayed by replicas is issue 10's).
+        if !rng.gen_bool(0.1) {
+            return out;
+        }
+        let to = Dest::Replica(self.other_replica(rng).index());
+        let far = View(rng.gen_range(1_000..1_000_000));
+        let seq = SeqNum(rng.gen_range(1..=2 * self.config.log_window));
+        let digest = random_digest(rng);
+        let s = &self.signer;
+        let me = self.id;
+        let msg = match rng.gen_range(0..7) {
+            0 => Message::PrePrepare(
+                s.sign(PrePrepare {
+                    view: far,
+                    seq,
+                    digest,
+                    replica: me,
+                }),
+                Batch::default(),
+            ),
+            1 => Message::Prepare(s.sign(Prepare {
+                view: far,
+                seq,
+                digest,
+                replica: me,
+            })),
+            2 => Message::FetchState(s.sign(pbft_core::message::FetchState {
+                seq: SeqNum(0),
+                replica: me,
+            })),
+            3 => Message::FetchBatch(s.sign(pbft_core::message::FetchBatch {
+                digest: Batch::null_digest(),
+                replica: me,
+            })),
+            4 => Message::Progress(s.sign(pbft_core::message::Progress {
+                view: View(0),
+                active: false,
+                stable: SeqNum(0),
+                last_executed: SeqNum(0),
+                replica: me,
+            })),
+            5 => Message::ViewChange(s.sign(ViewChange {
+                new_view: View(0),
+                checkpoint: CheckpointProof {
+                    seq: SeqNum(0),
+                    // Never looked at: a VIEW-CHANGE for an old view is
+                    // answered (rate-limited) before it is checked.
+                    digest: Digest([0; 32]),
+                    checkpoints: Vec::new(),
+                },
+                prepared: Vec::new(),
+                replica: me,
+            })),
+            _ => {
+                // A request from a client nobody knows, on a key no checked
+                // client touches.
+                let client = Signer::with_scheme(
+                    KeyPair::from_seed(rng.gen()),
+                    s.cluster(),
+                    Scheme::InsecureSim,
+                );
+                Message::Request(
+                    client.sign(Request {
+                        client: ClientId(client.public_key()),
+                        request_id: RequestId(rng.gen_range(1..u64::MAX / 2)),
+                        op: KvOp::Put {
+                            key: b"injected".to_vec(),
+                            value: vec![0; 64],
+                        }
+                        .encode(),
+                        read_only: false,
+                    }),
+                )
+            }
+        };
+        for _ in 0..rng.gen_range(1..=4) {
+            out.push(Outgoing {
+                to,
+                msg: msg.clone(),
+                extra_delay: 0,
+            });
+        }
+        out
     }
 
     fn forget(&self, mut o: Outgoing) -> Outgoing {

@@ -51,6 +51,12 @@ pub enum Scenario {
     /// Byzantine primaries that never order one client's requests while
     /// the other clients keep them busy.
     ByzCensor,
+    /// Byzantine replicas that impersonate honest ones, splice signatures
+    /// onto altered messages and alter client requests inside batches.
+    ByzForge,
+    /// Byzantine replicas that flood far-future messages, stale view
+    /// changes, status and fetch requests, and requests from made-up clients.
+    ByzFlood,
     /// One honest backup hears no other replica until the heal: it lags,
     /// and its timer fires alone. After the heal the cluster is idle; the
     /// laggard must catch up through status and retransmission alone,
@@ -63,7 +69,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -79,6 +85,8 @@ impl Scenario {
         Scenario::ByzCollude,
         Scenario::CrashByz,
         Scenario::ByzCensor,
+        Scenario::ByzForge,
+        Scenario::ByzFlood,
         Scenario::Laggard,
         Scenario::Mixed,
     ];
@@ -101,6 +109,8 @@ impl Scenario {
             Scenario::ByzCollude => "byz-collude",
             Scenario::CrashByz => "crash-byz",
             Scenario::ByzCensor => "byz-censor",
+            Scenario::ByzForge => "byz-forge",
+            Scenario::ByzFlood => "byz-flood",
             Scenario::Laggard => "laggard",
             Scenario::Mixed => "mixed",
         }
@@ -120,6 +130,8 @@ impl Scenario {
             Scenario::ByzCollude => Behavior::Collude,
             Scenario::CrashByz => Behavior::Forget,
             Scenario::ByzCensor => Behavior::Censor,
+            Scenario::ByzForge => Behavior::Forge,
+            Scenario::ByzFlood => Behavior::Flood,
             _ => return None,
         })
     }
@@ -408,6 +420,7 @@ impl Plan {
                 for _ in 0..b {
                     let i = ids.remove(rng.gen_range(0..ids.len()));
                     let behavior = Behavior::MIXED[rng.gen_range(0..Behavior::MIXED.len())];
+                    plan.censored |= behavior == Behavior::Censor;
                     plan.byzantine.push((i, behavior));
                 }
                 plan.byzantine.sort_by_key(|(i, _)| *i);

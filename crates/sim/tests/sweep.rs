@@ -3,7 +3,7 @@
 //! otherwise pass in silence).
 //!
 //! `PBFT_SIM_SEEDS` (default 16) sets the seeds per (scenario, f): the default
-//! gives 17 scenarios x 3 values of f x 16 seeds = 816 runs.
+//! gives 19 scenarios x 3 values of f x 16 seeds = 912 runs.
 
 use pbft_sim::{run, RunReport, Scenario};
 
@@ -14,12 +14,15 @@ fn seeds() -> u64 {
         .unwrap_or(16)
 }
 
+/// A fault's name and how many of it a run saw.
+type FaultCount = (&'static str, fn(&RunReport) -> u64);
+
 /// What must add up to more than zero over a scenario's runs.
-fn fault_happened(scenario: Scenario) -> Option<(&'static str, fn(&RunReport) -> u64)> {
+fn fault_happened(scenario: Scenario) -> Option<FaultCount> {
     Some(match scenario {
         Scenario::Crash => ("crashes", |r| r.crashes),
         Scenario::CrashByz => ("crashes inside a group write", |r| r.torn_writes),
-        Scenario::ByzBadSig => ("rejected signatures", |r| r.rejected),
+        Scenario::ByzBadSig | Scenario::ByzForge => ("rejected signatures", |r| r.rejected),
         Scenario::ByzCensor => ("censored requests", |r| r.censored_requests),
         Scenario::ByzCheckpoint | Scenario::Partition => ("state transfers", |r| r.state_transfers),
         Scenario::ByzEquivocate
@@ -88,6 +91,8 @@ sweeps! {
     byz_collude => Scenario::ByzCollude,
     crash_byz => Scenario::CrashByz,
     byz_censor => Scenario::ByzCensor,
+    byz_forge => Scenario::ByzForge,
+    byz_flood => Scenario::ByzFlood,
     laggard => Scenario::Laggard,
     mixed => Scenario::Mixed,
 }
