@@ -21,7 +21,7 @@ pub mod replica;
 pub mod retransmit;
 pub mod view_change;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ReadMode};
 pub use ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
 pub use io::{Input, Output, Record};
 pub use message::Message;
