@@ -290,6 +290,7 @@ impl Sim {
             n,
             f: sim.plan.f,
             timeout_base: TIMEOUT_BASE,
+            read_mode: sim.config.read_mode,
             read_only: sim.plan.read_only,
         };
         for c in 0..sim.plan.clients {
