@@ -47,7 +47,11 @@ pub enum KvCommand {
         /// The value.
         value: String,
     },
-    /// Reads KEY (read-only fast path, falling back to an ordered read).
+    /// Reads KEY (ordered, unless the cluster's read_mode is "fast").
+    ///
+    /// The read is ordered like a write, unless the cluster file sets
+    /// `read_mode = "fast"`: then it takes the read-only fast path (2f+1
+    /// matching unordered answers), falling back to an ordered read.
     Get {
         /// The key.
         key: String,

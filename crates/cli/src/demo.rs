@@ -2,7 +2,7 @@
 //! and a final agreement check, in one command.
 
 use crate::bench::{clients, ms, workload, Gate, Progress, WorkloadReport};
-use crate::testnet::{free_udp_ports, generate, TestnetArgs};
+use crate::testnet::{free_udp_ports, generate, ReadModeArg, TestnetArgs};
 use crate::{CmdResult, Failure};
 use anyhow::Context;
 use clap::Args;
@@ -190,6 +190,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
         base_port: None,
         timeout_base_ms: 500,
         only_config_client: false,
+        read_mode: ReadModeArg::Ordered,
     };
     let (nodes, client_toml) = generate(&testnet, &ports)?;
     let settings = ClientFile::load(&client_toml).map_err(Failure::failed)?;

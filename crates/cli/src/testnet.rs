@@ -4,6 +4,7 @@ use crate::{CmdResult, Failure};
 use anyhow::Context;
 use clap::Args;
 use pbft_config::{ClientAdmission, ClientFile, ClusterFile, NodeFile, ReplicaEntry, Tuning};
+use pbft_core::ReadMode;
 use pbft_crypto::keyfile;
 use pbft_crypto::KeyPair;
 use std::net::{SocketAddr, UdpSocket};
@@ -30,6 +31,29 @@ pub struct TestnetArgs {
     /// Clients must then run with `--use-config-key`.
     #[arg(long)]
     pub only_config_client: bool,
+    /// The cluster's read mode (`read_mode` in cluster.toml): `ordered` reads
+    /// like writes, f+1 replies decide; `fast` takes the read-only fast path
+    /// for get and scan, and every write then waits for 2f+1 replies.
+    #[arg(long, value_enum, default_value_t = ReadModeArg::Ordered)]
+    pub read_mode: ReadModeArg,
+}
+
+/// `--read-mode` values, one per [`ReadMode`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadModeArg {
+    /// Reads are ordered like writes (f+1 matching replies decide).
+    Ordered,
+    /// The read-only fast path (2f+1 matching answers; writes need 2f+1 too).
+    Fast,
+}
+
+impl From<ReadModeArg> for ReadMode {
+    fn from(arg: ReadModeArg) -> ReadMode {
+        match arg {
+            ReadModeArg::Ordered => ReadMode::Ordered,
+            ReadModeArg::Fast => ReadMode::Fast,
+        }
+    }
 }
 
 /// Picks `n` distinct free UDP ports on 127.0.0.1 (bound together, then
@@ -90,6 +114,7 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
         cluster_id: rand::random::<u64>() >> 1,
         checkpoint_interval: 64,
         log_window: 128,
+        read_mode: args.read_mode.into(),
         replicas: entries,
     };
     write_toml(&out.join("cluster.toml"), &cluster)?;
@@ -155,9 +180,10 @@ pub fn run(args: &TestnetArgs) -> CmdResult {
     };
     let (nodes, client) = generate(args, &ports)?;
     println!(
-        "wrote a {}-replica testnet to {}",
+        "wrote a {}-replica testnet to {} (read mode: {})",
         args.replicas,
-        args.out.display()
+        args.out.display(),
+        ReadMode::from(args.read_mode)
     );
     for (i, p) in nodes.iter().enumerate() {
         println!(

@@ -277,6 +277,57 @@ fn testnet_files_load_and_bad_sizes_are_refused() {
     );
 }
 
+/// The read mode is the cluster's: `pbft testnet --read-mode` writes it into
+/// cluster.toml (ordered by default), and the help of `client get` says the
+/// fast path depends on it.
+#[test]
+fn testnet_read_mode_goes_into_the_cluster_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (flag, mode) in [
+        (None, pbft_core::ReadMode::Ordered),
+        (Some("ordered"), pbft_core::ReadMode::Ordered),
+        (Some("fast"), pbft_core::ReadMode::Fast),
+    ] {
+        let out = dir.path().join(flag.unwrap_or("default"));
+        let mut args = vec!["testnet", "--out", out.to_str().expect("utf-8")];
+        if let Some(flag) = flag {
+            args.extend(["--read-mode", flag]);
+        }
+        let o = run(&args, Duration::from_secs(20));
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("read mode: {mode}")),
+            "{}",
+            stdout(&o)
+        );
+        let cluster = pbft_config::ClusterFile::load(&out.join("cluster.toml")).expect("cluster");
+        assert_eq!(cluster.read_mode, mode, "{args:?}");
+        let client = pbft_config::ClientFile::load(&out.join("client.toml")).expect("client");
+        assert_eq!(
+            client.cluster.read_mode, mode,
+            "the client sees the cluster's mode"
+        );
+    }
+    let bad = dir.path().join("bad");
+    let o = run(
+        &[
+            "testnet",
+            "--out",
+            bad.to_str().expect("utf-8"),
+            "--read-mode",
+            "fsat",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("fsat"), "{}", stderr(&o));
+    assert!(!bad.join("cluster.toml").exists());
+
+    let o = run(&["client", "get", "--help"], Duration::from_secs(10));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("read_mode"), "{}", stdout(&o));
+}
+
 #[test]
 fn bad_usage_exits_2_and_help_works() {
     for args in [

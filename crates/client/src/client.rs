@@ -1,11 +1,17 @@
 //! The generic client: ordered requests, the read-only fast path, status.
+//!
+//! Whether reads take the fast path, and so how many replies an ordered
+//! result needs, is the cluster's read mode (`read_mode` in `cluster.toml`,
+//! [`pbft_core::ReadMode`]), not an option of one client: unordered reads are
+//! linearizable only if *every* client confirms its writes with 2f+1 replies.
+//! The counting itself is [`crate::quorum`] (shared with the simulator).
 
 use crate::error::ClientError;
-use crate::quorum::{learned_view, next_request_id, ReplyTally};
+use crate::quorum::{learned_view, next_request_id, replies_needed, ReplyTally};
 use bytes::Bytes;
 use pbft_config::{ClientSettings, Cluster, Tuning};
 use pbft_core::message::{Reply, Request, StatusReport, StatusRequest};
-use pbft_core::{ClientId, Message, ReplicaId, RequestId, View};
+use pbft_core::{ClientId, Message, ReadMode, ReplicaId, RequestId, View};
 use pbft_crypto::{KeyPair, Signer, Verifier};
 use pbft_net::{Endpoint, InboundFrame, NetConfig};
 use std::collections::BTreeMap;
@@ -31,8 +37,9 @@ pub struct ClientOptions {
     pub retransmit: Duration,
     /// The longest retransmission interval (default 8 s).
     pub retransmit_max: Duration,
-    /// How long the read-only fast path waits for 2f+1 matching answers before
-    /// falling back to an ordered request (default 1 s).
+    /// How long the read-only fast path (in a cluster whose read mode is
+    /// `fast`) waits for 2f+1 matching answers before falling back to an
+    /// ordered request (default 1 s).
     pub read_only_wait: Duration,
     /// Once 2f+1 replicas answered a read-only request without agreeing (one
     /// may lag behind by a few requests), how much longer to wait for the
@@ -40,23 +47,6 @@ pub struct ClientOptions {
     pub read_only_grace: Duration,
     /// How long [`Client::status`] waits for reports (default 2 s).
     pub status_timeout: Duration,
-    /// Use the read-only fast path for [`Client::query`] (default false).
-    ///
-    /// Unordered reads are linearizable only if every ordered result is
-    /// confirmed by 2f+1 replicas (Castro & Liskov, TOCS 2002, 5.1.3): then
-    /// any 2f+1 matching read-only answers include an honest replica that has
-    /// executed every completed write. So with this on, [`Client::invoke`]
-    /// waits for 2f+1 matching replies; with it off, `invoke` returns after
-    /// f+1 and `query` is ordered too. Every client of a cluster must use the
-    /// same setting: one client's fast reads are only safe against other
-    /// clients' writes that were confirmed by 2f+1.
-    ///
-    /// The price is liveness: waiting for 2f+1 confirmations needs 2f+1
-    /// responsive replicas, and an honest replica can stay behind in a higher
-    /// view while the cluster is idle (PBFT moves it only when f+1 replicas
-    /// do), so together with one faulty replica writes can stall until the
-    /// next view change. Hence off by default.
-    pub fast_reads: bool,
     /// Transport tunables.
     pub net: NetConfig,
 }
@@ -77,7 +67,6 @@ impl ClientOptions {
             read_only_wait: Duration::from_secs(1),
             read_only_grace: Duration::from_millis(50),
             status_timeout: Duration::from_secs(2),
-            fast_reads: false,
             net: NetConfig::default(),
         }
     }
@@ -164,7 +153,8 @@ impl Client {
         )
     }
 
-    /// Connects to `cluster` as the client with `key`.
+    /// Connects to `cluster` as the client with `key`; reads follow the
+    /// cluster's read mode ([`Cluster::read_mode`]).
     pub fn with_key(
         cluster: &Cluster,
         key: KeyPair,
@@ -207,6 +197,19 @@ impl Client {
         &self.options
     }
 
+    /// The cluster's read mode, from its cluster file: with
+    /// [`ReadMode::Fast`] [`Client::query`] takes the read-only fast path and
+    /// every ordered result needs 2f+1 matching replies.
+    pub fn read_mode(&self) -> ReadMode {
+        self.config.read_mode
+    }
+
+    /// How many matching replies from distinct replicas accept an ordered
+    /// result: f+1, or 2f+1 in a cluster whose read mode is `fast`.
+    pub fn ordered_quorum(&self) -> usize {
+        replies_needed(self.config.f(), self.config.read_mode, false)
+    }
+
     /// The view the client currently believes the cluster is in (learned from
     /// replies: the highest view reported by at least f+1 replicas).
     pub fn view(&self) -> View {
@@ -223,8 +226,8 @@ impl Client {
     }
 
     /// Executes `op` through the protocol (ordered, exactly once) and returns
-    /// the result that 2f+1 replicas agree on (f+1 without
-    /// [`ClientOptions::fast_reads`]).
+    /// the result that f+1 replicas agree on (2f+1 in a cluster whose read
+    /// mode is `fast`: [`Client::ordered_quorum`]).
     ///
     /// The request goes to the believed primary; if no decision arrives within
     /// [`ClientOptions::retransmit`] it is broadcast to every replica, again
@@ -235,8 +238,10 @@ impl Client {
         self.ordered(&mut state, op, deadline).await
     }
 
-    /// Evaluates a read-only `op` on the read-only fast path: the request is
-    /// broadcast unordered and accepted on 2f+1 matching answers within
+    /// Evaluates a read-only `op`. In a cluster whose read mode is `ordered`
+    /// (the default) it is ordered like [`Client::invoke`]. In a `fast` one it
+    /// takes the read-only fast path: the request is broadcast unordered and
+    /// accepted on 2f+1 matching answers within
     /// [`ClientOptions::read_only_wait`]; otherwise (replicas disagree, or too
     /// few answer) it is retried as an ordered request with a fresh id.
     ///
@@ -245,7 +250,7 @@ impl Client {
     pub async fn query(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         let mut state = self.state.lock().await;
         let start = Instant::now();
-        if !self.options.fast_reads {
+        if self.config.read_mode != ReadMode::Fast {
             return self
                 .ordered(&mut state, op, start + self.options.timeout)
                 .await;
@@ -255,7 +260,7 @@ impl Client {
         let frame = self.request_frame(request_id, op.clone(), true);
         self.broadcast(&frame);
         let mut wait_until = (start + self.options.read_only_wait).min(deadline);
-        let needed = self.config.quorum();
+        let needed = replies_needed(self.config.f(), self.config.read_mode, true);
         let mut tally = ReplyTally::new(request_id, true);
         while let Some(incoming) = self.next_incoming(&mut state, wait_until).await? {
             if let Incoming::Reply(reply) = incoming {
@@ -334,11 +339,7 @@ impl Client {
         self.send(primary, &frame);
         let mut interval = self.options.retransmit;
         let mut retransmit_at = started + interval;
-        let needed = if self.options.fast_reads {
-            self.config.quorum()
-        } else {
-            self.config.weak_quorum()
-        };
+        let needed = self.ordered_quorum();
         let mut tally = ReplyTally::new(request_id, false);
         loop {
             let until = retransmit_at.min(deadline);

@@ -24,8 +24,9 @@ pub struct ScanOutcome {
 
 /// A key-value client: typed operations over a [`Client`].
 ///
-/// Writes are ordered ([`Client::invoke`]); `get` and `scan` use the
-/// read-only fast path ([`Client::query`]) and fall back to ordering.
+/// Writes are ordered ([`Client::invoke`]); `get` and `scan` go through
+/// [`Client::query`]: ordered too, unless the cluster's read mode is `fast`,
+/// where they take the read-only fast path and fall back to ordering.
 /// Application errors ([`KvResult::Error`]) become
 /// [`ClientError::Application`].
 #[derive(Debug)]

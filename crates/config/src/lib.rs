@@ -1,8 +1,11 @@
 //! The configuration files of the PBFT replication service.
 //!
 //! * `cluster.toml` ([`ClusterFile`]): what every replica and client must
-//!   agree on: the cluster id, each replica's id, address and public key, and
-//!   the protocol parameters (checkpoint interval, log window).
+//!   agree on: the cluster id, each replica's id, address and public key, the
+//!   protocol parameters (checkpoint interval, log window) and the read mode
+//!   (`ordered` or `fast`: whether reads may take the read-only fast path,
+//!   which makes every client confirm writes with 2f+1 replies; a property of
+//!   the cluster so that no one client can choose it for the others).
 //! * `node-<i>.toml` ([`NodeFile`]): one replica's local settings: its id,
 //!   key file, data directory, listen address, tuning, client admission, logs.
 //! * `client.toml` ([`ClientFile`]): a client's key file, the cluster file and
@@ -12,7 +15,7 @@
 //! Unknown fields are errors (a typo must not silently fall back to a
 //! default). `configs/` at the repository root has commented examples.
 
-use pbft_core::{Config, ReplicaId};
+use pbft_core::{Config, ReadMode, ReplicaId};
 use pbft_crypto::{ClusterId, PublicKey};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -99,6 +102,10 @@ pub struct ClusterFile {
     /// L: the log window, a multiple of K.
     #[serde(default = "default_log_window")]
     pub log_window: u64,
+    /// How the cluster serves reads: `ordered` (default) or `fast` (the
+    /// read-only fast path; every ordered result then needs 2f+1 replies).
+    #[serde(default)]
+    pub read_mode: ReadMode,
     /// The replicas, n = 3f+1 of them.
     pub replicas: Vec<ReplicaEntry>,
 }
@@ -123,6 +130,8 @@ pub struct Cluster {
     pub checkpoint_interval: u64,
     /// L.
     pub log_window: u64,
+    /// How the cluster serves reads; replicas and clients take it from here.
+    pub read_mode: ReadMode,
 }
 
 impl ClusterFile {
@@ -157,6 +166,7 @@ impl ClusterFile {
             keys,
             checkpoint_interval: self.checkpoint_interval,
             log_window: self.log_window,
+            read_mode: self.read_mode,
         };
         cluster
             .core_config(&Tuning::default())
@@ -172,6 +182,7 @@ impl Cluster {
         let mut c = Config::new(self.id, self.keys.clone());
         c.checkpoint_interval = self.checkpoint_interval;
         c.log_window = self.log_window;
+        c.read_mode = self.read_mode;
         c.batch_size_max = tuning.batch_size_max;
         c.batch_delay = Duration::from_millis(tuning.batch_delay_ms);
         c.timeout_base = Duration::from_millis(tuning.timeout_base_ms);
@@ -470,5 +481,72 @@ mod tests {
 
         let missing = NodeFile::load(&dir.path().join("nope.toml")).expect_err("missing");
         assert!(matches!(missing, ConfigError::Io { .. }));
+    }
+
+    #[test]
+    fn read_mode_defaults_to_ordered_and_reaches_the_core_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let default = write(dir.path(), "d.toml", &cluster_toml(4));
+        let cluster = ClusterFile::load(&default).expect("no read_mode");
+        assert_eq!(cluster.read_mode, ReadMode::Ordered);
+        assert_eq!(
+            cluster.core_config(&Tuning::default()).read_mode,
+            ReadMode::Ordered
+        );
+        for (name, mode) in [("ordered", ReadMode::Ordered), ("fast", ReadMode::Fast)] {
+            let text = format!("read_mode = \"{name}\"\n{}", cluster_toml(4));
+            let path = write(dir.path(), &format!("{name}.toml"), &text);
+            let cluster = ClusterFile::load(&path).expect("known read mode");
+            assert_eq!(cluster.read_mode, mode);
+            assert_eq!(cluster.core_config(&Tuning::default()).read_mode, mode);
+        }
+    }
+
+    #[test]
+    fn client_settings_carry_the_cluster_read_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "cluster.toml",
+            &format!("read_mode = \"fast\"\n{}", cluster_toml(4)),
+        );
+        let client = write(
+            dir.path(),
+            "client.toml",
+            "cluster = \"cluster.toml\"\nkey = \"c.key\"\n",
+        );
+        let settings = ClientFile::load(&client).expect("client file");
+        assert_eq!(settings.cluster.read_mode, ReadMode::Fast);
+        // A client file has no say: the field is unknown there.
+        let own = write(
+            dir.path(),
+            "own.toml",
+            "cluster = \"cluster.toml\"\nkey = \"c.key\"\nread_mode = \"ordered\"\n",
+        );
+        let e = ClientFile::load(&own).expect_err("read_mode in a client file");
+        assert!(e.to_string().contains("read_mode"), "{e}");
+    }
+
+    #[test]
+    fn unknown_read_mode_names_the_file_the_field_and_the_choices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(
+            dir.path(),
+            "rm.toml",
+            &format!("read_mode = \"fsat\"\n{}", cluster_toml(4)),
+        );
+        let e = ClusterFile::load(&path).expect_err("unknown read mode");
+        let text = e.to_string();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        for part in ["rm.toml", "read_mode", "fsat", "ordered", "fast"] {
+            assert!(text.contains(part), "{part:?} missing from: {text}");
+        }
+        let not_a_string = write(
+            dir.path(),
+            "rm2.toml",
+            &format!("read_mode = 1\n{}", cluster_toml(4)),
+        );
+        let e = ClusterFile::load(&not_a_string).expect_err("not a string");
+        assert!(e.to_string().contains("read_mode"), "{e}");
     }
 }

@@ -1,4 +1,11 @@
 //! Cluster configuration and quorum arithmetic.
+//!
+//! [`ReadMode`] is a property of the cluster, not of a client: the read-only
+//! fast path is linearizable only if *every* client confirms every write with
+//! 2f+1 replies (Castro & Liskov, TOCS 2002, 5.1.3), so replicas and clients
+//! take it from the one cluster configuration, and replicas of an `ordered`
+//! cluster refuse read-only requests (a client configured otherwise cannot
+//! make another client's read stale).
 
 use crate::ids::{ReplicaId, View};
 use pbft_crypto::{ClusterId, PublicKey};
@@ -29,6 +36,57 @@ pub enum ConfigError {
     Zero(&'static str),
 }
 
+/// How a cluster serves read-only operations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// Reads are ordered like writes; an ordered result needs f+1 matching
+    /// replies; replicas refuse read-only requests. Live with f faulty replicas.
+    #[default]
+    Ordered,
+    /// The read-only fast path (TOCS 2002, 5.1.3): a read is answered
+    /// unordered and accepted on 2f+1 matching answers, so every ordered
+    /// result needs 2f+1 matching replies too. Writes then need 2f+1
+    /// responsive replicas, and can stall while a faulty replica and an honest
+    /// one stranded in a higher view leave only 2f.
+    Fast,
+}
+
+impl ReadMode {
+    /// Every mode, by name.
+    pub const ALL: [ReadMode; 2] = [ReadMode::Ordered, ReadMode::Fast];
+
+    /// The name used in `cluster.toml` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Ordered => "ordered",
+            ReadMode::Fast => "fast",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A read mode name that is neither `ordered` nor `fast`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown read mode {0:?} (expected \"ordered\" or \"fast\")")]
+pub struct UnknownReadMode(pub String);
+
+impl std::str::FromStr for ReadMode {
+    type Err = UnknownReadMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ReadMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownReadMode(s.to_string()))
+    }
+}
+
 /// Everything every replica of one cluster must agree on, plus local tuning.
 ///
 /// Every timeout derives from `timeout_base`: view change
@@ -54,6 +112,9 @@ pub struct Config {
     pub timeout_base: Duration,
     /// Most distinct clients with a request waiting at one replica.
     pub pending_requests_max: usize,
+    /// How the cluster serves reads (every replica and client must agree).
+    #[serde(default)]
+    pub read_mode: ReadMode,
 }
 
 impl Config {
@@ -68,6 +129,7 @@ impl Config {
             batch_delay: Duration::from_millis(0),
             timeout_base: Duration::from_millis(1000),
             pending_requests_max: 100_000,
+            read_mode: ReadMode::Ordered,
         }
     }
 
@@ -191,6 +253,19 @@ mod tests {
         let mut c = config(4);
         c.replicas[3] = c.replicas[1];
         assert_eq!(c.validate(), Err(ConfigError::DuplicateKey(1, 3)));
+    }
+
+    #[test]
+    fn read_mode_defaults_to_ordered_and_parses_its_names() {
+        assert_eq!(config(4).read_mode, ReadMode::Ordered);
+        assert_eq!(ReadMode::default(), ReadMode::Ordered);
+        for m in ReadMode::ALL {
+            assert_eq!(m.name().parse::<ReadMode>(), Ok(m));
+            assert_eq!(m.to_string(), m.name());
+        }
+        let e = "Fast".parse::<ReadMode>().expect_err("names are lowercase");
+        assert_eq!(e, UnknownReadMode("Fast".into()));
+        assert!(e.to_string().contains("\"ordered\" or \"fast\""), "{e}");
     }
 
     #[test]

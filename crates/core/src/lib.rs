@@ -10,8 +10,12 @@
 //! Start reading at [`replica`] (state and dispatch), then [`normal`]
 //! (request, pre-prepare, prepare, commit, execute), [`checkpoint`]
 //! (checkpoints, garbage collection, state transfer) and [`view_change`].
+//! [`client_quorum`] is the client's side of the protocol (how many matching
+//! replies decide, which view to believe), shared by the SDK and the
+//! simulator so both count replies the same way.
 
 pub mod checkpoint;
+pub mod client_quorum;
 pub mod config;
 pub mod ids;
 pub mod io;
@@ -21,7 +25,7 @@ pub mod replica;
 pub mod retransmit;
 pub mod view_change;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ReadMode};
 pub use ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
 pub use io::{Input, Output, Record};
 pub use message::Message;

@@ -98,7 +98,12 @@ impl Replica {
 
     /// The read-only fast path: answered at once from the current state; the
     /// client accepts 2f+1 matching answers or falls back to an ordered request.
+    /// Only in a cluster whose read mode is `fast`: elsewhere writes are
+    /// confirmed by f+1 replies, and an unordered answer could be stale.
     fn answer_read_only(&mut self, request: &Signed<Request>, out: &mut Vec<Output>) {
+        if self.config.read_mode != crate::config::ReadMode::Fast {
+            return self.drop_input("read-only request in a cluster whose read mode is ordered");
+        }
         if !self.app.is_read_only(&request.op) {
             return self.drop_input("read-only request with a write operation");
         }

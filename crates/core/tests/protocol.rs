@@ -626,10 +626,13 @@ fn f_plus_one_view_changes_pull_a_replica_along() {
 
 /// A replica restarted from an older checkpoint does not answer read-only
 /// requests until it is back where it had been (it had confirmed writes that
-/// its restored state lacks).
+/// its restored state lacks). In a cluster whose read mode is `fast`: others
+/// refuse read-only requests altogether (`tests/read_mode.rs`).
 #[test]
 fn restarted_replica_answers_reads_only_after_catching_up() {
-    let mut cluster = Cluster::new(4);
+    let (mut config, signers) = harness::config(4);
+    config.read_mode = pbft_core::ReadMode::Fast;
+    let mut cluster = Cluster::with_config(config, signers);
     let mut client = Client::new(1, &cluster);
     for i in 0..5 {
         submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));

@@ -5,14 +5,22 @@
 //! replies: primary = view mod n); on timeout it is re-broadcast to every
 //! replica with a doubled timeout (the first timeout exceeds a view change).
 //! A result is accepted once f+1 distinct replicas sent matching replies
-//! (2f+1 in runs that use the read-only fast path). A `Get` may first try the
-//! read-only fast path: broadcast with `read_only: true`, accepted on 2f+1
-//! matching read-only replies, otherwise retried as an ordered request.
+//! (2f+1 in runs whose cluster read mode is `fast`). In such runs a `Get` may
+//! first try the read-only fast path: broadcast with `read_only: true`,
+//! accepted on 2f+1 matching read-only replies, otherwise retried as an
+//! ordered request.
+//!
+//! Counting replies and learning the view are the SDK's own logic,
+//! [`pbft_core::client_quorum`] (one implementation; it lives in the core so
+//! the simulator needs no network stack): [`ReplyTally`] per request,
+//! [`replies_needed`] from the cluster's read mode, [`learned_view`] from the
+//! latest view each replica reported for the request.
 
 use crate::checker::linearizability::History;
 use pbft_app::kv::{KvOp, KvResult};
+use pbft_core::client_quorum::{learned_view, next_request_id, replies_needed, ReplyTally};
 use pbft_core::message::{Reply, Request};
-use pbft_core::{ClientId, Message, RequestId};
+use pbft_core::{ClientId, Message, ReadMode, ReplicaId, RequestId, View};
 use pbft_crypto::{Signed, Signer};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -44,8 +52,10 @@ struct Outstanding {
     request_id: RequestId,
     op: KvOp,
     mode: Mode,
-    /// Latest reply per replica: result bytes and view.
-    replies: BTreeMap<usize, (Vec<u8>, u64)>,
+    /// The replies of the current mode, one vote per replica.
+    tally: ReplyTally,
+    /// The view of each replica's latest reply of the current mode.
+    views: BTreeMap<ReplicaId, View>,
     /// The current retransmission timeout.
     timeout: u64,
     /// Index in the history.
@@ -59,7 +69,10 @@ pub(crate) struct ClientParams {
     pub f: usize,
     /// The replicas' timeout base, microseconds.
     pub timeout_base: u64,
-    /// Probability of trying a `Get` on the read-only fast path.
+    /// The cluster's read mode (the replicas' `Config::read_mode`).
+    pub read_mode: ReadMode,
+    /// Probability of trying a `Get` on the read-only fast path (only in a
+    /// cluster whose read mode is `fast`).
     pub read_only: f64,
 }
 
@@ -155,11 +168,14 @@ impl Client {
             return Vec::new();
         }
         self.ops_left -= 1;
-        self.last_request_id += 1;
-        let request_id = RequestId(self.last_request_id);
+        // No wall clock in the simulator: ids are simply last + 1.
+        let request_id = next_request_id(RequestId(self.last_request_id), 0);
+        self.last_request_id = request_id.0;
         let op = self.random_op(rng, request_id.0);
-        let read_only =
-            op.is_read_only() && self.params.read_only > 0.0 && rng.gen_bool(self.params.read_only);
+        let read_only = op.is_read_only()
+            && self.params.read_mode == ReadMode::Fast
+            && self.params.read_only > 0.0
+            && rng.gen_bool(self.params.read_only);
         let h = history.invoke(self.index, op.clone(), now);
         let request = self.sign(request_id, &op, read_only);
         let mut actions = Vec::new();
@@ -180,7 +196,8 @@ impl Client {
             request_id,
             op,
             mode,
-            replies: BTreeMap::new(),
+            tally: ReplyTally::new(request_id, read_only),
+            views: BTreeMap::new(),
             timeout,
             history: h,
         });
@@ -195,7 +212,8 @@ impl Client {
             return Vec::new();
         };
         cur.mode = Mode::Ordered;
-        cur.replies.clear();
+        cur.tally = ReplyTally::new(cur.request_id, false);
+        cur.views.clear();
         cur.timeout = initial;
         let (id, op) = (cur.request_id, cur.op.clone());
         let request = self.sign(id, &op, false);
@@ -230,55 +248,28 @@ impl Client {
 
     /// A verified reply arrived (from replica `from`, per its signature).
     pub fn on_reply(&mut self, now: u64, reply: Reply, history: &mut History) -> Vec<ClientAction> {
-        let (n, f) = (self.params.n, self.params.f);
+        let (n, f, read_mode) = (self.params.n, self.params.f, self.params.read_mode);
         let Some(cur) = self.current.as_mut() else {
             return Vec::new();
         };
-        if reply.client != self.id || reply.request_id != cur.request_id {
+        if reply.client != self.id || reply.replica.index() >= n {
             return Vec::new();
         }
-        let wanted = cur.mode == Mode::ReadOnly;
-        if reply.read_only != wanted {
+        // Counted only if it answers this request with the current mode's kind.
+        if !cur.tally.add(&reply) {
             return Vec::new();
         }
-        let from = reply.replica.index();
-        if from >= n {
-            return Vec::new();
-        }
-        cur.replies
-            .insert(from, (reply.result.clone(), reply.view.0));
-        // Reads on the fast path are linearizable only if every ordered
-        // result is confirmed by 2f+1 replicas too (Castro & Liskov 5.1.3):
-        // then any 2f+1 read-only answers include an honest replica that has
-        // executed every completed write.
-        let needed = if wanted || self.params.read_only > 0.0 {
-            2 * f + 1
-        } else {
-            f + 1
-        };
-        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
-        for (result, _) in cur.replies.values() {
-            *counts.entry(result.as_slice()).or_default() += 1;
-        }
-        let best = counts
-            .iter()
-            .max_by_key(|(_, c)| **c)
-            .map(|(r, c)| (r.to_vec(), *c));
-        let Some((result, count)) = best else {
-            return Vec::new();
-        };
-        if count < needed {
-            if wanted && count + (n - cur.replies.len()) < needed {
+        cur.views.insert(reply.replica, reply.view);
+        let read_only = cur.mode == Mode::ReadOnly;
+        let needed = replies_needed(f, read_mode, read_only);
+        let Some(result) = cur.tally.decided(needed).map(<[u8]>::to_vec) else {
+            if read_only && cur.tally.hopeless(needed, n) {
                 return self.fall_back(now);
             }
             return Vec::new();
-        }
-        // Learn the view: the highest view that f+1 replies reach, so at
-        // least one honest replica is there.
-        let mut views: Vec<u64> = cur.replies.values().map(|(_, v)| *v).collect();
-        views.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(v) = views.get(f) {
-            self.view = self.view.max(*v);
+        };
+        if let Some(v) = learned_view(&cur.views, f) {
+            self.view = self.view.max(v.0);
         }
         let decoded = KvResult::decode(&result);
         let key = op_key(&cur.op).to_vec();

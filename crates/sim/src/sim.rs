@@ -203,6 +203,12 @@ impl Sim {
         config.batch_delay = Duration::from_micros(plan.batch_delay);
         config.timeout_base = Duration::from_micros(TIMEOUT_BASE);
         config.pending_requests_max = 1000;
+        // Runs that use the read-only fast path are clusters in fast mode.
+        config.read_mode = if plan.read_only > 0.0 {
+            pbft_core::ReadMode::Fast
+        } else {
+            pbft_core::ReadMode::Ordered
+        };
 
         let mut sim = Sim {
             network: Network::new(plan.network.clone(), n),
@@ -284,6 +290,7 @@ impl Sim {
             n,
             f: sim.plan.f,
             timeout_base: TIMEOUT_BASE,
+            read_mode: sim.config.read_mode,
             read_only: sim.plan.read_only,
         };
         for c in 0..sim.plan.clients {

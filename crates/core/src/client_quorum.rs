@@ -1,10 +1,14 @@
 //! The client's quorum logic, as pure functions and small value types so it
-//! can be tested without a network.
+//! can be tested without a network. It is the one implementation: the SDK
+//! (`pbft-client`, which re-exports it as `pbft_client::quorum`) and the
+//! simulator's clients both decide with it. It lives in the core, not the
+//! SDK, because the simulator must not depend on the network stack.
 //!
 //! * An ordered request's result is accepted once f+1 distinct replicas sent
 //!   matching replies (at least one of them is honest, and an honest replica
 //!   only replies after executing the request in the agreed order) — or
-//!   2f+1 when the read-only fast path is in use, see below.
+//!   2f+1 when the cluster's [`ReadMode`] is `fast`, see below
+//!   ([`replies_needed`]).
 //! * A read-only answer is accepted once 2f+1 distinct replicas sent matching
 //!   read-only replies. If every completed write was confirmed by 2f+1
 //!   replicas (at least f+1 honest ones executed it), any 2f+1 answers include
@@ -16,9 +20,23 @@
 //! * A replica counts once, whatever it sends: its latest reply replaces its
 //!   earlier ones, so a Byzantine replica cannot vote twice.
 
-use pbft_core::message::Reply;
-use pbft_core::{ReplicaId, RequestId, View};
+use crate::config::ReadMode;
+use crate::ids::{ReplicaId, RequestId, View};
+use crate::message::Reply;
 use std::collections::BTreeMap;
+
+/// How many matching replies from distinct replicas decide a request, in a
+/// cluster tolerating `f` faults that serves reads in `read_mode`: 2f+1 for
+/// a read-only answer, and for an ordered result in a `fast` cluster (so that
+/// any 2f+1 read-only answers include an honest replica that executed every
+/// completed write); f+1 for an ordered result in an `ordered` cluster.
+pub fn replies_needed(f: usize, read_mode: ReadMode, read_only: bool) -> usize {
+    if read_only || read_mode == ReadMode::Fast {
+        2 * f + 1
+    } else {
+        f + 1
+    }
+}
 
 /// The replies of distinct replicas to one request.
 #[derive(Clone, Debug)]
@@ -108,7 +126,7 @@ pub fn next_request_id(last: RequestId, now_micros: u64) -> RequestId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pbft_core::ClientId;
+    use crate::ids::ClientId;
     use pbft_crypto::PublicKey;
 
     fn reply(replica: u32, id: u64, result: &[u8], read_only: bool) -> Reply {
@@ -119,6 +137,17 @@ mod tests {
             result: result.to_vec(),
             read_only,
             replica: ReplicaId(replica),
+        }
+    }
+
+    #[test]
+    fn replies_needed_follow_the_cluster_read_mode() {
+        for f in 0..4 {
+            assert_eq!(replies_needed(f, ReadMode::Ordered, false), f + 1);
+            assert_eq!(replies_needed(f, ReadMode::Fast, false), 2 * f + 1);
+            assert_eq!(replies_needed(f, ReadMode::Fast, true), 2 * f + 1);
+            // A read-only answer never decides on fewer, whatever the mode.
+            assert_eq!(replies_needed(f, ReadMode::Ordered, true), 2 * f + 1);
         }
     }
 
