@@ -1,5 +1,6 @@
-//! `pbft demo`: a local cluster, a workload, a crashed primary, a view change
-//! and a final agreement check, in one command.
+//! `pbft demo`: a local cluster, a workload, a crashed primary, a view change,
+//! the crashed replica restarted and rejoining, and a final agreement check,
+//! in one command.
 
 use crate::bench::{clients, ms, workload, Gate, Progress, WorkloadReport};
 use crate::testnet::{free_udp_ports, generate, ReadModeArg, TestnetArgs};
@@ -8,7 +9,9 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pbft_client::{Client, ReplicaStatus};
-use pbft_config::ClientFile;
+use pbft_config::{ClientFile, ClientSettings};
+use pbft_core::message::StatusReport;
+use pbft_crypto::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,46 +34,70 @@ pub struct DemoArgs {
     /// Keep the temporary directory (configuration, data, replica logs).
     #[arg(long)]
     pub keep: bool,
-    /// Do not kill the primary part-way.
+    /// Do not kill (and restart) the primary part-way.
     #[arg(long)]
     pub no_kill: bool,
     /// Stop the workload after this many seconds.
     #[arg(long, default_value_t = 40)]
     pub duration_max: u64,
+    /// After restarting the killed replica, fail unless it reaches the
+    /// others' last executed sequence number and digest within this many
+    /// seconds.
+    #[arg(long, default_value_t = 30)]
+    pub rejoin_max: u64,
 }
 
 /// The replica processes; killed (SIGKILL) and reaped when dropped, so they
 /// never outlive the demo, whether it ends normally, on an error or on Ctrl-C.
 struct Replicas {
+    exe: PathBuf,
+    nodes: Vec<PathBuf>,
     children: Vec<Option<Child>>,
     logs: Vec<PathBuf>,
 }
 
 impl Replicas {
     fn spawn(nodes: &[PathBuf], dir: &Path) -> anyhow::Result<Replicas> {
-        let exe = std::env::current_exe().context("cannot find this executable")?;
         let mut replicas = Replicas {
-            children: Vec::new(),
-            logs: Vec::new(),
+            exe: std::env::current_exe().context("cannot find this executable")?,
+            nodes: nodes.to_vec(),
+            children: nodes.iter().map(|_| None).collect(),
+            logs: (0..nodes.len())
+                .map(|i| dir.join(format!("node-{i}.log")))
+                .collect(),
         };
-        for (i, node) in nodes.iter().enumerate() {
-            let log_path = dir.join(format!("node-{i}.log"));
-            let log = std::fs::File::create(&log_path)
-                .with_context(|| format!("cannot create {}", log_path.display()))?;
-            let log2 = log.try_clone().context("cannot duplicate a log file")?;
-            let child = Command::new(&exe)
-                .arg("node")
-                .arg("--config")
-                .arg(node)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .with_context(|| format!("cannot start replica {i}"))?;
-            replicas.children.push(Some(child));
-            replicas.logs.push(log_path);
+        for i in 0..nodes.len() {
+            replicas.start(i)?;
         }
         Ok(replicas)
+    }
+
+    /// Starts replica `i` (again) from its node file, so with its data
+    /// directory; its log is appended to.
+    fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let (Some(node), Some(log_path)) = (self.nodes.get(i), self.logs.get(i)) else {
+            anyhow::bail!("no replica {i}");
+        };
+        if self.alive(i) {
+            anyhow::bail!("replica {i} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let log2 = log.try_clone().context("cannot duplicate a log file")?;
+        let child = Command::new(&self.exe)
+            .arg("node")
+            .arg("--config")
+            .arg(node)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .with_context(|| format!("cannot start replica {i}"))?;
+        self.children[i] = Some(child);
+        Ok(())
     }
 
     /// Kills replica `i` with SIGKILL.
@@ -169,10 +196,79 @@ async fn converge(
     }
 }
 
+/// Whether `restarted` has reached the others: every other replica answered,
+/// one of them reports the same last executed sequence number and state
+/// digest, and none is behind it (under load the others are not all at one
+/// sequence number at the same instant). Returns that (sequence, digest).
+fn caught_up(statuses: &[ReplicaStatus], restarted: usize) -> Option<(u64, Digest)> {
+    let me = statuses.get(restarted)?.report.as_ref()?;
+    let others: Vec<&StatusReport> = statuses
+        .iter()
+        .filter(|s| s.id.index() != restarted)
+        .map(|s| s.report.as_ref())
+        .collect::<Option<_>>()?;
+    let lowest = others.iter().map(|r| r.last_executed).min()?;
+    let same = others
+        .iter()
+        .any(|r| r.last_executed == me.last_executed && r.state_digest == me.state_digest);
+    (same && me.last_executed >= lowest).then_some((me.last_executed.0, me.state_digest))
+}
+
+/// A client for status polls only; polls must not wait long for a dead replica.
+fn status_client(settings: &ClientSettings) -> Result<Client, Failure> {
+    let mut options = pbft_client::ClientOptions::with_timeout(settings.timeout);
+    options.status_timeout = Duration::from_millis(600);
+    Client::with_key(&settings.cluster, pbft_client::KeyPair::generate(), options)
+        .map_err(Failure::client)
+}
+
+/// Seconds with two decimals.
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// The restarted replica reached the others.
+#[derive(Clone, Copy)]
+struct Rejoin {
+    /// Time from the restart.
+    took: Duration,
+    executed: u64,
+    digest: Digest,
+}
+
 struct Events {
     initial_view: u64,
     killed: Option<(u32, u64, Instant)>,
     view_change: Option<(u64, u32, Duration)>,
+    restarted: Option<Instant>,
+    rejoined: Option<Rejoin>,
+}
+
+impl Events {
+    fn killed_replica(&self) -> Option<usize> {
+        self.killed.map(|(p, _, _)| p as usize)
+    }
+}
+
+/// Restarts the killed replica with its configuration and data directory,
+/// and replaces the status client (the old one would redial the restarted
+/// replica only after its reconnect backoff).
+fn restart(
+    replicas: &mut Replicas,
+    events: &mut Events,
+    status: &mut Client,
+    settings: &ClientSettings,
+) -> Result<String, Failure> {
+    let Some((p, _, killed_at)) = events.killed else {
+        return Ok(String::new());
+    };
+    replicas.start(p as usize)?;
+    events.restarted = Some(Instant::now());
+    *status = status_client(settings)?;
+    Ok(format!(
+        "restarted replica {p} (same configuration and data directory), {} after the kill",
+        secs(killed_at.elapsed())
+    ))
 }
 
 async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
@@ -196,19 +292,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
     let settings = ClientFile::load(&client_toml).map_err(Failure::failed)?;
     let f = settings.cluster.f();
     let quorum = 2 * f + 1;
+    let rejoin_max = Duration::from_secs(args.rejoin_max);
     let mut replicas = Replicas::spawn(&nodes, dir)?;
     println!(
         "started {n} replica processes (logs: {}/node-*.log)",
         dir.display()
     );
 
-    // Status polls must not wait long for a dead replica.
-    let status = {
-        let mut options = pbft_client::ClientOptions::with_timeout(settings.timeout);
-        options.status_timeout = Duration::from_millis(600);
-        Client::with_key(&settings.cluster, pbft_client::KeyPair::generate(), options)
-            .map_err(Failure::client)?
-    };
+    let mut status = status_client(&settings)?;
     wait_ready(&status, &mut replicas, Duration::from_secs(20)).await?;
     let initial = status.status().await;
     let initial_view = consensus_view(&initial).map(|v| v.0).unwrap_or(0);
@@ -242,6 +333,8 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
         initial_view,
         killed: None,
         view_change: None,
+        restarted: None,
+        rejoined: None,
     };
     let report: WorkloadReport = loop {
         tokio::select! {
@@ -275,14 +368,35 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
                 if view > old_view && count >= quorum {
                     let took = at.elapsed();
                     events.view_change = Some((view, primary, took));
-                    bar.set_message(format!("view {view}, primary r{primary}"));
                     bar.suspend(|| {
                         println!(
                             "view change: view {old_view} -> {view} (primary now replica {primary}), {} after the kill; service continues",
                             ms(took)
                         )
                     });
+                    let line = restart(&mut replicas, &mut events, &mut status, &settings)?;
+                    bar.set_message(format!("view {view}; restarted replica rejoining..."));
+                    bar.suspend(|| println!("{line}"));
                 }
+            }
+        } else if let (Some(p), Some(at), None) =
+            (events.killed_replica(), events.restarted, events.rejoined)
+        {
+            if let Some((executed, digest)) = caught_up(&status.status().await, p) {
+                let took = at.elapsed();
+                events.rejoined = Some(Rejoin {
+                    took,
+                    executed,
+                    digest,
+                });
+                bar.set_message("all replicas in step".to_string());
+                bar.suspend(|| {
+                    println!(
+                        "rejoin: replica {p} reached the others at executed {executed} (digest {}), {} after its restart",
+                        &digest.to_hex()[..16],
+                        secs(took)
+                    )
+                });
             }
         }
     };
@@ -311,8 +425,46 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
         report.failed,
         report.elapsed.as_secs_f64()
     );
+    if events.killed.is_some() && events.restarted.is_none() {
+        let line = restart(&mut replicas, &mut events, &mut status, &settings)?;
+        println!("{line}");
+    }
+    if let (Some(p), Some(at), None) = (events.killed_replica(), events.restarted, events.rejoined)
+    {
+        // The cluster is quiet now: the restarted replica must catch up
+        // without new requests to carry it along.
+        let until = at + rejoin_max;
+        loop {
+            replicas.check_running()?;
+            if let Some((executed, digest)) = caught_up(&status.status().await, p) {
+                let took = at.elapsed();
+                events.rejoined = Some(Rejoin {
+                    took,
+                    executed,
+                    digest,
+                });
+                println!(
+                    "rejoin: replica {p} reached the others at executed {executed} (digest {}), {} after its restart",
+                    &digest.to_hex()[..16],
+                    secs(took)
+                );
+                break;
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let rejoin_failed = events.restarted.is_some() && events.rejoined.is_none();
 
-    let (equal, finals) = converge(&status, &replicas, Duration::from_secs(15)).await;
+    // After a failed rejoin, one poll for the table: waiting longer would not help.
+    let converge_limit = if rejoin_failed {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(15)
+    };
+    let (equal, finals) = converge(&status, &replicas, converge_limit).await;
     let final_view = consensus_view(&finals)
         .map(|v| v.0)
         .unwrap_or(events.initial_view);
@@ -349,6 +501,23 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
             final_view.saturating_sub(events.initial_view)
         ),
     }
+    if let (Some((p, _, killed_at)), Some(restarted_at)) = (events.killed, events.restarted) {
+        let down = restarted_at.saturating_duration_since(killed_at);
+        match events.rejoined {
+            Some(r) => println!(
+                "rejoin            replica {p} restarted {} after the kill; reached the others' last executed {} and digest {} in {}",
+                secs(down),
+                r.executed,
+                &r.digest.to_hex()[..16],
+                secs(r.took)
+            ),
+            None => println!(
+                "rejoin            FAILED: replica {p} (restarted {} after the kill) did not reach the others' last executed sequence number and digest within {}",
+                secs(down),
+                secs(rejoin_max)
+            ),
+        }
+    }
     for s in &finals {
         match &s.report {
             Some(r) => println!(
@@ -359,12 +528,22 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
                 r.stable_checkpoint.0,
                 &r.state_digest.to_hex()[..16]
             ),
-            None => println!("  replica {}      unreachable (killed)", s.id.0),
+            None => println!("  replica {}      unreachable", s.id.0),
         }
     }
-    println!("digests equal     {}", if equal { "yes" } else { "no" });
+    let live = (0..n).filter(|i| replicas.alive(*i)).count();
+    println!(
+        "digests equal     {} ({live} of {n} replicas running)",
+        if equal { "yes" } else { "no" }
+    );
     for e in &report.errors {
         eprintln!("workload error: {e}");
+    }
+    if rejoin_failed {
+        return Err(Failure::failed(anyhow::anyhow!(
+            "the restarted replica did not rejoin within {}",
+            secs(rejoin_max)
+        )));
     }
     if !equal {
         return Err(Failure::failed(anyhow::anyhow!(
@@ -386,6 +565,11 @@ pub async fn run(args: &DemoArgs) -> CmdResult {
         return Err(Failure::usage(anyhow::anyhow!(
             "--replicas must be 3f+1 with f >= 1 (4, 7, 10, ...); got {}",
             args.replicas
+        )));
+    }
+    if args.rejoin_max == 0 || args.rejoin_max > 600 {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--rejoin-max must be 1..=600 seconds"
         )));
     }
     if args.clients == 0 || args.clients > 256 {

@@ -337,6 +337,7 @@ fn bad_usage_exits_2_and_help_works() {
         vec!["client", "--config", "x.toml", "put", "only-key"],
         vec!["bench", "--clients", "many"],
         vec!["status", "--config", "/nonexistent/client.toml"],
+        vec!["demo", "--rejoin-max", "0"],
     ] {
         let o = run(&args, Duration::from_secs(10));
         assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
@@ -527,6 +528,18 @@ fn demo_completes_with_equal_digests() {
     let o = run(&["demo", "--ops", "40"], Duration::from_secs(120));
     let out = stdout(&o);
     assert_eq!(code(&o), 0, "{out}\n{}", stderr(&o));
-    assert!(out.contains("digests equal     yes"), "{out}");
     assert!(out.contains("view change: view 0 -> 1"), "{out}");
+    // The killed primary is restarted and catches up with the others.
+    assert!(
+        out.contains("restarted replica 0 (same configuration"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rejoin            replica 0 restarted"),
+        "{out}"
+    );
+    assert!(
+        out.contains("digests equal     yes (4 of 4 replicas running)"),
+        "{out}"
+    );
 }

@@ -8,6 +8,10 @@
 //!   endpoint and core messages: signs requests, sends them to the primary,
 //!   retransmits to everyone, and accepts a result once f+1 replicas sent
 //!   matching, validly signed replies.
+//! * [`NodeProcesses`] runs a [`TestCluster`]'s replicas as real `pbft-node`
+//!   processes (each logging to `node-<i>.log` in the cluster directory),
+//!   kills one with SIGKILL and restarts it from the same node file and data
+//!   directory; every process is killed and reaped when it is dropped.
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -21,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -329,5 +334,120 @@ impl TestClient {
     /// Closes the endpoint.
     pub async fn shutdown(self) {
         self.endpoint.shutdown().await;
+    }
+}
+
+/// The replicas of a [`TestCluster`] as real `pbft-node` processes.
+///
+/// Every process still running is killed (SIGKILL) and reaped on drop, so a
+/// failing test leaves none behind. Each replica's stdout and stderr are
+/// appended to `node-<i>.log` in the cluster directory, across restarts.
+#[derive(Debug)]
+pub struct NodeProcesses {
+    exe: PathBuf,
+    node_files: Vec<PathBuf>,
+    logs: Vec<PathBuf>,
+    children: Vec<Option<Child>>,
+}
+
+impl NodeProcesses {
+    /// Starts one `exe` (the `pbft-node` binary, e.g.
+    /// `env!("CARGO_BIN_EXE_pbft-node")`) per replica of `cluster`.
+    pub fn start_all(exe: &Path, cluster: &TestCluster) -> anyhow::Result<NodeProcesses> {
+        let mut processes = NodeProcesses {
+            exe: exe.to_path_buf(),
+            node_files: cluster.node_files.clone(),
+            logs: (0..cluster.node_files.len())
+                .map(|i| cluster.dir.join(format!("node-{i}.log")))
+                .collect(),
+            children: cluster.node_files.iter().map(|_| None).collect(),
+        };
+        for i in 0..processes.node_files.len() {
+            processes.start(i)?;
+        }
+        Ok(processes)
+    }
+
+    /// Starts replica `i` from its node file (and so its data directory).
+    /// An error if it is already running.
+    pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let (Some(node_file), Some(log_path)) = (self.node_files.get(i), self.logs.get(i)) else {
+            bail!("no replica {i}");
+        };
+        if self.is_running(i) {
+            bail!("replica {i} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let log2 = log.try_clone().context("cannot duplicate a log file")?;
+        let child = Command::new(&self.exe)
+            .arg("--config")
+            .arg(node_file)
+            // Plain text logs, for the failure messages that quote them.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .with_context(|| format!("cannot start {} for replica {i}", self.exe.display()))?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// Kills replica `i` with SIGKILL and reaps it; false if it was not running.
+    pub fn kill(&mut self, i: usize) -> bool {
+        match self.children.get_mut(i).and_then(Option::take) {
+            Some(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether replica `i` was started and not killed (it may have exited
+    /// since: see [`NodeProcesses::check_running`]).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children.get(i).is_some_and(Option::is_some)
+    }
+
+    /// An error naming the first replica that should run but has exited,
+    /// with the end of its log.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.children.len() {
+            if let Some(child) = &mut self.children[i] {
+                if let Some(status) = child.try_wait()? {
+                    self.children[i] = None;
+                    bail!(
+                        "replica {i} exited ({status}); end of its log:\n{}",
+                        self.log_tail(i, 20)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of replica `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = self
+            .logs
+            .get(i)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for NodeProcesses {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
     }
 }
