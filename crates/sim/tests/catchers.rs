@@ -1,8 +1,10 @@
 //! Seeds that catch a removed protocol check (`scripts/mutation-check.py`):
 //! each passes with the real core, and fails when the check named above it is
-//! taken out. Pinned here so the link survives changes to the sweep's seed
-//! range. A change to the simulator's random choices can move these; re-run
-//! the script and update the seeds when that happens.
+//! taken out; the script counts a mutation as caught only when its test here
+//! fails. Seeds are from 16 up, outside the range the sweep test runs, so each
+//! catch is this file's own. A change to the simulator's random choices can
+//! move these; re-run the script (it lists failing seeds from 1000 up) and
+//! update the seeds when that happens.
 
 use pbft_sim::{run, Scenario};
 
@@ -14,14 +16,15 @@ fn check(scenario: Scenario, f: usize, seed: u64) {
 /// M1: a backup accepts only one pre-prepare per (view, seq).
 #[test]
 fn pre_prepare_uniqueness() {
-    check(Scenario::ByzEquivocate, 1, 11);
-    check(Scenario::ByzEquivocate, 1, 15);
+    check(Scenario::ByzEquivocate, 1, 1013);
+    check(Scenario::ByzEquivocate, 1, 1017);
+    check(Scenario::ByzEquivocate, 2, 1007);
 }
 
 /// M2: prepared needs 2f matching prepares.
 #[test]
 fn prepared_quorum() {
-    check(Scenario::Lossy, 1, 0);
+    check(Scenario::Lossy, 1, 1000);
 }
 
 /// M3: committed-local needs 2f+1 commits. Colluders send their PREPAREs
@@ -29,17 +32,16 @@ fn prepared_quorum() {
 /// batch no other honest replica prepared; the next view replaces it.
 #[test]
 fn commit_quorum() {
-    check(Scenario::ByzCollude, 1, 0);
-    check(Scenario::ByzCollude, 2, 1);
-    check(Scenario::ByzCollude, 3, 0);
+    check(Scenario::ByzCollude, 1, 1000);
+    check(Scenario::ByzCollude, 1, 1003);
 }
 
 /// M4: a prepared certificate in a VIEW-CHANGE needs 2f prepares.
 #[test]
 fn prepared_certificate_size() {
-    check(Scenario::ByzViewChange, 1, 26);
-    check(Scenario::ByzViewChange, 2, 20);
-    check(Scenario::ByzViewChange, 3, 0);
+    check(Scenario::ByzViewChange, 1, 1017);
+    check(Scenario::ByzViewChange, 2, 1004);
+    check(Scenario::ByzViewChange, 3, 1005);
 }
 
 /// M5: every backup recomputes NEW-VIEW's pre-prepares from its
@@ -54,19 +56,19 @@ fn new_view_recomputed() {
 /// M6: a pre-prepare's batch must match its digest.
 #[test]
 fn batch_digest() {
-    check(Scenario::ByzEquivocate, 1, 1);
+    check(Scenario::ByzEquivocate, 1, 1002);
 }
 
 /// M7: a request executes at most once per (client, request id).
 #[test]
 fn exactly_once() {
-    check(Scenario::Lossy, 1, 0);
+    check(Scenario::Lossy, 1, 1002);
 }
 
 /// M8: a checkpoint proof needs 2f+1 signatures (state transfer).
 #[test]
 fn checkpoint_proof_quorum() {
-    check(Scenario::ByzCheckpoint, 1, 5);
+    check(Scenario::ByzCheckpoint, 1, 1015);
 }
 
 /// M9: NEW-VIEW re-issues the certificate of the highest view.
@@ -79,6 +81,30 @@ fn new_view_highest_certificate() {
 /// would otherwise log slots beyond its window: the invariant check panics).
 #[test]
 fn high_water_mark() {
-    check(Scenario::Lossy, 1, 12);
-    check(Scenario::Partition, 2, 2);
+    check(Scenario::Partition, 1, 1017);
+    check(Scenario::Partition, 2, 1003);
+}
+
+/// M11: the stable checkpoint is persisted as soon as the window moves, even
+/// while its state is still being fetched (a restart must not shrink the
+/// window and forget what it accepted in it).
+#[test]
+fn persisted_window() {
+    check(Scenario::CrashByz, 1, 196);
+}
+
+/// M13: each waiting request has its own view-change deadline, which other
+/// requests' executions do not move (a censoring primary is replaced).
+#[test]
+fn per_request_timers() {
+    check(Scenario::ByzCensor, 1, 1010);
+    check(Scenario::ByzCensor, 2, 1022);
+    check(Scenario::ByzCensor, 3, 1001);
+}
+
+/// M14: a replica that executed nothing for a while sends PROGRESS, and its
+/// peers send what it lacks (a stranded laggard in an idle cluster).
+#[test]
+fn retransmission() {
+    check(Scenario::Laggard, 1, 1000);
 }

@@ -1,0 +1,274 @@
+//! Every message kind, nested signatures included, with real ed25519 keys:
+//! the untouched message verifies, and no flipped bit anywhere in its wire
+//! form yields a message that verifies while carrying a signed value that
+//! nobody signed. (A flip may still decode to a message that verifies if it
+//! only drops or reorders signed parts inside an unsigned container, such as
+//! the batches beside a NEW-VIEW: those prove nothing new.)
+//!
+//! Removing the check of any one signature, top-level or nested, makes this
+//! test fail for the kinds that carry it.
+
+use pbft_core::message::{
+    Batch, Checkpoint, CheckpointProof, Commit, CommitCertificate, FetchBatch, FetchState, Message,
+    NewView, PrePrepare, Prepare, PreparedProof, Progress, Reply, Request, StateData, StatusReport,
+    StatusRequest, ViewChange,
+};
+use pbft_core::{ClientId, Config, ReplicaId, RequestId, SeqNum, View};
+use pbft_crypto::{ClusterId, Digest, KeyPair, Signed, Signer, Verifier};
+use serde::Serialize;
+
+struct Fixture {
+    config: Config,
+    replicas: Vec<Signer>,
+    client: Signer,
+}
+
+fn fixture() -> Fixture {
+    let cluster = ClusterId(7);
+    let keys: Vec<KeyPair> = (0..4).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+    let config = Config::new(cluster, keys.iter().map(KeyPair::public).collect());
+    Fixture {
+        config,
+        replicas: keys.into_iter().map(|k| Signer::new(k, cluster)).collect(),
+        client: Signer::new(KeyPair::from_seed([9; 32]), cluster),
+    }
+}
+
+/// One message of every kind, each with the nested signed values it can carry.
+fn messages(fx: &Fixture) -> Vec<Message> {
+    let r = |i: u32| ReplicaId(i);
+    let client = ClientId(fx.client.public_key());
+    let request = fx.client.sign(Request {
+        client,
+        request_id: RequestId(5),
+        op: b"op".to_vec(),
+        read_only: false,
+    });
+    let batch = Batch {
+        requests: vec![request.clone()],
+    };
+    let digest = batch.digest();
+    let (view, seq) = (View(1), SeqNum(5));
+    let pre_prepare = fx.replicas[1].sign(PrePrepare {
+        view,
+        seq,
+        digest,
+        replica: r(1),
+    });
+    let prepares: Vec<Signed<Prepare>> = [2, 3]
+        .iter()
+        .map(|&i| {
+            fx.replicas[i as usize].sign(Prepare {
+                view,
+                seq,
+                digest,
+                replica: r(i),
+            })
+        })
+        .collect();
+    let commits: Vec<Signed<Commit>> = [0, 1, 2]
+        .iter()
+        .map(|&i| {
+            fx.replicas[i as usize].sign(Commit {
+                view,
+                seq,
+                digest,
+                replica: r(i),
+            })
+        })
+        .collect();
+    let state = Digest::of(b"state");
+    let checkpoints: Vec<Signed<Checkpoint>> = [0, 1, 3]
+        .iter()
+        .map(|&i| {
+            fx.replicas[i as usize].sign(Checkpoint {
+                seq: SeqNum(4),
+                digest: state,
+                replica: r(i),
+            })
+        })
+        .collect();
+    let proof = CheckpointProof {
+        seq: SeqNum(4),
+        digest: state,
+        checkpoints: checkpoints.clone(),
+    };
+    let view_change = fx.replicas[3].sign(ViewChange {
+        new_view: View(2),
+        checkpoint: proof.clone(),
+        prepared: vec![PreparedProof {
+            pre_prepare: pre_prepare.clone(),
+            prepares: prepares.clone(),
+        }],
+        replica: r(3),
+    });
+    let new_view = fx.replicas[2].sign(NewView {
+        view: View(2),
+        view_changes: vec![view_change.clone()],
+        pre_prepares: vec![fx.replicas[2].sign(PrePrepare {
+            view: View(2),
+            seq,
+            digest,
+            replica: r(2),
+        })],
+        replica: r(2),
+    });
+    vec![
+        Message::Request(request),
+        Message::PrePrepare(pre_prepare, batch.clone()),
+        Message::Prepare(prepares[0].clone()),
+        Message::Commit(commits[0].clone()),
+        Message::Checkpoint(checkpoints[0].clone()),
+        Message::ViewChange(view_change),
+        Message::NewView(new_view, vec![batch.clone()]),
+        Message::FetchBatch(fx.replicas[0].sign(FetchBatch {
+            digest,
+            replica: r(0),
+        })),
+        Message::BatchData(fx.replicas[0].sign(pbft_core::message::BatchData {
+            batch: batch.clone(),
+            replica: r(0),
+        })),
+        Message::FetchState(fx.replicas[0].sign(FetchState {
+            seq: SeqNum(4),
+            replica: r(0),
+        })),
+        Message::StateData(fx.replicas[0].sign(StateData {
+            proof,
+            snapshot: b"state".to_vec(),
+            replica: r(0),
+        })),
+        Message::Reply(fx.replicas[0].sign(Reply {
+            view,
+            client,
+            request_id: RequestId(5),
+            result: b"ok".to_vec(),
+            read_only: false,
+            replica: r(0),
+        })),
+        Message::StatusRequest(fx.client.sign(StatusRequest { client, nonce: 3 })),
+        Message::StatusReport(fx.replicas[0].sign(StatusReport {
+            view,
+            active: true,
+            primary: r(1),
+            last_executed: seq,
+            stable_checkpoint: SeqNum(4),
+            state_digest: state,
+            nonce: 3,
+            replica: r(0),
+        })),
+        Message::Progress(fx.replicas[0].sign(Progress {
+            view,
+            active: true,
+            stable: SeqNum(4),
+            last_executed: seq,
+            replica: r(0),
+        })),
+        Message::Certificate(CommitCertificate { commits }, Some(batch)),
+    ]
+}
+
+/// The encodings of every signed value a message carries (value and signature).
+fn signed_parts(message: &Message) -> Vec<Vec<u8>> {
+    fn part<T: Serialize>(s: &Signed<T>) -> Vec<u8> {
+        postcard::to_stdvec(s).expect("encode")
+    }
+    fn batch(b: &Batch, out: &mut Vec<Vec<u8>>) {
+        out.extend(b.requests.iter().map(part));
+    }
+    fn proof(p: &CheckpointProof, out: &mut Vec<Vec<u8>>) {
+        out.extend(p.checkpoints.iter().map(part));
+    }
+    fn view_change(vc: &Signed<ViewChange>, out: &mut Vec<Vec<u8>>) {
+        out.push(part(vc));
+        proof(&vc.checkpoint, out);
+        for p in &vc.prepared {
+            out.push(part(&p.pre_prepare));
+            out.extend(p.prepares.iter().map(part));
+        }
+    }
+    let mut out = Vec::new();
+    match message {
+        Message::Request(m) => out.push(part(m)),
+        Message::PrePrepare(m, b) => {
+            out.push(part(m));
+            batch(b, &mut out);
+        }
+        Message::Prepare(m) => out.push(part(m)),
+        Message::Commit(m) => out.push(part(m)),
+        Message::Checkpoint(m) => out.push(part(m)),
+        Message::ViewChange(m) => view_change(m, &mut out),
+        Message::NewView(m, batches) => {
+            out.push(part(m));
+            for vc in &m.view_changes {
+                view_change(vc, &mut out);
+            }
+            out.extend(m.pre_prepares.iter().map(part));
+            for b in batches {
+                batch(b, &mut out);
+            }
+        }
+        Message::FetchBatch(m) => out.push(part(m)),
+        Message::BatchData(m) => {
+            out.push(part(m));
+            batch(&m.batch, &mut out);
+        }
+        Message::FetchState(m) => out.push(part(m)),
+        Message::StateData(m) => {
+            out.push(part(m));
+            proof(&m.proof, &mut out);
+        }
+        Message::Reply(m) => out.push(part(m)),
+        Message::StatusRequest(m) => out.push(part(m)),
+        Message::StatusReport(m) => out.push(part(m)),
+        Message::Progress(m) => out.push(part(m)),
+        Message::Certificate(cert, b) => {
+            out.extend(cert.commits.iter().map(part));
+            if let Some(b) = b {
+                batch(b, &mut out);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_flipped_bit_makes_a_forgery_verify() {
+    let fx = fixture();
+    let verifier = Verifier::new(ClusterId(7));
+    let all = messages(&fx);
+    assert_eq!(all.len(), 16, "one message per kind");
+    for original in all {
+        let kind = original.kind();
+        verifier
+            .verify(original.clone(), &fx.config)
+            .unwrap_or_else(|e| panic!("{kind}: the untouched message must verify: {e}"));
+        let genuine = signed_parts(&original);
+        let bytes = original.encode();
+        let mut rejected = 0;
+        for i in 0..bytes.len() {
+            let mut tampered = bytes.clone();
+            tampered[i] ^= 1 << (i % 8);
+            let Ok(decoded) = Message::decode(&tampered) else {
+                rejected += 1;
+                continue;
+            };
+            if decoded == original {
+                continue;
+            }
+            let parts = signed_parts(&decoded);
+            match verifier.verify(decoded, &fx.config) {
+                Err(_) => rejected += 1,
+                Ok(_) => {
+                    let forged = parts.iter().find(|p| !genuine.contains(p));
+                    assert!(
+                        forged.is_none(),
+                        "{kind}: flipping bit {} of byte {i} gives a message that verifies with a signed value nobody signed",
+                        i % 8
+                    );
+                }
+            }
+        }
+        assert!(rejected > 0, "{kind}: no tampering was ever rejected");
+    }
+}
