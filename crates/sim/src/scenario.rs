@@ -256,8 +256,12 @@ pub struct Plan {
 pub(crate) const MS: u64 = 1_000;
 /// The replicas' view-change timeout base, microseconds.
 pub(crate) const TIMEOUT_BASE: u64 = 100 * MS;
-/// How long an operation may take once the network is stable, by default.
-pub(crate) const LIVENESS_BOUND: u64 = 30_000 * MS;
+/// How long an operation may take once the network is stable, by default:
+/// a small multiple of the view-change timeout. A client's retransmission
+/// timeout grows to 32 base timeouts while faults last, so one more of
+/// those, a view change or two with doubled timeouts, and the operation
+/// itself fit well inside.
+pub(crate) const LIVENESS_BOUND: u64 = 60 * TIMEOUT_BASE;
 
 impl Plan {
     /// Draws the plan of `scenario` for `f` from `rng`.
