@@ -405,7 +405,11 @@ fn compacted_records_restore_the_same_replica() {
             _ => None,
         })
         .collect();
-    assert_eq!(executed, vec![SeqNum(11)], "the highest Executed survives compaction");
+    assert_eq!(
+        executed,
+        vec![SeqNum(11)],
+        "the highest Executed survives compaction"
+    );
     let restored = |records: Vec<Record>, cluster: &mut Cluster| {
         cluster.crash(1);
         cluster.storage[1] = records;
