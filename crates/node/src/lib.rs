@@ -156,6 +156,21 @@ impl Clock {
     }
 }
 
+/// Initialises `node`'s data directory once, before its first start: an
+/// empty record log and the init marker ([`Storage::init`]). [`run`] refuses
+/// a data directory that was never initialised, so that a replica whose log
+/// was lost cannot silently start empty and contradict what it sent before.
+/// Fails if the directory already holds a marker or a log.
+pub fn init_data_dir(node: &Node) -> anyhow::Result<()> {
+    Storage::init(&node.data_dir, node.cluster.id.0, node.id).with_context(|| {
+        format!(
+            "replica {}: cannot initialise the data directory {}",
+            node.id.0,
+            node.data_dir.display()
+        )
+    })
+}
+
 /// Runs one replica until `shutdown` resolves, then shuts it down cleanly and
 /// returns `Ok(())`.
 ///
@@ -165,8 +180,8 @@ impl Clock {
 /// (replicas always admitted, clients by `node.allowed_clients`) and dials
 /// every other replica. Fails, with the cause in the error's context chain,
 /// if the key is missing, unreadable, readable by group or others, or does not
-/// match; if the data directory is corrupted, unreadable or locked by another
-/// process; or if the listen address is in use.
+/// match; if the data directory was never initialised ([`init_data_dir`]), is
+/// corrupted, unreadable or locked by another process; or if the listen address is in use.
 ///
 /// `shutdown` is polled once before startup (so a signal handler it installs
 /// is armed at once); if it is already resolved, `run` returns `Ok(())`

@@ -3,7 +3,8 @@
 //!
 //! * [`generate`] writes a cluster into a directory: one secret key per
 //!   replica and one for a client (mode 0600), `cluster.toml` with free
-//!   loopback ports, and `node-<i>.toml` per replica (data in `data/<i>`).
+//!   loopback ports, and `node-<i>.toml` per replica (data in `data/<i>`,
+//!   initialised).
 //! * [`TestClient`] talks to the replicas with nothing but a pbft-net client
 //!   endpoint and core messages: signs requests, sends them to the primary,
 //!   retransmits to everyone, and accepts a result once f+1 replicas sent
@@ -97,7 +98,8 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Writes a cluster per `spec` into `dir` (which must exist): keys, cluster
-/// file and node files, on free loopback ports.
+/// file and node files, on free loopback ports, and initialises each replica's
+/// data directory.
 pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
     let mut replica_keys = Vec::new();
     let mut addresses = Vec::new();
@@ -135,6 +137,9 @@ pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
         .with_context(|| format!("writing {}", node_file.display()))?;
         node_files.push(node_file);
         replica_keys.push(key);
+        let data_dir = dir.join(format!("data/{i}"));
+        pbft_storage::Storage::init(&data_dir, spec.cluster_id, ReplicaId(i as u32))
+            .with_context(|| format!("initialising {}", data_dir.display()))?;
     }
     let cluster_file = dir.join("cluster.toml");
     std::fs::write(&cluster_file, cluster)
