@@ -18,8 +18,9 @@
 //! * The **decode task** turns frames into [`Message`]s.
 //!   Bytes that do not decode are dropped with a debug log line and a counter,
 //!   never a panic. Peers that are not replicas (clients) may only send
-//!   `Request` and `StatusRequest`; anything else from them is dropped the same
-//!   way before it costs a signature check.
+//!   `Request` and `StatusRequest`, and only their own (naming the link's
+//!   authenticated key as the client); anything else from them is dropped
+//!   the same way before it costs a signature check.
 //! * The **verification stage** ([`pbft_net::spawn_verifier`]) checks every
 //!   signature a message carries against the core [`Config`](pbft_core::Config)
 //!   in parallel batches, off the protocol task, and forwards only

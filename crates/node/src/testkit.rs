@@ -290,6 +290,37 @@ impl TestClient {
         }
     }
 
+    /// Collects this client's verified replies to `request_id` (ordered, not
+    /// read-only) until f+1 of them match or `wait` has passed; by replica.
+    pub async fn collect_replies(
+        &mut self,
+        request_id: RequestId,
+        wait: Duration,
+    ) -> BTreeMap<ReplicaId, Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut replies = BTreeMap::new();
+        loop {
+            let frame = tokio::select! {
+                frame = self.inbound.recv() => match frame {
+                    Some(frame) => frame,
+                    None => return replies,
+                },
+                _ = tokio::time::sleep_until(deadline) => return replies,
+            };
+            let Some(Message::Reply(reply)) = self.check(&frame) else {
+                continue;
+            };
+            if reply.request_id != request_id || reply.read_only || reply.client != self.id() {
+                continue;
+            }
+            replies.insert(reply.replica, reply.result.clone());
+            let matching = replies.values().filter(|r| **r == reply.result).count();
+            if matching >= self.config.weak_quorum() {
+                return replies;
+            }
+        }
+    }
+
     /// Asks `replica` for its signed status report.
     pub async fn status(
         &mut self,
