@@ -3,9 +3,9 @@
 //! directory for the decoders that read files, and seed inputs.
 
 use pbft_core::message::{
-    Batch, BatchData, Checkpoint, CheckpointProof, Commit, FetchBatch, FetchState, NewView,
-    PrePrepare, Prepare, PreparedProof, Reply, Request, StateData, StatusReport, StatusRequest,
-    ViewChange,
+    Batch, BatchData, Checkpoint, CheckpointProof, Commit, CommitCertificate, FetchBatch,
+    FetchState, NewView, PrePrepare, Prepare, PreparedProof, Progress, Reply, Request, StateData,
+    StatusReport, StatusRequest, ViewChange,
 };
 use pbft_core::{ClientId, Config, Message, ReplicaId, RequestId, SeqNum, View};
 use pbft_crypto::{ClusterId, Digest, KeyPair, Signer};
@@ -100,7 +100,25 @@ pub fn seed_messages(ops: &[Vec<u8>]) -> Vec<Message> {
         })
     };
     let c = client();
+    let commits: Vec<_> = (0..3)
+        .map(|i| {
+            replica(i).sign(Commit {
+                view: View(0),
+                seq: SeqNum(1),
+                digest,
+                replica: ReplicaId(i),
+            })
+        })
+        .collect();
     vec![
+        Message::Progress(replica(3).sign(Progress {
+            view: View(0),
+            active: true,
+            stable: SeqNum(0),
+            last_executed: SeqNum(0),
+            replica: ReplicaId(3),
+        })),
+        Message::Certificate(CommitCertificate { commits }, Some(batch.clone())),
         Message::Request(request(9, ops.first().cloned().unwrap_or_default())),
         Message::PrePrepare(pre_prepare.clone(), batch.clone()),
         Message::Prepare(prepares[0].clone()),
