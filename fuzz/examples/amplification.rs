@@ -40,8 +40,10 @@ fn varint(mut n: u64, out: &mut Vec<u8>) {
 fn main() {
     const FRAME_MAX: usize = 16 << 20;
     let seed = pbft_fuzz::seed_messages(&[]);
-    let Some(pbft_core::Message::NewView(nv, _)) =
-        seed.iter().find(|m| matches!(m, pbft_core::Message::NewView(..))).cloned()
+    let Some(pbft_core::Message::NewView(nv, _)) = seed
+        .iter()
+        .find(|m| matches!(m, pbft_core::Message::NewView(..)))
+        .cloned()
     else {
         unreachable!("the seeds hold a NEW-VIEW")
     };

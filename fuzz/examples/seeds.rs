@@ -14,7 +14,9 @@ use pbft_crypto::Digest;
 use std::path::Path;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join(name), bytes).expect("write seed");
 }
@@ -112,7 +114,10 @@ fn main() {
     write("record_log", "log-with-header", &log);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let mut cluster = format!("cluster_id = {}\ncheckpoint_interval = 64\nlog_window = 128\n", pbft_fuzz::CLUSTER);
+    let mut cluster = format!(
+        "cluster_id = {}\ncheckpoint_interval = 64\nlog_window = 128\n",
+        pbft_fuzz::CLUSTER
+    );
     for i in 0..4 {
         cluster.push_str(&format!(
             "\n[[replicas]]\nid = {i}\naddress = \"127.0.0.1:{}\"\npublic_key = \"{}\"\n",
@@ -131,7 +136,11 @@ fn main() {
         "client",
         b"cluster = \"good-cluster.toml\"\nkey = \"client.key\"\ntimeout_ms = 30000\n",
     );
-    write("keyfile", "secret", format!("{}\n", "ab".repeat(32)).as_bytes());
+    write(
+        "keyfile",
+        "secret",
+        format!("{}\n", "ab".repeat(32)).as_bytes(),
+    );
     write(
         "keyfile",
         "public",

@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let mut store = KvStore::new();
     if store.restore(data).is_ok() {
         let mut again = KvStore::new();
-        again.restore(&store.snapshot()).expect("a snapshot restores");
+        again
+            .restore(&store.snapshot())
+            .expect("a snapshot restores");
         assert_eq!(again.digest(), store.digest());
     }
     let _ = pbft_core::checkpoint::Snapshot::decode(data);
