@@ -59,6 +59,11 @@ struct NodeArgs {
     /// Log format (overrides the node file's `log_format`).
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// Initialise the data directory (empty record log and init marker) and
+    /// exit; needed once before a replica's first start (`pbft testnet` does
+    /// it for the replicas it writes).
+    #[arg(long)]
+    init: bool,
 }
 
 /// Log format on the command line.
@@ -170,6 +175,15 @@ fn keygen(args: &KeygenArgs) -> CmdResult {
 
 fn node(args: &NodeArgs) -> CmdResult {
     let node = pbft_config::NodeFile::load(&args.config).map_err(Failure::usage)?;
+    if args.init {
+        pbft_node::init_data_dir(&node).map_err(Failure::failed)?;
+        eprintln!(
+            "initialised {} for replica {}",
+            node.data_dir.display(),
+            node.id.0
+        );
+        return Ok(());
+    }
     let format = match args.log_format {
         Some(LogFormatArg::Human) => pbft_config::LogFormat::Human,
         Some(LogFormatArg::Json) => pbft_config::LogFormat::Json,

@@ -157,9 +157,11 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
     let client_path = out.join("client.toml");
     write_toml(&client_path, &client)?;
 
-    // What we wrote must load.
+    // What we wrote must load; each replica's data directory is initialised
+    // (a replica refuses to start from a directory that never was).
     for p in &nodes {
-        NodeFile::load(p).map_err(Failure::failed)?;
+        let node = NodeFile::load(p).map_err(Failure::failed)?;
+        pbft_node::init_data_dir(&node).map_err(Failure::failed)?;
     }
     ClientFile::load(&client_path).map_err(Failure::failed)?;
     Ok((nodes, client_path))

@@ -225,6 +225,9 @@ fn testnet_files_load_and_bad_sizes_are_refused() {
         assert_eq!(node.id.0, i as u32);
         assert_eq!(node.listen.port(), 17000 + i as u16);
         assert_eq!(node.data_dir, out.join(format!("data/node-{i}")));
+        // Initialised: a replica refuses a data directory that never was.
+        assert!(node.data_dir.join("PBFT-INIT").is_file());
+        assert!(node.data_dir.join("records.log").is_file());
         let key = pbft_crypto::keyfile::read_secret(&node.key).expect("node key (0600)");
         assert_eq!(key.public(), node.cluster.keys[i]);
     }

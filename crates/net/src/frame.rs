@@ -1,5 +1,11 @@
 //! Length-delimited frames on a QUIC stream: a 4-byte big-endian payload
 //! length, then the payload.
+//!
+//! [`read_frame`] is written against [`FrameSource`] (a QUIC receive stream in
+//! the node; an in-memory source for tests and fuzzing, see
+//! [`crate::fuzzing`]), so the code that parses untrusted bytes is the same
+//! in both. It never allocates for the announced length up front: at most
+//! [`INITIAL_BUF`] before any payload byte arrived, then as bytes arrive.
 
 use bytes::{Bytes, BytesMut};
 
@@ -11,7 +17,7 @@ pub(crate) const LEN_PREFIX: usize = 4;
 const INITIAL_BUF: usize = 64 * 1024;
 
 /// Why a frame could not be read.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FrameError {
     /// The announced length exceeds the maximum.
     TooLarge { len: usize, max: usize },
@@ -21,18 +27,50 @@ pub(crate) enum FrameError {
     Stream(String),
 }
 
+/// How reading the length prefix ended.
+pub(crate) enum HeaderRead {
+    /// All four bytes were read.
+    Complete,
+    /// The stream ended after `n` (< 4) bytes.
+    FinishedEarly(usize),
+}
+
+/// Where frames are read from.
+pub(crate) trait FrameSource {
+    /// Fills `buf` entirely, or reports how many bytes arrived before the end.
+    async fn read_header(&mut self, buf: &mut [u8; LEN_PREFIX]) -> Result<HeaderRead, FrameError>;
+    /// The next chunk of at most `max` bytes, in order; `None` at the end.
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, FrameError>;
+}
+
+impl FrameSource for quinn::RecvStream {
+    async fn read_header(&mut self, buf: &mut [u8; LEN_PREFIX]) -> Result<HeaderRead, FrameError> {
+        match self.read_exact(buf).await {
+            Ok(()) => Ok(HeaderRead::Complete),
+            Err(quinn::ReadExactError::FinishedEarly(n)) => Ok(HeaderRead::FinishedEarly(n)),
+            Err(quinn::ReadExactError::ReadError(e)) => Err(FrameError::Stream(e.to_string())),
+        }
+    }
+
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, FrameError> {
+        match quinn::RecvStream::read_chunk(self, max, true).await {
+            Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
+            Err(e) => Err(FrameError::Stream(e.to_string())),
+        }
+    }
+}
+
 /// Reads the next frame. `Ok(None)` when the peer finished the stream at a
 /// frame boundary.
 pub(crate) async fn read_frame(
-    stream: &mut quinn::RecvStream,
+    stream: &mut impl FrameSource,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
     let mut header = [0u8; LEN_PREFIX];
-    match stream.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Stream(e.to_string())),
+    match stream.read_header(&mut header).await? {
+        HeaderRead::Complete => {}
+        HeaderRead::FinishedEarly(0) => return Ok(None),
+        HeaderRead::FinishedEarly(_) => return Err(FrameError::Truncated),
     }
     let len = u32::from_be_bytes(header) as usize;
     if len > max {
@@ -41,19 +79,24 @@ pub(crate) async fn read_frame(
     let mut buf = BytesMut::new();
     while buf.len() < len {
         let remaining = len - buf.len();
-        match stream.read_chunk(remaining, true).await {
-            Ok(Some(chunk)) => {
-                if buf.is_empty() && chunk.bytes.len() == len {
+        match stream.read_chunk(remaining).await? {
+            Some(chunk) => {
+                if chunk.len() > remaining {
+                    return Err(FrameError::Stream(format!(
+                        "the stream returned {} bytes when at most {remaining} were asked for",
+                        chunk.len()
+                    )));
+                }
+                if buf.is_empty() && chunk.len() == len {
                     // The whole payload in one chunk: no copy.
-                    return Ok(Some(chunk.bytes));
+                    return Ok(Some(chunk));
                 }
                 if buf.capacity() == 0 {
                     buf.reserve(len.min(INITIAL_BUF));
                 }
-                buf.extend_from_slice(&chunk.bytes);
+                buf.extend_from_slice(&chunk);
             }
-            Ok(None) => return Err(FrameError::Truncated),
-            Err(e) => return Err(FrameError::Stream(e.to_string())),
+            None => return Err(FrameError::Truncated),
         }
     }
     Ok(Some(buf.freeze()))
@@ -73,4 +116,135 @@ pub(crate) async fn write_frame(
         stream.write_chunk(frame).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// An in-memory [`FrameSource`]: `bytes`, delivered in chunks whose sizes
+/// are taken in turn from `chunk_sizes` (cycled; a 0 means "as much as
+/// asked for"), never more than the reader asks for.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) struct MemorySource<'a> {
+    bytes: &'a [u8],
+    chunk_sizes: &'a [u8],
+    next_size: usize,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl<'a> MemorySource<'a> {
+    pub(crate) fn new(bytes: &'a [u8], chunk_sizes: &'a [u8]) -> Self {
+        MemorySource {
+            bytes,
+            chunk_sizes,
+            next_size: 0,
+        }
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl FrameSource for MemorySource<'_> {
+    async fn read_header(&mut self, buf: &mut [u8; LEN_PREFIX]) -> Result<HeaderRead, FrameError> {
+        if self.bytes.len() < LEN_PREFIX {
+            let n = self.bytes.len();
+            self.bytes = &[];
+            return Ok(HeaderRead::FinishedEarly(n));
+        }
+        buf.copy_from_slice(&self.bytes[..LEN_PREFIX]);
+        self.bytes = &self.bytes[LEN_PREFIX..];
+        Ok(HeaderRead::Complete)
+    }
+
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, FrameError> {
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        let size = match self.chunk_sizes {
+            [] => max,
+            sizes => {
+                let s = sizes[self.next_size % sizes.len()];
+                self.next_size = self.next_size.wrapping_add(1);
+                if s == 0 {
+                    max
+                } else {
+                    usize::from(s) * 64
+                }
+            }
+        };
+        let n = size.min(max).min(self.bytes.len());
+        let (chunk, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(Some(Bytes::copy_from_slice(chunk)))
+    }
+}
+
+/// Runs `future` to completion when it never waits (an in-memory source).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn block_on_ready<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bytes: &[u8], sizes: &[u8], max: usize) -> Vec<Result<Option<Bytes>, FrameError>> {
+        let mut source = MemorySource::new(bytes, sizes);
+        let mut out = Vec::new();
+        loop {
+            let r = block_on_ready(read_frame(&mut source, max)).expect("never waits");
+            let stop = !matches!(r, Ok(Some(_)));
+            out.push(r);
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    fn framed(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_in_any_chunking() {
+        let big = vec![7u8; 1000];
+        let bytes = framed(&[b"abc", b"", &big]);
+        for sizes in [&[][..], &[1], &[0], &[1, 3, 0]] {
+            let got = frames(&bytes, sizes, 4096);
+            assert_eq!(
+                got,
+                vec![
+                    Ok(Some(Bytes::from_static(b"abc"))),
+                    Ok(Some(Bytes::new())),
+                    Ok(Some(Bytes::from(big.clone()))),
+                    Ok(None)
+                ],
+                "{sizes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames_are_errors() {
+        let bytes = framed(&[&[1; 100]]);
+        assert_eq!(
+            frames(&bytes, &[], 99),
+            vec![Err(FrameError::TooLarge { len: 100, max: 99 })]
+        );
+        assert_eq!(
+            frames(&bytes[..50], &[], 1000),
+            vec![Err(FrameError::Truncated)]
+        );
+        assert_eq!(
+            frames(&bytes[..2], &[], 1000),
+            vec![Err(FrameError::Truncated)]
+        );
+    }
 }

@@ -131,3 +131,32 @@ impl fmt::Display for Short<'_> {
         Ok(())
     }
 }
+
+/// Entry points for fuzzing the decoders of untrusted bytes in this crate
+/// (the frame reader), on in-memory input. Enabled by the `fuzzing` feature.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing {
+    use crate::frame::{block_on_ready, read_frame, MemorySource};
+
+    /// Reads frames of at most `max` bytes from `bytes`, delivered in chunks
+    /// sized by `chunk_sizes` (each byte times 64; 0: whatever the reader
+    /// asks for), with the node's frame reader, until the end or an error.
+    /// Returns the frames read and whether the input ended at a frame
+    /// boundary (`Ok`) or not (`Err` with the reason).
+    pub fn read_frames(
+        bytes: &[u8],
+        chunk_sizes: &[u8],
+        max: usize,
+    ) -> (Vec<bytes::Bytes>, Result<(), String>) {
+        let mut source = MemorySource::new(bytes, chunk_sizes);
+        let mut frames = Vec::new();
+        loop {
+            match block_on_ready(read_frame(&mut source, max)) {
+                Some(Ok(Some(frame))) => frames.push(frame),
+                Some(Ok(None)) => return (frames, Ok(())),
+                Some(Err(e)) => return (frames, Err(format!("{e:?}"))),
+                None => return (frames, Err("the in-memory source waited".into())),
+            }
+        }
+    }
+}

@@ -18,8 +18,9 @@
 //! * The **decode task** turns frames into [`Message`]s.
 //!   Bytes that do not decode are dropped with a debug log line and a counter,
 //!   never a panic. Peers that are not replicas (clients) may only send
-//!   `Request` and `StatusRequest`; anything else from them is dropped the same
-//!   way before it costs a signature check.
+//!   `Request` and `StatusRequest`, and only their own (naming the link's
+//!   authenticated key as the client); anything else from them is dropped
+//!   the same way before it costs a signature check.
 //! * The **verification stage** ([`pbft_net::spawn_verifier`]) checks every
 //!   signature a message carries against the core [`Config`](pbft_core::Config)
 //!   in parallel batches, off the protocol task, and forwards only
@@ -156,6 +157,21 @@ impl Clock {
     }
 }
 
+/// Initialises `node`'s data directory once, before its first start: an
+/// empty record log and the init marker ([`Storage::init`]). [`run`] refuses
+/// a data directory that was never initialised, so that a replica whose log
+/// was lost cannot silently start empty and contradict what it sent before.
+/// Fails if the directory already holds a marker or a log.
+pub fn init_data_dir(node: &Node) -> anyhow::Result<()> {
+    Storage::init(&node.data_dir, node.cluster.id.0, node.id).with_context(|| {
+        format!(
+            "replica {}: cannot initialise the data directory {}",
+            node.id.0,
+            node.data_dir.display()
+        )
+    })
+}
+
 /// Runs one replica until `shutdown` resolves, then shuts it down cleanly and
 /// returns `Ok(())`.
 ///
@@ -165,8 +181,8 @@ impl Clock {
 /// (replicas always admitted, clients by `node.allowed_clients`) and dials
 /// every other replica. Fails, with the cause in the error's context chain,
 /// if the key is missing, unreadable, readable by group or others, or does not
-/// match; if the data directory is corrupted, unreadable or locked by another
-/// process; or if the listen address is in use.
+/// match; if the data directory was never initialised ([`init_data_dir`]), is
+/// corrupted, unreadable or locked by another process; or if the listen address is in use.
 ///
 /// `shutdown` is polled once before startup (so a signal handler it installs
 /// is armed at once); if it is already resolved, `run` returns `Ok(())`

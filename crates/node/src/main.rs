@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! pbft-node --config node-0.toml [--log-format human|json]
+//! pbft-node --config node-0.toml --init     # once, before the first start
 //! ```
+//!
+//! A replica starts only from an initialised data directory (an init marker
+//! and a record log): `--init` makes one and exits; `pbft testnet` makes them
+//! for the replicas it writes.
 //!
 //! Exits 0 after a clean shutdown; on any error prints one line,
 //! `pbft-node: error: <context>: <cause>...`, and exits 1.
@@ -27,6 +32,11 @@ struct Args {
     /// RUST_LOG filters (default: info).
     #[arg(long, value_enum, value_name = "FORMAT")]
     log_format: Option<Format>,
+    /// Initialise the data directory (empty record log and init marker) and
+    /// exit. Needed once before the first start; refused if the directory is
+    /// already initialised.
+    #[arg(long)]
+    init: bool,
 }
 
 /// `--log-format` values.
@@ -60,6 +70,15 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let node = NodeFile::load(&args.config).context("cannot load the node configuration")?;
+    if args.init {
+        pbft_node::init_data_dir(&node)?;
+        eprintln!(
+            "pbft-node: initialised {} for replica {}",
+            node.data_dir.display(),
+            node.id.0
+        );
+        return Ok(());
+    }
     pbft_node::init_tracing(args.log_format.map_or(node.log_format, LogFormat::from));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,9 @@ pub(crate) struct Metrics {
     pub(crate) garbage_frames: AtomicU64,
     /// Decoded messages a client is not allowed to send (replica traffic).
     pub(crate) refused_frames: AtomicU64,
+    /// Client messages (requests, status requests) naming another client
+    /// than the link's authenticated key.
+    pub(crate) foreign_client_frames: AtomicU64,
     /// Sends the endpoint refused (queue full, no route, too large).
     pub(crate) send_errors: AtomicU64,
     /// Batches executed.

@@ -258,6 +258,7 @@ impl Protocol {
             fsyncs = get(&m.fsyncs),
             garbage_frames = get(&m.garbage_frames),
             refused_frames = get(&m.refused_frames),
+            foreign_client_frames = get(&m.foreign_client_frames),
             verified = verify.verified,
             verify_failures = verify.rejected,
             core_dropped,

@@ -3,7 +3,8 @@
 //!
 //! * [`generate`] writes a cluster into a directory: one secret key per
 //!   replica and one for a client (mode 0600), `cluster.toml` with free
-//!   loopback ports, and `node-<i>.toml` per replica (data in `data/<i>`).
+//!   loopback ports, and `node-<i>.toml` per replica (data in `data/<i>`,
+//!   initialised).
 //! * [`TestClient`] talks to the replicas with nothing but a pbft-net client
 //!   endpoint and core messages: signs requests, sends them to the primary,
 //!   retransmits to everyone, and accepts a result once f+1 replicas sent
@@ -97,7 +98,8 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Writes a cluster per `spec` into `dir` (which must exist): keys, cluster
-/// file and node files, on free loopback ports.
+/// file and node files, on free loopback ports, and initialises each replica's
+/// data directory.
 pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
     let mut replica_keys = Vec::new();
     let mut addresses = Vec::new();
@@ -135,6 +137,9 @@ pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
         .with_context(|| format!("writing {}", node_file.display()))?;
         node_files.push(node_file);
         replica_keys.push(key);
+        let data_dir = dir.join(format!("data/{i}"));
+        pbft_storage::Storage::init(&data_dir, spec.cluster_id, ReplicaId(i as u32))
+            .with_context(|| format!("initialising {}", data_dir.display()))?;
     }
     let cluster_file = dir.join("cluster.toml");
     std::fs::write(&cluster_file, cluster)
@@ -281,6 +286,37 @@ impl TestClient {
             let matching = replies.values().filter(|r| **r == reply.result).count();
             if matching >= self.config.weak_quorum() {
                 return KvResult::decode(&reply.result).map_err(|e| anyhow!("bad result: {e}"));
+            }
+        }
+    }
+
+    /// Collects this client's verified replies to `request_id` (ordered, not
+    /// read-only) until f+1 of them match or `wait` has passed; by replica.
+    pub async fn collect_replies(
+        &mut self,
+        request_id: RequestId,
+        wait: Duration,
+    ) -> BTreeMap<ReplicaId, Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut replies = BTreeMap::new();
+        loop {
+            let frame = tokio::select! {
+                frame = self.inbound.recv() => match frame {
+                    Some(frame) => frame,
+                    None => return replies,
+                },
+                _ = tokio::time::sleep_until(deadline) => return replies,
+            };
+            let Some(Message::Reply(reply)) = self.check(&frame) else {
+                continue;
+            };
+            if reply.request_id != request_id || reply.read_only || reply.client != self.id() {
+                continue;
+            }
+            replies.insert(reply.replica, reply.result.clone());
+            let matching = replies.values().filter(|r| **r == reply.result).count();
+            if matching >= self.config.weak_quorum() {
+                return replies;
             }
         }
     }

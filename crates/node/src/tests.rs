@@ -4,7 +4,7 @@ use crate::inbound::{decode_frame, Rejected};
 use crate::testkit::{generate, Spec, TestClient, TestCluster};
 use pbft_app::kv::{KvOp, KvResult};
 use pbft_config::Node;
-use pbft_core::message::{Prepare, Request};
+use pbft_core::message::{Prepare, Request, StatusRequest};
 use pbft_core::{ClientId, Message, ReplicaId, RequestId, SeqNum, View};
 use pbft_crypto::{keyfile, ClusterId, Digest, KeyPair, Signer};
 use std::future::Future;
@@ -120,12 +120,16 @@ async fn startup_error(node: Node) -> String {
 
 #[test]
 fn decoder_drops_garbage_and_client_sent_replica_traffic() {
-    assert!(matches!(decode_frame(&[], true), Err(Rejected::Garbage(_))));
+    let signer = Signer::new(KeyPair::generate(), ClusterId(1));
+    let me = signer.public_key();
     assert!(matches!(
-        decode_frame(&[0xff; 7], false),
+        decode_frame(&[], &me, true),
         Err(Rejected::Garbage(_))
     ));
-    let signer = Signer::new(KeyPair::generate(), ClusterId(1));
+    assert!(matches!(
+        decode_frame(&[0xff; 7], &me, false),
+        Err(Rejected::Garbage(_))
+    ));
     let prepare = Message::Prepare(signer.sign(Prepare {
         view: View(0),
         seq: SeqNum(1),
@@ -133,23 +137,110 @@ fn decoder_drops_garbage_and_client_sent_replica_traffic() {
         replica: ReplicaId(1),
     }));
     let bytes = prepare.encode();
-    assert_eq!(decode_frame(&bytes, true), Ok(prepare));
+    assert_eq!(decode_frame(&bytes, &me, true), Ok(prepare));
     assert_eq!(
-        decode_frame(&bytes, false),
+        decode_frame(&bytes, &me, false),
         Err(Rejected::NotFromClient("prepare"))
     );
     let request = Message::Request(signer.sign(Request {
-        client: ClientId(signer.public_key()),
+        client: ClientId(me),
         request_id: RequestId(1),
         op: vec![1, 2, 3],
         read_only: false,
     }));
     let bytes = request.encode();
-    assert_eq!(decode_frame(&bytes, false), Ok(request));
+    assert_eq!(decode_frame(&bytes, &me, false), Ok(request.clone()));
     // Truncations of a valid message never panic.
     for cut in 0..bytes.len() {
-        let _ = decode_frame(&bytes[..cut], false);
+        let _ = decode_frame(&bytes[..cut], &me, false);
     }
+    // On another client's link the request is refused; a replica may relay it.
+    let other = KeyPair::generate().public();
+    assert_eq!(
+        decode_frame(&bytes, &other, false),
+        Err(Rejected::ForeignClient {
+            kind: "request",
+            claimed: ClientId(me)
+        })
+    );
+    assert_eq!(decode_frame(&bytes, &other, true), Ok(request));
+    let status = Message::StatusRequest(signer.sign(StatusRequest {
+        client: ClientId(me),
+        nonce: 1,
+    }));
+    assert_eq!(
+        decode_frame(&status.encode(), &other, false),
+        Err(Rejected::ForeignClient {
+            kind: "status-request",
+            claimed: ClientId(me)
+        })
+    );
+}
+
+/// A client may not submit requests of another client over its own link
+/// (real connections): the replicas neither execute nor answer them, while
+/// the same request on its own client's link is executed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_signed_for_another_client_are_dropped() {
+    bounded(Duration::from_secs(90), async {
+        let (_dir, cluster) = setup(&Spec::default());
+        let nodes = start_all(&cluster);
+        let cluster_file = cluster.cluster().expect("cluster file");
+        let mut victim = TestClient::connect(&cluster_file, KeyPair::generate()).expect("client");
+        let mut attacker = client(&cluster);
+        assert!(victim.wait_connected(Duration::from_secs(10)).await);
+        assert!(attacker.wait_connected(Duration::from_secs(10)).await);
+        // Some ordinary traffic first, so the cluster is known to be live.
+        let r = attacker
+            .invoke(&put("a", "1"), OP_TIMEOUT)
+            .await
+            .expect("put");
+        assert_eq!(r, KvResult::Put { previous: None });
+
+        let forged = Message::Request(victim.signer().sign(Request {
+            client: victim.id(),
+            request_id: RequestId(77),
+            op: put("stolen", "x").encode(),
+            read_only: false,
+        }));
+        for i in 0..4 {
+            let _ = attacker.send(ReplicaId(i), &forged);
+        }
+        let replies = victim
+            .collect_replies(RequestId(77), Duration::from_secs(4))
+            .await;
+        assert!(
+            replies.is_empty(),
+            "replicas answered a request sent on another client's link: {replies:?}"
+        );
+        let r = attacker
+            .invoke(&get("stolen"), OP_TIMEOUT)
+            .await
+            .expect("get");
+        assert_eq!(
+            r,
+            KvResult::Get { value: None },
+            "the forged put was executed"
+        );
+
+        // The very same signed request on the victim's own link is executed.
+        for i in 0..4 {
+            let _ = victim.send(ReplicaId(i), &forged);
+        }
+        let replies = victim
+            .collect_replies(RequestId(77), Duration::from_secs(20))
+            .await;
+        assert!(replies.len() >= 2, "{replies:?}");
+        let r = attacker
+            .invoke(&get("stolen"), OP_TIMEOUT)
+            .await
+            .expect("get");
+        assert_eq!(r, value("x"));
+        victim.shutdown().await;
+        attacker.shutdown().await;
+        stop_all(nodes).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

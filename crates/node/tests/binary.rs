@@ -99,6 +99,50 @@ fn key_mismatch_fails_with_a_clear_error() {
 }
 
 #[test]
+fn uninitialised_data_dir_is_refused_until_init() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec {
+        n: 1,
+        ..Spec::default()
+    };
+    let cluster = generate(dir.path(), &spec).expect("cluster");
+    let config = path(&cluster.node_files[0]);
+    // As if the data directory (marker and log) had never been made.
+    std::fs::remove_dir_all(dir.path().join("data/0")).expect("rm data dir");
+    let out = run_bounded(&["--config", config], Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    let line = last_line(&out.stderr);
+    assert!(
+        line.contains("not an initialised data directory") && line.contains("--init"),
+        "{line}"
+    );
+    assert!(!dir.path().join("data/0/records.log").exists());
+
+    let out = run_bounded(&["--config", config, "--init"], Duration::from_secs(20));
+    assert!(out.status.success(), "{}", last_line(&out.stderr));
+    assert!(dir.path().join("data/0/records.log").exists());
+    assert!(dir.path().join("data/0/PBFT-INIT").exists());
+    // A second init is refused: it would wipe what the replica voted.
+    let out = run_bounded(&["--config", config, "--init"], Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        last_line(&out.stderr).contains("refusing to initialise"),
+        "{}",
+        last_line(&out.stderr)
+    );
+
+    // A lost log under a marker is corruption, not a fresh start.
+    std::fs::remove_file(dir.path().join("data/0/records.log")).expect("rm log");
+    let out = run_bounded(&["--config", config], Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    let line = last_line(&out.stderr);
+    assert!(
+        line.contains("corrupted") && line.contains("missing"),
+        "{line}"
+    );
+}
+
+#[test]
 fn sigterm_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = Spec {
