@@ -9,10 +9,34 @@
 //! responded), apply it to the model, and require its result to match.
 //! Pending operations (never answered) may take effect at any point after
 //! their invocation, or never.
+//!
+//! A failing key is explained by [`check_detailed`]: the key's operations are
+//! shrunk greedily to a subset that is still not linearizable (an operation is
+//! dropped only if the rest stays non-linearizable and every value a remaining
+//! operation observed is still written by a remaining one, so the subset never
+//! "fails" merely because a write it depends on was removed). What is left
+//! names the operations that form the violation.
 
-use crate::client::op_key;
 use pbft_app::kv::{KvOp, KvResult, KvStore};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Most search states one shrinking trial may visit; a trial over budget
+/// keeps its operation (the explanation is then less minimal, never wrong).
+const SHRINK_STATES_MAX: usize = 200_000;
+/// Keys with more operations than this are explained without shrinking.
+const SHRINK_OPS_MAX: usize = 400;
+
+/// The key a single-key operation touches (empty for scans, which the
+/// workloads checked here never issue).
+pub fn op_key(op: &KvOp) -> &[u8] {
+    match op {
+        KvOp::Put { key, .. }
+        | KvOp::Get { key }
+        | KvOp::Delete { key }
+        | KvOp::Cas { key, .. } => key,
+        KvOp::Scan { .. } => &[],
+    }
+}
 
 /// A client's answer to an operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +111,22 @@ impl History {
     }
 }
 
+/// One violation found by [`check_detailed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The key whose history is not linearizable (`None`: an accepted result
+    /// that does not decode).
+    pub key: Option<Vec<u8>>,
+    /// Indices into [`History::ops`] of the operations that form the
+    /// violation: a subset of the key's operations that is itself not
+    /// linearizable, shrunk as the [module docs](self) say.
+    pub ops: Vec<usize>,
+    /// How many operations the key has in all.
+    pub key_ops: usize,
+    /// A readable description (the shrunk operations, one per line).
+    pub message: String,
+}
+
 /// Checks the whole history; returns one violation per non-linearizable key
 /// (and per accepted result that does not decode).
 pub fn check(history: &History) -> Vec<String> {
@@ -113,6 +153,104 @@ pub fn check(history: &History) -> Vec<String> {
         }
     }
     violations
+}
+
+/// Checks the whole history like [`check`], and names for each violation a
+/// small subset of operations that is not linearizable on its own.
+pub fn check_detailed(history: &History) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let mut by_key: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
+    for (i, op) in history.ops.iter().enumerate() {
+        if let Some(Response { result: Err(e), .. }) = &op.response {
+            violations.push(Violation {
+                key: None,
+                ops: vec![i],
+                key_ops: 1,
+                message: format!(
+                    "client c{} accepted an undecodable result for {}: {e}",
+                    op.client,
+                    format_op(&op.op)
+                ),
+            });
+            continue;
+        }
+        by_key.entry(op_key(&op.op)).or_default().push(i);
+    }
+    for (key, indices) in by_key {
+        let ops: Vec<&Operation> = indices.iter().map(|&i| &history.ops[i]).collect();
+        if check_key(key, &ops) {
+            continue;
+        }
+        let kept = if indices.len() <= SHRINK_OPS_MAX {
+            shrink(key, &ops)
+        } else {
+            (0..ops.len()).collect()
+        };
+        let shrunk: Vec<&Operation> = kept.iter().map(|&k| ops[k]).collect();
+        violations.push(Violation {
+            key: Some(key.to_vec()),
+            ops: kept.iter().map(|&k| indices[k]).collect(),
+            key_ops: indices.len(),
+            message: format!(
+                "the history of key {:?} ({} operations) is not linearizable; these {} operations alone are not:\n{}",
+                String::from_utf8_lossy(key),
+                indices.len(),
+                shrunk.len(),
+                describe(&shrunk)
+            ),
+        });
+    }
+    violations
+}
+
+/// The values `op`'s known result says the key held (for reads, failed
+/// swaps, previous values).
+fn observed(op: &Operation) -> Option<&[u8]> {
+    match op.response.as_ref().map(|r| &r.result) {
+        Some(Ok(KvResult::Get { value: Some(v) }))
+        | Some(Ok(KvResult::Put { previous: Some(v) }))
+        | Some(Ok(KvResult::Cas {
+            current: Some(v), ..
+        })) => Some(v),
+        _ => None,
+    }
+}
+
+/// The value `op` may write.
+fn written(op: &Operation) -> Option<&[u8]> {
+    match &op.op {
+        KvOp::Put { value, .. } => Some(value),
+        KvOp::Cas { new, .. } => Some(new),
+        _ => None,
+    }
+}
+
+/// Greedy one-at-a-time shrinking of a non-linearizable key history (see
+/// the module docs); returns the positions in `ops` that are kept.
+fn shrink(key: &[u8], ops: &[&Operation]) -> Vec<usize> {
+    let sourced_in = |set: &[usize], o: &Operation| {
+        observed(o).is_none_or(|v| set.iter().any(|&w| written(ops[w]) == Some(v)))
+    };
+    let all: Vec<usize> = (0..ops.len()).collect();
+    // Observations nothing in the whole key history explains stay
+    // unexplained; the others must keep a write that explains them.
+    let explained: Vec<bool> = ops.iter().map(|o| sourced_in(&all, o)).collect();
+    let mut kept = all;
+    let mut k = 0;
+    while k < kept.len() {
+        let mut trial = kept.clone();
+        trial.remove(k);
+        let trial_ops: Vec<&Operation> = trial.iter().map(|&i| ops[i]).collect();
+        let sourced = trial
+            .iter()
+            .all(|&i| !explained[i] || sourced_in(&trial, ops[i]));
+        if sourced && check_key_bounded(key, &trial_ops, SHRINK_STATES_MAX) == Some(false) {
+            kept = trial;
+        } else {
+            k += 1;
+        }
+    }
+    kept
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -192,12 +330,32 @@ fn apply(key: &[u8], state: &Option<Vec<u8>>, op: &KvOp) -> (Option<Vec<u8>>, Kv
 
 /// Whether the operations on one key (all touching `key`) are linearizable.
 pub fn check_key(key: &[u8], ops: &[&Operation]) -> bool {
+    check_key_bounded(key, ops, usize::MAX).unwrap_or(false)
+}
+
+/// [`check_key`] visiting at most `states_max` search states (`None`: over
+/// budget, undecided).
+fn check_key_bounded(key: &[u8], ops: &[&Operation], states_max: usize) -> Option<bool> {
     let m = ops.len();
     let words = m.div_ceil(64).max(1);
     let mut done = vec![0u64; words];
     let completed: Vec<usize> = (0..m).filter(|&i| ops[i].response.is_some()).collect();
-    let mut memo = BTreeSet::new();
-    search(key, ops, &completed, &mut done, None, &mut memo)
+    let mut memo = Memo {
+        seen: BTreeSet::new(),
+        states_max,
+    };
+    let found = search(key, ops, &completed, &mut done, None, &mut memo);
+    if !found && memo.seen.len() > states_max {
+        return None;
+    }
+    Some(found)
+}
+
+/// The configurations already explored (which operations are linearized,
+/// and the key's value then), and the budget.
+struct Memo {
+    seen: BTreeSet<(Vec<u64>, Option<Vec<u8>>)>,
+    states_max: usize,
 }
 
 fn is_set(bits: &[u64], i: usize) -> bool {
@@ -210,12 +368,12 @@ fn search(
     completed: &[usize],
     done: &mut Vec<u64>,
     state: Option<Vec<u8>>,
-    memo: &mut BTreeSet<(Vec<u64>, Option<Vec<u8>>)>,
+    memo: &mut Memo,
 ) -> bool {
     if completed.iter().all(|&i| is_set(done, i)) {
         return true;
     }
-    if !memo.insert((done.clone(), state.clone())) {
+    if memo.seen.len() > memo.states_max || !memo.seen.insert((done.clone(), state.clone())) {
         return false;
     }
     // The earliest response among completed operations not yet linearized:
