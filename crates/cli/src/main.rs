@@ -1,11 +1,14 @@
 //! The pbft command-line tool: key generation, local testnets, running a
-//! replica, a key-value client, cluster status, a benchmark and a demo.
+//! replica, a key-value client, cluster status, a benchmark, a demo, a
+//! linearizability checker for recorded histories and a fault-injection tool.
 //!
 //! Exit codes: 0 success; 1 the service answered with an error (or another
 //! failure); 2 bad usage (including unusable configuration files); 3 outcome
 //! unknown (timeout, cluster unavailable or refusing this client).
 
 mod bench;
+mod chaos;
+mod check_history;
 mod client_cmd;
 mod demo;
 mod status;
@@ -40,6 +43,11 @@ enum Command {
     /// Starts a 4-replica cluster, runs a workload, kills the primary and
     /// checks that the survivors agree.
     Demo(demo::DemoArgs),
+    /// Decides whether a recorded key-value history is linearizable.
+    CheckHistory(check_history::CheckHistoryArgs),
+    /// Runs fault-injection scenarios against a real cluster while a
+    /// recorded workload runs; checks every history and prints a report.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// Arguments of `pbft keygen`.
@@ -111,6 +119,11 @@ impl Failure {
             code,
             error: error.into(),
         }
+    }
+
+    /// The error, without its exit code.
+    pub(crate) fn into_error(self) -> anyhow::Error {
+        self.error
     }
 
     /// Outcome unknown: exit code 3.
@@ -217,6 +230,11 @@ fn main() -> ExitCode {
         Command::Demo(a) => {
             init_client_tracing();
             runtime().and_then(|rt| rt.block_on(demo::run(a)))
+        }
+        Command::CheckHistory(a) => check_history::run(a),
+        Command::Chaos(a) => {
+            init_client_tracing();
+            runtime().and_then(|rt| rt.block_on(chaos::run(a)))
         }
     };
     match result {

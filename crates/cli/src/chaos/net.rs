@@ -1,0 +1,261 @@
+//! The test network of a process cluster: one network namespace per replica
+//! on a bridge, and faults injected inside those namespaces.
+//!
+//! ```text
+//!  root namespace (the chaos tool and its clients)
+//!     pc<R>h 10.213.R.1/24
+//!        │ veth
+//!  pc<R>-hub: bridge br0 ── v0 ── eth0 10.213.R.10  (netns pc<R>-n0: replica 0)
+//!                       ── v1 ── eth0 10.213.R.11  (netns pc<R>-n1: replica 1) ...
+//! ```
+//!
+//! Every address is inside namespaces this tool creates (R is picked so
+//! that no existing namespace or interface clashes), so no packet leaves
+//! the machine. Faults, each inside a replica's own namespace:
+//!
+//! * **isolate**: an nftables table (`inet chaos`) drops everything in and
+//!   out of `eth0`; **mute** drops only what the replica sends (an
+//!   asymmetric partition: it hears everyone, nobody hears it).
+//! * **loss**: nftables `numgen random` drops a share of packets both ways.
+//! * **latency/jitter**: `tc qdisc netem` when the kernel has it; kernels
+//!   without `sch_netem` (such as the CI machine's) get a `tbf` rate limit
+//!   instead, whose queue delays packets under load; the report says which.
+//!
+//! [`Net`]'s `Drop` deletes the namespaces (which removes every veth, qdisc
+//! and nftables table with them), so a run cleans up after itself even on
+//! an error; `pbft chaos --cleanup` removes leftovers of a killed run.
+
+use anyhow::{bail, Context};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+
+/// Runs a command; an error carries its stderr.
+pub fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The names of existing network namespaces.
+fn namespaces() -> anyhow::Result<Vec<String>> {
+    Ok(sh(&["ip", "netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect())
+}
+
+/// Deletes every namespace (and root-side veth) a chaos run left behind.
+pub fn cleanup_leftovers() -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for ns in namespaces()? {
+        if ns.starts_with("pc") && (ns.ends_with("-hub") || ns.contains("-n")) && ns.len() < 12 {
+            let _ = sh(&["ip", "netns", "del", &ns]);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// How latency is injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DelayMethod {
+    /// `tc netem delay`.
+    Netem,
+    /// The kernel has no netem: a `tbf` rate limit.
+    Tbf,
+}
+
+/// The namespaces of one cluster.
+pub struct Net {
+    run: u8,
+    n: usize,
+    created: Vec<String>,
+}
+
+impl Net {
+    /// Creates the hub, the root-side link and one namespace per replica.
+    pub fn create(n: usize) -> anyhow::Result<Net> {
+        if n > 200 {
+            bail!("at most 200 replicas");
+        }
+        let existing = namespaces().context("cannot list network namespaces (is iproute2 installed, and are we root?)")?;
+        let links = sh(&["ip", "-o", "link", "show"])?;
+        let seed = std::process::id() as usize;
+        let run = (0..250)
+            .map(|k| ((seed + k) % 250 + 1) as u8)
+            .find(|r| {
+                !existing.iter().any(|ns| ns.starts_with(&format!("pc{r}-")))
+                    && !links.contains(&format!("pc{r}h"))
+            })
+            .context("no free network number for the test namespaces")?;
+        let mut net = Net {
+            run,
+            n,
+            created: Vec::new(),
+        };
+        net.setup().context("cannot set up the test network namespaces")?;
+        Ok(net)
+    }
+
+    fn hub(&self) -> String {
+        format!("pc{}-hub", self.run)
+    }
+
+    /// The namespace of replica `i`.
+    pub fn ns(&self, i: usize) -> String {
+        format!("pc{}-n{i}", self.run)
+    }
+
+    /// The address of replica `i`.
+    pub fn addr(&self, i: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 213, self.run, 10 + i as u8))
+    }
+
+    fn setup(&mut self) -> anyhow::Result<()> {
+        let hub = self.hub();
+        sh(&["ip", "netns", "add", &hub])?;
+        self.created.push(hub.clone());
+        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"])?;
+        sh(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        sh(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
+        let root = format!("pc{}h", self.run);
+        sh(&[
+            "ip", "link", "add", &root, "type", "veth", "peer", "name", "vh", "netns", &hub,
+        ])?;
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.213.{}.1/24", self.run),
+            "dev",
+            &root,
+        ])?;
+        sh(&["ip", "link", "set", &root, "up"])?;
+        sh(&["ip", "-n", &hub, "link", "set", "vh", "master", "br0", "up"])?;
+        for i in 0..self.n {
+            let ns = self.ns(i);
+            sh(&["ip", "netns", "add", &ns])?;
+            self.created.push(ns.clone());
+            let v = format!("v{i}");
+            sh(&[
+                "ip", "-n", &hub, "link", "add", &v, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            sh(&["ip", "-n", &hub, "link", "set", &v, "master", "br0", "up"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// The command prefix that runs a program in replica `i`'s namespace.
+    pub fn exec_prefix(&self, i: usize) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.ns(i)]
+    }
+
+    fn in_ns(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
+        let ns = self.ns(i);
+        let mut all = vec!["ip", "netns", "exec", ns.as_str()];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Replaces replica `i`'s nftables fault table with `rules` (nft syntax,
+    /// inside `table inet chaos`); an empty list removes it.
+    fn nft(&self, i: usize, input: &str, output: &str) -> anyhow::Result<()> {
+        let _ = self.in_ns(i, &["nft", "delete", "table", "inet", "chaos"]);
+        if input.is_empty() && output.is_empty() {
+            return Ok(());
+        }
+        let script = format!(
+            "table inet chaos {{\n chain in {{ type filter hook input priority 0; policy accept; iifname \"eth0\" {input} }}\n chain out {{ type filter hook output priority 0; policy accept; oifname \"eth0\" {output} }}\n}}\n"
+        );
+        let path = std::env::temp_dir().join(format!("pbft-chaos-{}-{i}.nft", self.run));
+        std::fs::write(&path, script).context("cannot write an nftables script")?;
+        let result = self.in_ns(i, &["nft", "-f", &path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&path);
+        result.map(|_| ())
+    }
+
+    /// Cuts replica `i` off from everyone, both ways.
+    pub fn isolate(&self, i: usize) -> anyhow::Result<()> {
+        self.nft(i, "drop", "drop")
+    }
+
+    /// Drops everything replica `i` sends; it still hears everyone.
+    pub fn mute(&self, i: usize) -> anyhow::Result<()> {
+        self.nft(i, "", "drop")
+    }
+
+    /// Drops `percent`% of replica `i`'s packets, each way.
+    pub fn loss(&self, i: usize, percent: u8) -> anyhow::Result<()> {
+        let rule = format!("numgen random mod 100 < {percent} drop");
+        self.nft(i, &rule, &rule)
+    }
+
+    /// Delays replica `i`'s outgoing packets: netem `delay_ms` ± `jitter_ms`
+    /// if the kernel has it, otherwise a tbf rate limit.
+    pub fn delay(&self, i: usize, delay_ms: u32, jitter_ms: u32) -> anyhow::Result<DelayMethod> {
+        let netem = self.in_ns(
+            i,
+            &[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "netem",
+                "delay",
+                &format!("{delay_ms}ms"),
+                &format!("{jitter_ms}ms"),
+            ],
+        );
+        if netem.is_ok() {
+            return Ok(DelayMethod::Netem);
+        }
+        self.in_ns(
+            i,
+            &[
+                "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst",
+                "16kb", "latency", "200ms",
+            ],
+        )
+        .context("neither netem nor tbf is available")?;
+        Ok(DelayMethod::Tbf)
+    }
+
+    /// Removes every fault from replica `i`'s namespace.
+    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        let _ = self.in_ns(i, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
+        self.nft(i, "", "")
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.created.iter().rev() {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+    }
+}
