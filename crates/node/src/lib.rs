@@ -60,6 +60,8 @@
 //! ([`Endpoint::shutdown`](pbft_net::Endpoint::shutdown): connections closed,
 //! UDP port released) and [`run`] returns `Ok(())`.
 
+#[cfg(feature = "byzantine")]
+pub mod byzantine;
 mod inbound;
 mod metrics;
 mod protocol;
@@ -193,10 +195,32 @@ pub fn init_data_dir(node: &Node) -> anyhow::Result<()> {
 /// See the [crate docs](crate) for the pipeline and the ordering guarantee.
 pub async fn run(node: Node, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let span = tracing::info_span!("replica", id = node.id.0);
-    run_inner(node, shutdown).instrument(span).await
+    run_inner(node, shutdown, None).instrument(span).await
 }
 
-async fn run_inner(node: Node, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+/// Like [`run`], but the replica is Byzantine as `spec` says (see
+/// [`byzantine`]). Only with the `byzantine` feature.
+#[cfg(feature = "byzantine")]
+pub async fn run_byzantine(
+    node: Node,
+    spec: byzantine::Spec,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let span = tracing::info_span!("replica", id = node.id.0, byzantine = ?spec);
+    run_inner(node, shutdown, Some(spec)).instrument(span).await
+}
+
+/// What makes a replica Byzantine: nothing can, without the feature.
+#[cfg(feature = "byzantine")]
+type Spec = byzantine::Spec;
+#[cfg(not(feature = "byzantine"))]
+type Spec = std::convert::Infallible;
+
+async fn run_inner(
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send,
+    spec: Option<Spec>,
+) -> anyhow::Result<()> {
     // Poll `shutdown` once before anything else, so that whatever it waits
     // for is armed from the start (signal handlers of `shutdown_signal` are
     // installed on first poll: a SIGTERM during startup must not kill the
@@ -243,11 +267,26 @@ async fn run_inner(node: Node, shutdown: impl Future<Output = ()> + Send) -> any
             .context("the record log reader failed")?
             .with_context(|| format!("replica {}: cannot open its data directory", id.0))?;
     let record_count = records.len();
+    #[cfg(feature = "byzantine")]
+    let app = match &spec {
+        Some(spec) => spec.state_machine(),
+        None => Box::new(KvStore::new()),
+    };
+    #[cfg(not(feature = "byzantine"))]
+    let app: Box<dyn pbft_app::StateMachine> = match spec {
+        None => Box::new(KvStore::new()),
+        Some(never) => match never {},
+    };
+    #[cfg(feature = "byzantine")]
+    let tamper = spec.map(|spec| {
+        tracing::warn!(?spec, "this replica is BYZANTINE (fault injection)");
+        byzantine::Tamper::new(spec, id, Signer::new(key.clone(), cluster.id), config.clone())
+    });
     let replica = Replica::restore(
         config.clone(),
         id,
         Signer::new(key.clone(), cluster.id),
-        Box::new(KvStore::new()),
+        app,
         &records,
         clock.now(),
     )
@@ -304,7 +343,8 @@ async fn run_inner(node: Node, shutdown: impl Future<Output = ()> + Send) -> any
         inbound::decode_loop(inbound, decoded_tx, replica_keys, metrics.clone()).in_current_span(),
     );
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = protocol::Protocol::new(
+    #[cfg_attr(not(feature = "byzantine"), allow(unused_mut))]
+    let mut task = protocol::Protocol::new(
         replica,
         storage,
         endpoint.clone(),
@@ -313,6 +353,8 @@ async fn run_inner(node: Node, shutdown: impl Future<Output = ()> + Send) -> any
         metrics,
         verifier,
     );
+    #[cfg(feature = "byzantine")]
+    task.set_tamper(tamper);
     let mut protocol = tokio::spawn(task.run(verified_rx, stop_rx).in_current_span());
 
     let joined = tokio::select! {

@@ -3,6 +3,7 @@
 //! ```text
 //! pbft-node --config node-0.toml [--log-format human|json]
 //! pbft-node --config node-0.toml --init     # once, before the first start
+//! pbft-node --config node-0.toml --byzantine equivocate   # built with --features byzantine
 //! ```
 //!
 //! A replica starts only from an initialised data directory (an init marker
@@ -37,6 +38,17 @@ struct Args {
     /// already initialised.
     #[arg(long)]
     init: bool,
+    /// Run as a BYZANTINE replica, for fault injection: silent, equivocate,
+    /// conflict, badsig, replay, slow-primary, checkpoint, viewchange,
+    /// censor, flood or wrong-state (see the `pbft_node::byzantine` docs).
+    #[cfg(feature = "byzantine")]
+    #[arg(long, value_name = "BEHAVIOUR")]
+    byzantine: Option<String>,
+    /// With `--byzantine censor`: the client (public key, hex) whose
+    /// requests this replica never orders (default: the first it hears from).
+    #[cfg(feature = "byzantine")]
+    #[arg(long, value_name = "KEY", requires = "byzantine")]
+    censor_client: Option<String>,
 }
 
 /// `--log-format` values.
@@ -69,6 +81,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    #[cfg(feature = "byzantine")]
+    let spec = args
+        .byzantine
+        .as_deref()
+        .map(|b| pbft_node::byzantine::Spec::parse(b, args.censor_client.as_deref()))
+        .transpose()
+        .context("bad --byzantine")?;
     let node = NodeFile::load(&args.config).context("cannot load the node configuration")?;
     if args.init {
         pbft_node::init_data_dir(&node)?;
@@ -84,6 +103,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    #[cfg(feature = "byzantine")]
+    let result = match spec {
+        Some(spec) => runtime.block_on(pbft_node::run_byzantine(
+            node,
+            spec,
+            pbft_node::shutdown_signal(),
+        )),
+        None => runtime.block_on(pbft_node::run(node, pbft_node::shutdown_signal())),
+    };
+    #[cfg(not(feature = "byzantine"))]
     let result = runtime.block_on(pbft_node::run(node, pbft_node::shutdown_signal()));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result

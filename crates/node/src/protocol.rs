@@ -43,6 +43,9 @@ pub(crate) struct Protocol {
     view: View,
     /// The last executed sequence number, as last reported by the core.
     last_executed: SeqNum,
+    /// Alters what a Byzantine replica receives and sends.
+    #[cfg(feature = "byzantine")]
+    tamper: Option<crate::byzantine::Tamper>,
 }
 
 impl Protocol {
@@ -66,7 +69,25 @@ impl Protocol {
             verifier,
             view: status.view,
             last_executed: status.last_executed,
+            #[cfg(feature = "byzantine")]
+            tamper: None,
         }
+    }
+
+    /// Makes this replica Byzantine (`None`: honest).
+    #[cfg(feature = "byzantine")]
+    pub(crate) fn set_tamper(&mut self, tamper: Option<crate::byzantine::Tamper>) {
+        self.tamper = tamper;
+    }
+
+    /// Whether a verified message reaches the core (always, unless a
+    /// Byzantine replica drops it).
+    fn admit(&mut self, _message: &Message) -> bool {
+        #[cfg(feature = "byzantine")]
+        if let Some(t) = &mut self.tamper {
+            return t.admit(_message);
+        }
+        true
     }
 
     /// Runs steps until `stop` fires (or its sender is dropped). Returns an
@@ -100,7 +121,8 @@ impl Protocol {
                     continue;
                 }
                 message = verified.recv() => match message {
-                    Some((_, message)) => Input::Message(message),
+                    Some((_, message)) if self.admit(&message) => Input::Message(message),
+                    Some(_) => continue,
                     None => return Err(anyhow!("the verification stage stopped unexpectedly")),
                 },
             };
@@ -128,9 +150,12 @@ impl Protocol {
             let Ok((_, message)) = verified.try_recv() else {
                 break;
             };
+            inputs += 1;
+            if !self.admit(&message) {
+                continue;
+            }
             self.replica
                 .handle(self.clock.now(), Input::Message(message), out);
-            inputs += 1;
         }
         let now = self.clock.now();
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {
@@ -148,10 +173,47 @@ impl Protocol {
         if !records.is_empty() {
             self.persist(records).await?;
         }
+        #[cfg(feature = "byzantine")]
+        if let Some(t) = &mut self.tamper {
+            let (others, sends) = t.transform(actions);
+            for action in others {
+                self.perform(action);
+            }
+            for o in sends {
+                self.send_tampered(o);
+            }
+            return Ok(());
+        }
         for action in actions {
             self.perform(action);
         }
         Ok(())
+    }
+
+    /// Sends one message a Byzantine replica's tampering produced, after
+    /// its extra delay (microseconds) if it has one.
+    #[cfg(feature = "byzantine")]
+    fn send_tampered(&self, o: pbft_sim::network::Outgoing) {
+        use pbft_sim::network::Dest;
+        let key = match o.to {
+            Dest::Replica(j) => match self.keys.get(j) {
+                Some(k) => *k,
+                None => return,
+            },
+            Dest::Client(c) => c.0,
+        };
+        let kind = o.msg.kind();
+        let frame = Bytes::from(o.msg.encode());
+        if o.extra_delay == 0 {
+            self.send(key, frame, kind);
+            return;
+        }
+        let endpoint = self.endpoint.clone();
+        let delay = Duration::from_micros(o.extra_delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = endpoint.send(key, frame);
+        });
     }
 
     /// Appends `records` with one fsync, on the blocking pool.

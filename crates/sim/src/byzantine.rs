@@ -123,8 +123,10 @@ impl fmt::Display for Behavior {
 /// Most messages a replaying replica remembers.
 const REPLAY_BUFFER: usize = 128;
 
-/// The tampering state of one Byzantine replica.
-pub(crate) struct Byzantine {
+/// The tampering state of one Byzantine replica (also used by `pbft-node`
+/// built with its `byzantine` feature).
+pub struct Byzantine {
+    /// What it does.
     pub behavior: Behavior,
     id: ReplicaId,
     signer: Signer,
@@ -144,6 +146,8 @@ fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
 }
 
 impl Byzantine {
+    /// A Byzantine replica `id` that signs with `signer`; `victim` is the
+    /// replica a colluder helps.
     pub fn new(
         behavior: Behavior,
         id: ReplicaId,

@@ -33,18 +33,22 @@ impl std::fmt::Display for Endpoint {
 
 /// Where a replica's output goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dest {
+pub enum Dest {
+    /// A replica, by index.
     Replica(usize),
+    /// A client.
     Client(ClientId),
 }
 
 /// A message a replica sends, after routing (and, for a Byzantine replica,
 /// after its tampering).
 #[derive(Clone, Debug)]
-pub(crate) struct Outgoing {
+pub struct Outgoing {
+    /// The receiver.
     pub to: Dest,
+    /// The message.
     pub msg: Message,
-    /// Extra delay on top of the network's (a slow primary).
+    /// Extra delay on top of the network's (a slow primary), microseconds.
     pub extra_delay: u64,
 }
 

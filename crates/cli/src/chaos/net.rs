@@ -188,7 +188,7 @@ impl Net {
             return Ok(());
         }
         let script = format!(
-            "table inet chaos {{\n chain in {{ type filter hook input priority 0; policy accept; iifname \"eth0\" {input} }}\n chain out {{ type filter hook output priority 0; policy accept; oifname \"eth0\" {output} }}\n}}\n"
+            "table inet chaos {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  iifname \"eth0\" {input}\n }}\n chain out {{\n  type filter hook output priority 0; policy accept;\n  oifname \"eth0\" {output}\n }}\n}}\n"
         );
         let path = std::env::temp_dir().join(format!("pbft-chaos-{}-{i}.nft", self.run));
         std::fs::write(&path, script).context("cannot write an nftables script")?;

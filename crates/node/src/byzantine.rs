@@ -1,0 +1,331 @@
+//! Byzantine replicas for real (cargo feature `byzantine`, never in the
+//! default build): `pbft-node --byzantine <behaviour>`.
+//!
+//! The node stays an honest [`pbft_core::Replica`]; what it sends is altered
+//! on the way out, after the step's records are durable, exactly as in the
+//! simulator. The message-level behaviours are the simulator's own
+//! ([`pbft_sim::byzantine::Byzantine::transform`]): one implementation of
+//! each lie, run on virtual time there and on real sockets here.
+//!
+//! | behaviour | what the replica does | where |
+//! |---|---|---|
+//! | `silent` | sends nothing | simulator |
+//! | `equivocate` | as primary, different batches for one (view, seq) to different backups | simulator |
+//! | `conflict` | prepares/commits with wrong digests, lying replies | simulator |
+//! | `badsig` | corrupts signatures, nested ones too | simulator |
+//! | `replay` | replays old messages to random replicas | simulator |
+//! | `slow-primary` | as primary, delays pre-prepares to just under the timeout | simulator |
+//! | `checkpoint`, `viewchange` | wrong checkpoint digests / forged view-change proofs | simulator |
+//! | `censor` | as primary, never orders one client's requests (`--censor-client`, default: the first client it hears from) | here: its REQUESTs never reach the core |
+//! | `flood` | many valid-looking, signed but useless messages: fetches of batches nobody has, state fetches, copies of its own votes | here, bounded per second |
+//! | `wrong-state` | applies writes wrongly (every stored value altered) and reports a wrong state digest | here: [`WrongState`] wraps the store |
+//!
+//! Randomness comes from a ChaCha8 stream seeded from the replica id, so a
+//! run's lies are the same every time given the same inputs.
+
+use anyhow::{bail, Context};
+use pbft_app::kv::{KvOp, KvStore};
+use pbft_app::{SnapshotError, StateMachine};
+use pbft_core::message::{FetchBatch, FetchState};
+use pbft_core::{ClientId, Config, Message, Output, ReplicaId, SeqNum};
+use pbft_crypto::{Digest, PublicKey, Signer};
+use pbft_sim::byzantine::{Behavior, Byzantine};
+use pbft_sim::network::{Dest, Outgoing};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::{Duration, Instant};
+
+/// The behaviours `--byzantine` accepts.
+pub const BEHAVIOURS: [&str; 11] = [
+    "silent",
+    "equivocate",
+    "conflict",
+    "badsig",
+    "replay",
+    "slow-primary",
+    "checkpoint",
+    "viewchange",
+    "censor",
+    "flood",
+    "wrong-state",
+];
+
+/// Most flood messages a replica sends per second (to each peer, about a
+/// quarter of it).
+const FLOOD_PER_SECOND: u32 = 2000;
+
+/// What `--byzantine` asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spec {
+    /// One of the simulator's behaviours.
+    Sim(Behavior),
+    /// Never order the given client's requests (`None`: the first client heard).
+    Censor(Option<ClientId>),
+    /// Useless traffic.
+    Flood,
+    /// A wrong application state.
+    WrongState,
+}
+
+impl Spec {
+    /// Parses a behaviour name and its `--censor-client` key (hex).
+    pub fn parse(name: &str, censor_client: Option<&str>) -> anyhow::Result<Spec> {
+        let sim = |b| Ok(Spec::Sim(b));
+        if censor_client.is_some() && name != "censor" {
+            bail!("--censor-client goes with --byzantine censor only");
+        }
+        match name {
+            "silent" => sim(Behavior::Silent),
+            "equivocate" => sim(Behavior::Equivocate),
+            "conflict" => sim(Behavior::Conflict),
+            "badsig" => sim(Behavior::BadSig),
+            "replay" => sim(Behavior::Replay),
+            "slow-primary" => sim(Behavior::SlowPrimary),
+            "checkpoint" => sim(Behavior::Checkpoint),
+            "viewchange" => sim(Behavior::ViewChange),
+            "censor" => {
+                let client = censor_client
+                    .map(|hex| {
+                        PublicKey::from_hex(hex)
+                            .map(ClientId)
+                            .with_context(|| format!("--censor-client {hex:?}: not a public key"))
+                    })
+                    .transpose()?;
+                Ok(Spec::Censor(client))
+            }
+            "flood" => Ok(Spec::Flood),
+            "wrong-state" => Ok(Spec::WrongState),
+            other => bail!(
+                "unknown Byzantine behaviour {other:?}; known: {}",
+                BEHAVIOURS.join(", ")
+            ),
+        }
+    }
+
+    /// The state machine the replica runs.
+    pub fn state_machine(&self) -> Box<dyn StateMachine> {
+        match self {
+            Spec::WrongState => Box::new(WrongState::default()),
+            _ => Box::new(KvStore::new()),
+        }
+    }
+}
+
+/// The tampering stage of the protocol task.
+pub struct Tamper {
+    spec: Spec,
+    sim: Option<Byzantine>,
+    rng: ChaCha8Rng,
+    id: ReplicaId,
+    n: usize,
+    signer: Signer,
+    flood_window: Instant,
+    flood_sent: u32,
+    /// Own votes recently sent, re-sent by a flooding replica.
+    recent: Vec<Message>,
+    censored: Option<ClientId>,
+}
+
+impl Tamper {
+    /// The stage for replica `id` of `config`, signing with `signer`.
+    pub fn new(spec: Spec, id: ReplicaId, signer: Signer, config: Config) -> Tamper {
+        let sim = match &spec {
+            Spec::Sim(b) => Some(Byzantine::new(*b, id, signer.clone(), config.clone(), None)),
+            _ => None,
+        };
+        let censored = match &spec {
+            Spec::Censor(c) => *c,
+            _ => None,
+        };
+        Tamper {
+            spec,
+            sim,
+            rng: ChaCha8Rng::seed_from_u64(0xb12a_0000 + u64::from(id.0)),
+            id,
+            n: config.n(),
+            signer,
+            flood_window: Instant::now(),
+            flood_sent: 0,
+            recent: Vec::new(),
+            censored,
+        }
+    }
+
+    /// Whether an incoming verified message reaches the core (a censoring
+    /// replica drops the victim's requests); notes it for replays.
+    pub fn admit(&mut self, message: &Message) -> bool {
+        if let Some(sim) = &mut self.sim {
+            sim.observe(message);
+        }
+        if let (Spec::Censor(_), Message::Request(r)) = (&self.spec, message) {
+            let victim = *self.censored.get_or_insert(r.value.client);
+            if r.value.client == victim {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Alters the step's sends. `actions` are the non-persist outputs in
+    /// order; sends come back as routed messages, the rest untouched.
+    pub fn transform(&mut self, actions: Vec<Output>) -> (Vec<Output>, Vec<Outgoing>) {
+        let mut others = Vec::new();
+        let mut sends = Vec::new();
+        for action in actions {
+            match action {
+                Output::Send(to, msg) => sends.push(Outgoing {
+                    to: Dest::Replica(to.index()),
+                    msg,
+                    extra_delay: 0,
+                }),
+                Output::Broadcast(msg) => {
+                    for j in (0..self.n).filter(|&j| j != self.id.index()) {
+                        sends.push(Outgoing {
+                            to: Dest::Replica(j),
+                            msg: msg.clone(),
+                            extra_delay: 0,
+                        });
+                    }
+                }
+                Output::Reply(client, reply) => sends.push(Outgoing {
+                    to: Dest::Client(client),
+                    msg: Message::Reply(reply),
+                    extra_delay: 0,
+                }),
+                other => others.push(other),
+            }
+        }
+        let sends = match (&self.spec, &mut self.sim) {
+            (Spec::Sim(_), Some(sim)) => sim.transform(&mut self.rng, sends),
+            (Spec::Flood, _) => {
+                let mut sends = sends;
+                self.flood(&mut sends);
+                sends
+            }
+            _ => sends,
+        };
+        (others, sends)
+    }
+
+    /// Adds useless but well-signed messages to `sends`, within the budget.
+    fn flood(&mut self, sends: &mut Vec<Outgoing>) {
+        for o in sends.iter() {
+            if matches!(o.msg, Message::Prepare(_) | Message::Commit(_) | Message::Checkpoint(_)) {
+                if self.recent.len() >= 64 {
+                    self.recent.remove(0);
+                }
+                self.recent.push(o.msg.clone());
+            }
+        }
+        if self.flood_window.elapsed() >= Duration::from_secs(1) {
+            self.flood_window = Instant::now();
+            self.flood_sent = 0;
+        }
+        let burst = 32u32.min(FLOOD_PER_SECOND.saturating_sub(self.flood_sent));
+        for _ in 0..burst {
+            let to = self.rng.gen_range(0..self.n);
+            if to == self.id.index() {
+                continue;
+            }
+            let msg = match self.rng.gen_range(0..3) {
+                0 => Message::FetchBatch(self.signer.sign(FetchBatch {
+                    digest: Digest(self.rng.gen()),
+                    replica: self.id,
+                })),
+                1 => Message::FetchState(self.signer.sign(FetchState {
+                    seq: SeqNum(self.rng.gen_range(0..1_000_000)),
+                    replica: self.id,
+                })),
+                _ if !self.recent.is_empty() => {
+                    self.recent[self.rng.gen_range(0..self.recent.len())].clone()
+                }
+                _ => continue,
+            };
+            sends.push(Outgoing {
+                to: Dest::Replica(to),
+                msg,
+                extra_delay: 0,
+            });
+            self.flood_sent += 1;
+        }
+    }
+}
+
+/// The key-value store applied wrongly: every value a write stores is
+/// altered (a `!` appended), and the digest it reports is not its state's.
+#[derive(Default)]
+pub struct WrongState {
+    inner: KvStore,
+}
+
+impl StateMachine for WrongState {
+    fn apply(&mut self, op: &[u8]) -> Vec<u8> {
+        let wrong = match KvOp::decode(op) {
+            Ok(KvOp::Put { key, mut value }) => {
+                value.push(b'!');
+                KvOp::Put { key, value }.encode()
+            }
+            Ok(KvOp::Cas { key, expected, mut new }) => {
+                new.push(b'!');
+                KvOp::Cas { key, expected, new }.encode()
+            }
+            _ => op.to_vec(),
+        };
+        self.inner.apply(&wrong)
+    }
+
+    fn query(&self, op: &[u8]) -> Vec<u8> {
+        self.inner.query(op)
+    }
+
+    fn is_read_only(&self, op: &[u8]) -> bool {
+        self.inner.is_read_only(op)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.inner.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        self.inner.restore(snapshot)
+    }
+
+    fn digest(&self) -> Digest {
+        Digest::of_parts(&[b"wrong-state", &self.inner.digest().0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_unknown_ones_are_refused() {
+        for name in BEHAVIOURS {
+            assert!(Spec::parse(name, None).is_ok(), "{name}");
+        }
+        let e = Spec::parse("nice", None).expect_err("unknown");
+        assert!(e.to_string().contains("known: silent"), "{e}");
+        assert!(Spec::parse("silent", Some("00")).is_err());
+        assert!(Spec::parse("censor", Some("zz")).is_err());
+    }
+
+    #[test]
+    fn wrong_state_diverges_from_the_honest_store() {
+        let mut honest = KvStore::new();
+        let mut wrong = WrongState::default();
+        let put = KvOp::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }
+        .encode();
+        honest.apply(&put);
+        wrong.apply(&put);
+        assert_ne!(honest.digest(), wrong.digest());
+        let get = KvOp::Get { key: b"k".to_vec() }.encode();
+        assert_ne!(honest.query(&get), wrong.query(&get));
+        // Even with equal contents, the reported digest is wrong.
+        let empty = WrongState::default();
+        assert_ne!(empty.digest(), KvStore::new().digest());
+    }
+}
