@@ -287,6 +287,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
         timeout_base_ms: 500,
         only_config_client: false,
         read_mode: ReadModeArg::Ordered,
+        docker: Default::default(),
     };
     let (nodes, client_toml) = generate(&testnet, &ports)?;
     let settings = ClientFile::load(&client_toml).map_err(Failure::failed)?;

@@ -36,6 +36,9 @@ pub struct TestnetArgs {
     /// for get and scan, and every write then waits for 2f+1 replies.
     #[arg(long, value_enum, default_value_t = ReadModeArg::Ordered)]
     pub read_mode: ReadModeArg,
+    /// Container settings.
+    #[command(flatten)]
+    pub docker: DockerArgs,
 }
 
 /// `--read-mode` values, one per [`ReadMode`].
@@ -54,6 +57,98 @@ impl From<ReadModeArg> for ReadMode {
             ReadModeArg::Fast => ReadMode::Fast,
         }
     }
+}
+
+/// `pbft testnet --docker`: a cluster of containers.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DockerArgs {
+    /// Write a docker-compose.yml too: one container per replica (image
+    /// `pbft-node:local`, see docker/README.md) with its own address on a
+    /// project network, the testnet directory mounted read-only at
+    /// /etc/pbft (configuration and keys) and a volume for /data.
+    #[arg(long)]
+    pub docker: bool,
+    /// The project network's /24 (replica i gets .<10+i>, port 7000).
+    #[arg(
+        long,
+        value_name = "A.B.C.0/24",
+        default_value = "10.214.0.0/24",
+        requires = "docker"
+    )]
+    pub docker_subnet: String,
+}
+
+/// The first three octets of a `A.B.C.0/24` subnet.
+fn subnet_prefix(subnet: &str) -> Result<[u8; 3], Failure> {
+    let bad = || {
+        Failure::usage(anyhow::anyhow!(
+            "--docker-subnet must look like 10.214.0.0/24; got {subnet:?}"
+        ))
+    };
+    let base = subnet.strip_suffix(".0/24").ok_or_else(bad)?;
+    let octets: Vec<u8> = base
+        .split('.')
+        .map(|o| o.parse::<u8>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    match octets[..] {
+        [a, b, c] => Ok([a, b, c]),
+        _ => Err(bad()),
+    }
+}
+
+/// The compose file of a docker testnet.
+fn compose_file(n: usize, subnet: &str, prefix: [u8; 3]) -> String {
+    let [a, b, c] = prefix;
+    let mut s = String::from(
+        "# Written by `pbft testnet --docker`. Start with `docker-compose up -d`\n\
+         # (or `docker compose up -d`) after building the image (docker/build.sh).\n\
+         version: \"2.4\"\nservices:\n",
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "  replica{i}:\n    image: pbft-node:local\n    command: [\"--config\", \"/etc/pbft/node-{i}.toml\"]\n    \
+             volumes:\n      - ./:/etc/pbft:ro\n      - data{i}:/data\n    networks:\n      pbft:\n        \
+             ipv4_address: {a}.{b}.{c}.{}\n    stop_signal: SIGTERM\n    stop_grace_period: 5s\n",
+            10 + i
+        ));
+    }
+    s.push_str(&format!(
+        "networks:\n  pbft:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {subnet}\nvolumes:\n"
+    ));
+    for i in 0..n {
+        s.push_str(&format!("  data{i}: {{}}\n"));
+    }
+    s
+}
+
+/// Rewrites a testnet written by [`generate`] for containers: replica
+/// addresses on the project network, data in /data, a compose file.
+fn dockerize(args: &TestnetArgs) -> Result<(), Failure> {
+    let prefix = subnet_prefix(&args.docker.docker_subnet)?;
+    let out = &args.out;
+    let path = out.join("cluster.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut cluster: ClusterFile = toml::from_str(&text).context("cannot parse cluster.toml")?;
+    for (i, r) in cluster.replicas.iter_mut().enumerate() {
+        r.address = SocketAddr::from(([prefix[0], prefix[1], prefix[2], 10 + i as u8], 7000));
+    }
+    write_toml(&path, &cluster)?;
+    for i in 0..args.replicas {
+        let path = out.join(format!("node-{i}.toml"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut node: NodeFile = toml::from_str(&text).context("cannot parse a node file")?;
+        node.data_dir = "/data".into();
+        write_toml(&path, &node)?;
+    }
+    let compose = out.join("docker-compose.yml");
+    std::fs::write(
+        &compose,
+        compose_file(args.replicas, &args.docker.docker_subnet, prefix),
+    )
+    .with_context(|| format!("cannot write {}", compose.display()))?;
+    Ok(())
 }
 
 /// Picks `n` distinct free UDP ports on 127.0.0.1 (bound together, then
@@ -180,6 +275,31 @@ pub fn run(args: &TestnetArgs) -> CmdResult {
             .collect::<Result<Vec<_>, _>>()?,
         None => free_udp_ports(args.replicas)?,
     };
+    if args.docker.docker {
+        if args.replicas > 200 {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--docker: at most 200 replicas"
+            )));
+        }
+        subnet_prefix(&args.docker.docker_subnet)?;
+        let ports = vec![7000; args.replicas];
+        generate(args, &ports)?;
+        dockerize(args)?;
+        println!(
+            "wrote a {}-replica docker testnet to {}",
+            args.replicas,
+            args.out.display()
+        );
+        println!(
+            "  start:  (cd {} && docker-compose up -d)",
+            args.out.display()
+        );
+        println!(
+            "  client: pbft client --config {} put k v",
+            args.out.join("client.toml").display()
+        );
+        return Ok(());
+    }
     let (nodes, client) = generate(args, &ports)?;
     println!(
         "wrote a {}-replica testnet to {} (read mode: {})",

@@ -210,7 +210,10 @@ impl Tamper {
     /// Adds useless but well-signed messages to `sends`, within the budget.
     fn flood(&mut self, sends: &mut Vec<Outgoing>) {
         for o in sends.iter() {
-            if matches!(o.msg, Message::Prepare(_) | Message::Commit(_) | Message::Checkpoint(_)) {
+            if matches!(
+                o.msg,
+                Message::Prepare(_) | Message::Commit(_) | Message::Checkpoint(_)
+            ) {
                 if self.recent.len() >= 64 {
                     self.recent.remove(0);
                 }
@@ -265,7 +268,11 @@ impl StateMachine for WrongState {
                 value.push(b'!');
                 KvOp::Put { key, value }.encode()
             }
-            Ok(KvOp::Cas { key, expected, mut new }) => {
+            Ok(KvOp::Cas {
+                key,
+                expected,
+                mut new,
+            }) => {
                 new.push(b'!');
                 KvOp::Cas { key, expected, new }.encode()
             }

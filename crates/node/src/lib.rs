@@ -280,7 +280,12 @@ async fn run_inner(
     #[cfg(feature = "byzantine")]
     let tamper = spec.map(|spec| {
         tracing::warn!(?spec, "this replica is BYZANTINE (fault injection)");
-        byzantine::Tamper::new(spec, id, Signer::new(key.clone(), cluster.id), config.clone())
+        byzantine::Tamper::new(
+            spec,
+            id,
+            Signer::new(key.clone(), cluster.id),
+            config.clone(),
+        )
     });
     let replica = Replica::restore(
         config.clone(),

@@ -1,13 +1,19 @@
-//! A cluster under test: replica processes, each in its own network
-//! namespace ([`Net`]), started from the `pbft-node` binary.
+//! A cluster under test, on one of two backends:
 //!
-//! Every replica runs as `ip netns exec <ns> pbft-node --config node-<i>.toml
-//! [--byzantine <behaviour>]`; `ip netns exec` execs the node in place, so
-//! the child's pid is the node's and SIGKILL / SIGSTOP reach it directly.
-//! [`Cluster`]'s `Drop` kills every replica (stopped ones too), then the
-//! namespaces go with the [`Net`].
+//! * **processes**: replica processes, each in its own network namespace
+//!   ([`Net`]), started from the `pbft-node` binary as `ip netns exec <ns>
+//!   pbft-node --config node-<i>.toml [--byzantine <behaviour>]`; `ip netns
+//!   exec` execs the node in place, so the child's pid is the node's and
+//!   SIGKILL / SIGSTOP reach it directly;
+//! * **docker**: one container per replica ([`Docker`]).
+//!
+//! Scenarios see one interface: start (honest or Byzantine), kill -9,
+//! pause/resume, and network faults inside a replica's namespace
+//! ([`super::net`]). [`Cluster`]'s `Drop` kills every replica (stopped ones
+//! too), then the namespaces or the docker network go too.
 
-use super::net::Net;
+use super::docker::Docker;
+use super::net::{self, DelayMethod, Net};
 use crate::testnet::{generate, TestnetArgs};
 use anyhow::{bail, Context};
 use pbft_client::{Client, ClientOptions, KeyPair, ReplicaStatus};
@@ -15,7 +21,7 @@ use pbft_config::{ClientFile, ClientSettings, ClusterFile};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The UDP port every replica listens on, in its own namespace.
@@ -35,27 +41,54 @@ pub struct Cluster {
     pub settings: ClientSettings,
     nodes: Vec<PathBuf>,
     procs: Vec<Option<Proc>>,
-    /// The last exit status of each replica that exited by itself.
-    pub exits: Vec<Option<ExitStatus>>,
+    /// How each replica that exited by itself ended.
+    pub exits: Vec<Option<String>>,
     /// The behaviour each replica was last started with.
     pub byzantine: Vec<Option<String>>,
     node_bin: PathBuf,
     status: Client,
-    /// The network (dropped after the processes).
-    pub net: Net,
+    backend: Backend,
+}
+
+/// Where the replicas run.
+enum Backend {
+    /// Processes; the network is dropped after them.
+    Processes(Net),
+    /// Containers.
+    Docker(Docker),
+}
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Replica processes in network namespaces.
+    Processes,
+    /// Replica containers from the image pbft-node:local (docker/build.sh).
+    Docker,
 }
 
 impl Cluster {
-    /// Writes a testnet into `dir` with one namespace per replica and
-    /// starts every replica, honest.
-    pub fn start(dir: &Path, n: usize, timeout_base_ms: u64, node_bin: &Path) -> anyhow::Result<Cluster> {
-        let net = Net::create(n)?;
+    /// Writes a testnet into `dir` with an address per replica on the
+    /// backend's network and starts every replica, honest.
+    pub fn start(
+        dir: &Path,
+        n: usize,
+        timeout_base_ms: u64,
+        node_bin: &Path,
+        kind: BackendKind,
+    ) -> anyhow::Result<Cluster> {
+        let backend = match kind {
+            BackendKind::Processes => Backend::Processes(Net::create(n)?),
+            BackendKind::Docker => Backend::Docker(Docker::create(n, dir)?),
+        };
         let args = TestnetArgs {
             replicas: n,
             out: dir.to_path_buf(),
             base_port: Some(PORT),
             timeout_base_ms,
             only_config_client: false,
+            read_mode: crate::testnet::ReadModeArg::Ordered,
+            docker: Default::default(),
         };
         let ports = vec![PORT; n];
         let (nodes, client_toml) = generate(&args, &ports).map_err(|f| f.into_error())?;
@@ -64,10 +97,27 @@ impl Cluster {
         let text = std::fs::read_to_string(&cluster_path).context("cannot read cluster.toml")?;
         let mut file: ClusterFile = toml::from_str(&text).context("cannot parse cluster.toml")?;
         for (i, r) in file.replicas.iter_mut().enumerate() {
-            r.address = SocketAddr::new(net.addr(i), PORT);
+            let ip = match &backend {
+                Backend::Processes(net) => net.addr(i),
+                Backend::Docker(d) => d.addr(i),
+            };
+            r.address = SocketAddr::new(ip, PORT);
         }
-        std::fs::write(&cluster_path, toml::to_string(&file).context("cluster.toml")?)
-            .context("cannot write cluster.toml")?;
+        std::fs::write(
+            &cluster_path,
+            toml::to_string(&file).context("cluster.toml")?,
+        )
+        .context("cannot write cluster.toml")?;
+        if kind == BackendKind::Docker {
+            for node in &nodes {
+                let text = std::fs::read_to_string(node).context("cannot read a node file")?;
+                let mut file: pbft_config::NodeFile =
+                    toml::from_str(&text).context("cannot parse a node file")?;
+                file.data_dir = "/data".into();
+                std::fs::write(node, toml::to_string(&file).context("node file")?)
+                    .context("cannot write a node file")?;
+            }
+        }
         let settings = ClientFile::load(&client_toml).context("cannot load client.toml")?;
         let mut options = ClientOptions::with_timeout(Duration::from_secs(5));
         options.status_timeout = Duration::from_millis(700);
@@ -82,7 +132,7 @@ impl Cluster {
             byzantine: vec![None; n],
             node_bin: node_bin.to_path_buf(),
             status,
-            net,
+            backend,
         };
         for i in 0..n {
             cluster.start_replica(i, None)?;
@@ -100,11 +150,6 @@ impl Cluster {
         (self.n() - 1) / 3
     }
 
-    /// Replica `i`'s log file.
-    pub fn log(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("node-{i}.log"))
-    }
-
     /// Replica `i`'s data directory.
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.join("data").join(format!("node-{i}"))
@@ -112,39 +157,59 @@ impl Cluster {
 
     /// Starts replica `i` (if it is not running), honest or with a
     /// Byzantine behaviour (`extra` are more node arguments).
-    pub fn start_replica_with(&mut self, i: usize, byzantine: Option<&str>, extra: &[String]) -> anyhow::Result<()> {
-        if self.procs[i].is_some() {
+    pub fn start_replica_with(
+        &mut self,
+        i: usize,
+        byzantine: Option<&str>,
+        extra: &[String],
+    ) -> anyhow::Result<()> {
+        if self.is_up(i) {
             return Ok(());
         }
-        let log_path = self.log(i);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
-        let log2 = log.try_clone().context("cannot duplicate a log file")?;
-        let prefix = self.net.exec_prefix(i);
-        let mut cmd = Command::new(&prefix[0]);
-        cmd.args(&prefix[1..])
-            .arg(&self.node_bin)
-            .arg("--config")
-            .arg(&self.nodes[i]);
+        let mut args: Vec<String> = Vec::new();
         if let Some(b) = byzantine {
-            cmd.arg("--byzantine").arg(b).args(extra);
+            args.push("--byzantine".into());
+            args.push(b.into());
+            args.extend(extra.iter().cloned());
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .with_context(|| format!("cannot start replica {i}"))?;
-        self.procs[i] = Some(Proc {
-            child,
-            paused: false,
-        });
+        match &mut self.backend {
+            Backend::Docker(d) => d.start(i, &args)?,
+            Backend::Processes(net) => {
+                let log_path = self.dir.join(format!("node-{i}.log"));
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .with_context(|| format!("cannot open {}", log_path.display()))?;
+                let log2 = log.try_clone().context("cannot duplicate a log file")?;
+                let prefix = net.exec_prefix(i);
+                let child = Command::new(&prefix[0])
+                    .args(&prefix[1..])
+                    .arg(&self.node_bin)
+                    .arg("--config")
+                    .arg(&self.nodes[i])
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(log2)
+                    .spawn()
+                    .with_context(|| format!("cannot start replica {i}"))?;
+                self.procs[i] = Some(Proc {
+                    child,
+                    paused: false,
+                });
+            }
+        }
         self.byzantine[i] = byzantine.map(str::to_string);
         self.exits[i] = None;
         Ok(())
+    }
+
+    fn is_up(&self, i: usize) -> bool {
+        match &self.backend {
+            Backend::Processes(_) => self.procs[i].is_some(),
+            Backend::Docker(d) => d.is_running(i),
+        }
     }
 
     /// Starts replica `i`, honest.
@@ -154,6 +219,9 @@ impl Cluster {
 
     /// SIGKILL to replica `i` (paused or not), reaped.
     pub fn kill(&mut self, i: usize) {
+        if let Backend::Docker(d) = &mut self.backend {
+            d.kill(i);
+        }
         if let Some(mut p) = self.procs[i].take() {
             let _ = p.child.kill();
             let _ = p.child.wait();
@@ -161,42 +229,79 @@ impl Cluster {
     }
 
     fn signal(&mut self, i: usize, sig: &str, paused: bool) -> anyhow::Result<()> {
+        if let Backend::Docker(d) = &self.backend {
+            return if paused { d.pause(i) } else { d.resume(i) };
+        }
         let Some(p) = self.procs[i].as_mut() else {
             bail!("replica {i} is not running");
         };
-        super::net::sh(&["kill", sig, &p.child.id().to_string()])?;
+        net::sh(&["kill", sig, &p.child.id().to_string()])?;
         p.paused = paused;
         Ok(())
     }
 
-    /// SIGSTOP to replica `i`.
+    /// SIGSTOP to replica `i` (`docker pause` for a container).
     pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
         self.signal(i, "-STOP", true)
     }
 
-    /// SIGCONT to replica `i`.
+    /// SIGCONT to replica `i` (`docker unpause`).
     pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
         self.signal(i, "-CONT", false)
     }
 
-    /// Whether replica `i`'s process runs (it may be paused).
+    /// Whether replica `i` runs (it may be paused).
     pub fn running(&mut self, i: usize) -> bool {
         self.poll_exits();
-        self.procs[i].is_some()
+        self.is_up(i)
     }
 
     /// Notes replicas that exited by themselves.
     pub fn poll_exits(&mut self) {
         for i in 0..self.procs.len() {
-            let exited = match self.procs[i].as_mut() {
-                Some(p) => p.child.try_wait().ok().flatten(),
-                None => None,
+            let exited = match (&mut self.backend, self.procs[i].as_mut()) {
+                (Backend::Docker(d), _) => d.exited(i).map(|code| format!("exit code {code}")),
+                (_, Some(p)) => p.child.try_wait().ok().flatten().map(|s| s.to_string()),
+                _ => None,
             };
             if let Some(status) = exited {
                 self.procs[i] = None;
                 self.exits[i] = Some(status);
             }
         }
+    }
+
+    /// The command prefix that runs a program in replica `i`'s network namespace.
+    fn ns_prefix(&self, i: usize) -> anyhow::Result<Vec<String>> {
+        match &self.backend {
+            Backend::Processes(net) => Ok(net.exec_prefix(i)),
+            Backend::Docker(d) => d.exec_prefix(i),
+        }
+    }
+
+    /// Cuts replica `i` off from everyone, both ways.
+    pub fn isolate(&self, i: usize) -> anyhow::Result<()> {
+        net::isolate(&self.ns_prefix(i)?)
+    }
+
+    /// Drops everything replica `i` sends.
+    pub fn mute(&self, i: usize) -> anyhow::Result<()> {
+        net::mute(&self.ns_prefix(i)?)
+    }
+
+    /// Drops `percent`% of replica `i`'s packets each way.
+    pub fn loss(&self, i: usize, percent: u8) -> anyhow::Result<()> {
+        net::loss(&self.ns_prefix(i)?, percent)
+    }
+
+    /// Delays replica `i`'s packets.
+    pub fn delay(&self, i: usize, delay_ms: u32, jitter_ms: u32) -> anyhow::Result<DelayMethod> {
+        net::delay(&self.ns_prefix(i)?, delay_ms, jitter_ms)
+    }
+
+    /// Removes the network faults of replica `i`.
+    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        net::heal(&self.ns_prefix(i)?)
     }
 
     /// Every replica's status (`None` where it did not answer).
@@ -246,7 +351,13 @@ impl Cluster {
 
     /// The last `lines` lines of replica `i`'s log.
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log(i)).unwrap_or_default();
+        if let Backend::Docker(d) = &self.backend {
+            if let Some(text) = d.log_tail(i, lines) {
+                return text;
+            }
+        }
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("node-{i}.log"))).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }

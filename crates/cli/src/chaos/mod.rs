@@ -28,6 +28,7 @@
 //! stays inside the run's own namespaces.
 
 mod cluster;
+mod docker;
 mod net;
 mod workload;
 
@@ -109,6 +110,10 @@ pub struct ChaosArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Where the replicas run: processes in network namespaces, or
+    /// containers of the image pbft-node:local (docker/build.sh byzantine).
+    #[arg(long, value_enum, default_value = "processes")]
+    pub backend: cluster::BackendKind,
 }
 
 /// A named scenario.
@@ -275,7 +280,12 @@ async fn sleep(secs: f64) {
 }
 
 /// Injects the fault of `kind` and ends it.
-async fn inject(kind: &Kind, c: &mut Cluster, t: &mut Timeline, censored: &str) -> anyhow::Result<()> {
+async fn inject(
+    kind: &Kind,
+    c: &mut Cluster,
+    t: &mut Timeline,
+    censored: &str,
+) -> anyhow::Result<()> {
     let n = c.n();
     let f = c.f();
     let limit = Duration::from_secs(15);
@@ -308,7 +318,8 @@ async fn inject(kind: &Kind, c: &mut Cluster, t: &mut Timeline, censored: &str) 
             sleep(1.0).await;
             c.start_replica(p, None)?;
             c.kill(next);
-            t.notes.push(format!("killed r{p}, then r{next} during the view change"));
+            t.notes
+                .push(format!("killed r{p}, then r{next} during the view change"));
             sleep(8.0).await;
             c.start_replica(next, None)?;
             t.end();
@@ -325,7 +336,8 @@ async fn inject(kind: &Kind, c: &mut Cluster, t: &mut Timeline, censored: &str) 
             c.pause(b)?;
             sleep(6.0).await;
             c.resume(b)?;
-            t.notes.push(format!("paused primary r{p}, then backup r{b}"));
+            t.notes
+                .push(format!("paused primary r{p}, then backup r{b}"));
             t.end();
         }
         Kind::PartitionBackup | Kind::PartitionPrimary | Kind::Asymmetric | Kind::IsolateMinute => {
@@ -334,30 +346,36 @@ async fn inject(kind: &Kind, c: &mut Cluster, t: &mut Timeline, censored: &str) 
                 Kind::PartitionBackup | Kind::IsolateMinute => (p + 1) % n,
                 _ => p,
             };
-            t.start();
             if matches!(kind, Kind::Asymmetric) {
-                c.net.mute(target)?;
+                c.mute(target)?;
             } else {
-                c.net.isolate(target)?;
+                c.isolate(target)?;
             }
-            sleep(if matches!(kind, Kind::IsolateMinute) { 60.0 } else { 8.0 }).await;
-            c.net.heal(target)?;
+            // The fault starts once it is in place.
+            t.start();
+            sleep(if matches!(kind, Kind::IsolateMinute) {
+                60.0
+            } else {
+                8.0
+            })
+            .await;
+            c.heal(target)?;
             t.notes.push(format!("r{target} cut off"));
             t.end();
         }
         Kind::LatencyLoss => {
-            t.start();
             let mut method = net::DelayMethod::Netem;
             for i in 0..n {
-                c.net.loss(i, 5)?;
-                method = c.net.delay(i, 40, 20)?;
+                c.loss(i, 5)?;
+                method = c.delay(i, 40, 20)?;
             }
+            t.start();
             if method == net::DelayMethod::Tbf {
                 t.notes.push("kernel has no sch_netem: delay by a tbf rate limit (4 mbit/s), loss by nftables".into());
             }
             sleep(10.0).await;
             for i in 0..n {
-                c.net.heal(i)?;
+                c.heal(i)?;
             }
             t.end();
         }
@@ -380,7 +398,7 @@ async fn inject(kind: &Kind, c: &mut Cluster, t: &mut Timeline, censored: &str) 
             t.notes.push(format!("r{target} byzantine ({b})"));
             sleep(12.0).await;
             c.poll_exits();
-            if let Some(status) = c.exits[target] {
+            if let Some(status) = c.exits[target].clone() {
                 t.failures.push(format!(
                     "the byzantine replica r{target} exited ({status}): {}",
                     c.log_tail(target, 3)
@@ -390,7 +408,11 @@ async fn inject(kind: &Kind, c: &mut Cluster, t: &mut Timeline, censored: &str) 
         }
         Kind::FDown | Kind::BeyondF => {
             let (_, p) = c.primary(limit).await?;
-            let down = if matches!(kind, Kind::FDown) { f } else { f + 1 };
+            let down = if matches!(kind, Kind::FDown) {
+                f
+            } else {
+                f + 1
+            };
             let victims: Vec<usize> = (0..down).map(|k| (p + k) % n).collect();
             t.start();
             for &v in &victims {
@@ -469,19 +491,22 @@ async fn disk_full(c: &mut Cluster, t: &mut Timeline) -> anyhow::Result<()> {
         sleep(0.2).await;
     }
     if c.running(b) {
-        t.failures.push(format!("r{b} kept running for 30 s on a full disk"));
+        t.failures
+            .push(format!("r{b} kept running for 30 s on a full disk"));
         c.kill(b);
     } else {
         let tail = c.log_tail(b, 5);
-        let says = tail.lines().find(|l| l.contains("No space left") || l.contains("space"));
+        let says = tail
+            .lines()
+            .find(|l| l.contains("No space left") || l.contains("space"));
         match says {
             Some(line) => t.notes.push(format!(
                 "r{b} stopped: ...{}",
                 &line[line.len().saturating_sub(90)..]
             )),
-            None => t
-                .failures
-                .push(format!("r{b} stopped without saying the disk is full:\n{tail}")),
+            None => t.failures.push(format!(
+                "r{b} stopped without saying the disk is full:\n{tail}"
+            )),
         }
     }
     std::fs::remove_file(&filler).context("cannot remove the filler")?;
@@ -569,7 +594,11 @@ fn rate(entries: &[Entry], from: u64, to: u64) -> Option<f64> {
 
 /// Every client's own key must hold its last acknowledged counter or one
 /// written after it (whose outcome is unknown). `finals` are the final reads.
-fn acked_writes_present(entries: &[Entry], finals: &[(String, Option<Vec<u8>>)], clients: usize) -> Vec<String> {
+fn acked_writes_present(
+    entries: &[Entry],
+    finals: &[(String, Option<Vec<u8>>)],
+    clients: usize,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for c in 0..clients {
         let key = own_key(c);
@@ -582,7 +611,9 @@ fn acked_writes_present(entries: &[Entry], finals: &[(String, Option<Vec<u8>>)],
             KvOp::Put { value, .. } => value.clone(),
             _ => Vec::new(),
         };
-        let last_acked = writes.iter().rposition(|e| matches!(e.outcome, Outcome::Ok { .. }));
+        let last_acked = writes
+            .iter()
+            .rposition(|e| matches!(e.outcome, Outcome::Ok { .. }));
         let Some(last) = last_acked else { continue };
         let Some((_, found)) = finals.iter().find(|(k, _)| *k == key) else {
             problems.push(format!("{key}: no final read"));
@@ -597,7 +628,9 @@ fn acked_writes_present(entries: &[Entry], finals: &[(String, Option<Vec<u8>>)],
             problems.push(format!(
                 "{key}: acknowledged write {} lost (final value {:?})",
                 String::from_utf8_lossy(&value_of(writes[last])),
-                found.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())
+                found
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
             ));
         }
     }
@@ -632,7 +665,11 @@ async fn converge(
         let honest: Vec<_> = statuses
             .iter()
             .filter(|s| !byzantine.contains(&s.id.index()))
-            .map(|s| s.report.as_ref().map(|r| (r.last_executed.0, r.state_digest)))
+            .map(|s| {
+                s.report
+                    .as_ref()
+                    .map(|r| (r.last_executed.0, r.state_digest))
+            })
             .collect();
         let equal = honest.iter().all(|s| s.is_some() && *s == honest[0]);
         if equal || Instant::now() >= until {
@@ -668,10 +705,15 @@ async fn converge(
     Ok(result)
 }
 
-async fn run_scenario(s: &Scenario, args: &ChaosArgs, node_bin: &Path, dir: &Path) -> anyhow::Result<Row> {
+async fn run_scenario(
+    s: &Scenario,
+    args: &ChaosArgs,
+    node_bin: &Path,
+    dir: &Path,
+) -> anyhow::Result<Row> {
     let n = args.replicas;
     let mut t = Timeline::default();
-    let mut c = Cluster::start(dir, n, args.timeout_base_ms, node_bin)?;
+    let mut c = Cluster::start(dir, n, args.timeout_base_ms, node_bin, args.backend)?;
     let result = scenario_body(s, args, &mut c, &mut t, dir).await;
     drop(c);
     drop(Mounts(std::mem::take(&mut t.mounts)));
@@ -753,7 +795,10 @@ async fn scenario_body(
     let counts = crate::check_history::counts(&entries);
     let violations = crate::check_history::check(&entries);
     for (v, idx) in &violations {
-        let ops: Vec<String> = idx.iter().map(|&i| crate::check_history::describe(&entries[i])).collect();
+        let ops: Vec<String> = idx
+            .iter()
+            .map(|&i| crate::check_history::describe(&entries[i]))
+            .collect();
         problems.push(format!(
             "not linearizable: key {:?}: {}",
             v.key.as_deref().map(String::from_utf8_lossy),
@@ -773,10 +818,7 @@ async fn scenario_body(
     if !digests_equal {
         problems.push(format!("honest replicas disagree: {states}"));
     }
-    let view_changes = c
-        .view()
-        .await
-        .map_or(0, |(v, _)| v.saturating_sub(v0));
+    let view_changes = c.view().await.map_or(0, |(v, _)| v.saturating_sub(v0));
 
     let recovery = fault_start.and_then(|a| first_commit_after(&entries, a));
     let resumed = fault_end.and_then(|a| first_commit_after(&entries, a));
@@ -853,7 +895,18 @@ fn yes(b: bool) -> &'static str {
 fn print_table(rows: &[Row]) {
     println!(
         "{:<24} {:>6} {:>6} {:>7} {:>5} {:>11} {:>10} {:>8} {:>6} {:>6} {:>8}  {}",
-        "scenario", "ok", "failed", "unknown", "views", "fault->ok", "heal->ok", "tput", "linear", "acked", "digests", "result"
+        "scenario",
+        "ok",
+        "failed",
+        "unknown",
+        "views",
+        "fault->ok",
+        "heal->ok",
+        "tput",
+        "linear",
+        "acked",
+        "digests",
+        "result"
     );
     for r in rows {
         println!(
@@ -900,18 +953,24 @@ fn selected(args: &ChaosArgs) -> Result<Vec<Scenario>, Failure> {
     names
         .iter()
         .map(|name| {
-            all.iter().find(|s| s.name == *name).cloned().ok_or_else(|| {
-                Failure::usage(anyhow::anyhow!(
-                    "unknown scenario {name:?}; known: {}",
-                    all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-                ))
-            })
+            all.iter()
+                .find(|s| s.name == *name)
+                .cloned()
+                .ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!(
+                        "unknown scenario {name:?}; known: {}",
+                        all.iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
         })
         .collect()
 }
 
-fn check_environment(node_bin: &Path) -> anyhow::Result<()> {
-    if !node_bin.is_file() {
+fn check_environment(node_bin: &Path, backend: cluster::BackendKind) -> anyhow::Result<()> {
+    if backend == cluster::BackendKind::Processes && !node_bin.is_file() {
         bail!(
             "{}: no replica binary there (build it with `cargo build -p pbft-node --features byzantine`, or give --node-bin)",
             node_bin.display()
@@ -921,6 +980,10 @@ fn check_environment(node_bin: &Path) -> anyhow::Result<()> {
         net::sh(&tool).with_context(|| format!("`{}` is needed (iproute2, nftables)", tool[0]))?;
     }
     net::sh(&["ip", "netns", "list"]).context("network namespaces need root")?;
+    if backend == cluster::BackendKind::Docker {
+        net::sh(&["docker", "version"])
+            .context("the docker backend needs a running docker engine")?;
+    }
     Ok(())
 }
 
@@ -928,7 +991,11 @@ fn check_environment(node_bin: &Path) -> anyhow::Result<()> {
 pub async fn run(args: &ChaosArgs) -> CmdResult {
     if args.list {
         for s in scenarios() {
-            let ci = if CI_SUBSET.contains(&s.name.as_str()) { " [ci]" } else { "" };
+            let ci = if CI_SUBSET.contains(&s.name.as_str()) {
+                " [ci]"
+            } else {
+                ""
+            };
             println!("{:<24} {}{ci}", s.name, s.what);
         }
         return Ok(());
@@ -945,7 +1012,9 @@ pub async fn run(args: &ChaosArgs) -> CmdResult {
         )));
     }
     if args.clients == 0 || args.clients > 64 || args.keys == 0 || args.keys > 64 {
-        return Err(Failure::usage(anyhow::anyhow!("--clients and --keys must be 1..=64")));
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--clients and --keys must be 1..=64"
+        )));
     }
     let list = selected(args)?;
     let node_bin = match &args.node_bin {
@@ -954,7 +1023,7 @@ pub async fn run(args: &ChaosArgs) -> CmdResult {
             .context("cannot find this executable")?
             .with_file_name("pbft-node"),
     };
-    check_environment(&node_bin).map_err(Failure::usage)?;
+    check_environment(&node_bin, args.backend).map_err(Failure::usage)?;
     let mut temp = None;
     let root = match &args.out {
         Some(p) => p.clone(),
@@ -1024,6 +1093,7 @@ pub async fn run(args: &ChaosArgs) -> CmdResult {
         println!("{}", json!({"scenarios": list, "failed": failed}));
     } else {
         print_table(&rows);
+        println!("chaos: {} passed, {failed} failed", rows.len() - failed);
     }
     if failed > 0 {
         if let Some(t) = temp {
@@ -1036,4 +1106,105 @@ pub async fn run(args: &ChaosArgs) -> CmdResult {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(client: u64, key: &str, value: &str, invoke: u64, outcome: Outcome) -> Entry {
+        Entry {
+            client,
+            invoke_us: invoke,
+            op: KvOp::Put {
+                key: key.into(),
+                value: value.into(),
+            },
+            outcome,
+            line: 0,
+        }
+    }
+
+    fn ok(at: u64) -> Outcome {
+        Outcome::Ok {
+            at,
+            result: KvResult::Put { previous: None },
+        }
+    }
+
+    #[test]
+    fn scenario_names_are_unique_and_the_ci_subset_exists() {
+        let all = scenarios();
+        let names: BTreeSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        for name in CI_SUBSET {
+            assert!(names.contains(name), "{name}");
+        }
+        for b in BEHAVIOURS {
+            assert!(names.contains(format!("byz-{b}").as_str()), "{b}");
+        }
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_reported() {
+        let entries = vec![
+            put(0, "w0", "1", 0, ok(10)),
+            put(0, "w0", "2", 20, ok(30)),
+            put(0, "w0", "3", 40, Outcome::Unknown { error: None }),
+        ];
+        let final_is = |v: &str| vec![("w0".to_string(), Some(v.as_bytes().to_vec()))];
+        assert!(acked_writes_present(&entries, &final_is("2"), 1).is_empty());
+        assert!(acked_writes_present(&entries, &final_is("3"), 1).is_empty());
+        let lost = acked_writes_present(&entries, &final_is("1"), 1);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].contains("acknowledged write 2 lost"), "{lost:?}");
+        assert_eq!(
+            acked_writes_present(&entries, &[("w0".into(), None)], 1).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn recovery_and_throughput_are_measured_from_the_history() {
+        let entries = vec![
+            put(0, "k", "a", 0, ok(1_000_000)),
+            put(0, "k", "b", 1_500_000, ok(1_900_000)),
+            put(1, "k", "c", 2_100_000, Outcome::Unknown { error: None }),
+            put(2, "k", "d", 2_200_000, ok(3_500_000)),
+        ];
+        assert_eq!(
+            first_commit_after(&entries, 2_000_000),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(first_commit_after(&entries, 3_000_000), None);
+        assert_eq!(rate(&entries, 0, 2_000_000), Some(1.0));
+        assert_eq!(rate(&entries, 2, 1), None);
+    }
+
+    #[test]
+    fn unknown_scenarios_are_usage_errors() {
+        let args = ChaosArgs {
+            scenarios: vec!["nope".into()],
+            all: false,
+            ci: false,
+            list: false,
+            cleanup: false,
+            replicas: 4,
+            clients: 4,
+            keys: 3,
+            timeout_base_ms: 500,
+            node_bin: None,
+            out: None,
+            json: false,
+            backend: cluster::BackendKind::Processes,
+        };
+        let e = selected(&args)
+            .expect_err("unknown")
+            .into_error()
+            .to_string();
+        assert!(
+            e.contains("unknown scenario \"nope\"") && e.contains("kill-primary"),
+            "{e}"
+        );
+    }
 }

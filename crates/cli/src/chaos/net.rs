@@ -88,7 +88,8 @@ impl Net {
         if n > 200 {
             bail!("at most 200 replicas");
         }
-        let existing = namespaces().context("cannot list network namespaces (is iproute2 installed, and are we root?)")?;
+        let existing = namespaces()
+            .context("cannot list network namespaces (is iproute2 installed, and are we root?)")?;
         let links = sh(&["ip", "-o", "link", "show"])?;
         let seed = std::process::id() as usize;
         let run = (0..250)
@@ -103,7 +104,8 @@ impl Net {
             n,
             created: Vec::new(),
         };
-        net.setup().context("cannot set up the test network namespaces")?;
+        net.setup()
+            .context("cannot set up the test network namespaces")?;
         Ok(net)
     }
 
@@ -172,84 +174,70 @@ impl Net {
     pub fn exec_prefix(&self, i: usize) -> Vec<String> {
         vec!["ip".into(), "netns".into(), "exec".into(), self.ns(i)]
     }
+}
 
-    fn in_ns(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
-        let ns = self.ns(i);
-        let mut all = vec!["ip", "netns", "exec", ns.as_str()];
-        all.extend_from_slice(args);
-        sh(&all)
-    }
+/// Runs `args` with `prefix` (which enters a replica's network namespace:
+/// `ip netns exec <ns>`, or `nsenter -t <pid> -n` for a container).
+fn in_ns(prefix: &[String], args: &[&str]) -> anyhow::Result<String> {
+    let mut all: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    sh(&all)
+}
 
-    /// Replaces replica `i`'s nftables fault table with `rules` (nft syntax,
-    /// inside `table inet chaos`); an empty list removes it.
-    fn nft(&self, i: usize, input: &str, output: &str) -> anyhow::Result<()> {
-        let _ = self.in_ns(i, &["nft", "delete", "table", "inet", "chaos"]);
-        if input.is_empty() && output.is_empty() {
-            return Ok(());
-        }
-        let script = format!(
-            "table inet chaos {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  iifname \"eth0\" {input}\n }}\n chain out {{\n  type filter hook output priority 0; policy accept;\n  oifname \"eth0\" {output}\n }}\n}}\n"
-        );
-        let path = std::env::temp_dir().join(format!("pbft-chaos-{}-{i}.nft", self.run));
-        std::fs::write(&path, script).context("cannot write an nftables script")?;
-        let result = self.in_ns(i, &["nft", "-f", &path.to_string_lossy()]);
-        let _ = std::fs::remove_file(&path);
-        result.map(|_| ())
+/// Replaces the namespace's nftables fault table (`inet chaos`) with one
+/// that applies `input` to what arrives on eth0 and `output` to what leaves
+/// it (nft statements); two empty strings remove it.
+fn nft(prefix: &[String], input: &str, output: &str) -> anyhow::Result<()> {
+    let _ = in_ns(prefix, &["nft", "delete", "table", "inet", "chaos"]);
+    if input.is_empty() && output.is_empty() {
+        return Ok(());
     }
+    let script = format!(
+        "table inet chaos {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  iifname \"eth0\" {input}\n }}\n chain out {{\n  type filter hook output priority 0; policy accept;\n  oifname \"eth0\" {output}\n }}\n}}\n"
+    );
+    let file = tempfile::NamedTempFile::new().context("cannot create an nftables script")?;
+    std::fs::write(file.path(), script).context("cannot write an nftables script")?;
+    in_ns(prefix, &["nft", "-f", &file.path().to_string_lossy()]).map(|_| ())
+}
 
-    /// Cuts replica `i` off from everyone, both ways.
-    pub fn isolate(&self, i: usize) -> anyhow::Result<()> {
-        self.nft(i, "drop", "drop")
-    }
+/// Cuts the namespace off from everyone, both ways.
+pub fn isolate(prefix: &[String]) -> anyhow::Result<()> {
+    nft(prefix, "drop", "drop")
+}
 
-    /// Drops everything replica `i` sends; it still hears everyone.
-    pub fn mute(&self, i: usize) -> anyhow::Result<()> {
-        self.nft(i, "", "drop")
-    }
+/// Drops everything the namespace sends; it still hears everyone.
+pub fn mute(prefix: &[String]) -> anyhow::Result<()> {
+    nft(prefix, "", "drop")
+}
 
-    /// Drops `percent`% of replica `i`'s packets, each way.
-    pub fn loss(&self, i: usize, percent: u8) -> anyhow::Result<()> {
-        let rule = format!("numgen random mod 100 < {percent} drop");
-        self.nft(i, &rule, &rule)
-    }
+/// Drops `percent`% of the namespace's packets, each way.
+pub fn loss(prefix: &[String], percent: u8) -> anyhow::Result<()> {
+    let rule = format!("numgen random mod 100 < {percent} drop");
+    nft(prefix, &rule, &rule)
+}
 
-    /// Delays replica `i`'s outgoing packets: netem `delay_ms` ± `jitter_ms`
-    /// if the kernel has it, otherwise a tbf rate limit.
-    pub fn delay(&self, i: usize, delay_ms: u32, jitter_ms: u32) -> anyhow::Result<DelayMethod> {
-        let netem = self.in_ns(
-            i,
-            &[
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                "eth0",
-                "root",
-                "netem",
-                "delay",
-                &format!("{delay_ms}ms"),
-                &format!("{jitter_ms}ms"),
-            ],
-        );
-        if netem.is_ok() {
-            return Ok(DelayMethod::Netem);
-        }
-        self.in_ns(
-            i,
-            &[
-                "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst",
-                "16kb", "latency", "200ms",
-            ],
-        )
-        .context("neither netem nor tbf is available")?;
-        Ok(DelayMethod::Tbf)
+/// Delays what the namespace sends: netem `delay_ms` ± `jitter_ms` if the
+/// kernel has it, otherwise a tbf rate limit.
+pub fn delay(prefix: &[String], delay_ms: u32, jitter_ms: u32) -> anyhow::Result<DelayMethod> {
+    let (d, j) = (format!("{delay_ms}ms"), format!("{jitter_ms}ms"));
+    let netem = [
+        "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &d, &j,
+    ];
+    if in_ns(prefix, &netem).is_ok() {
+        return Ok(DelayMethod::Netem);
     }
+    let tbf = [
+        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst", "16kb",
+        "latency", "200ms",
+    ];
+    in_ns(prefix, &tbf).context("neither netem nor tbf is available")?;
+    Ok(DelayMethod::Tbf)
+}
 
-    /// Removes every fault from replica `i`'s namespace.
-    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
-        let _ = self.in_ns(i, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
-        self.nft(i, "", "")
-    }
+/// Removes every fault from the namespace.
+pub fn heal(prefix: &[String]) -> anyhow::Result<()> {
+    let _ = in_ns(prefix, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
+    nft(prefix, "", "")
 }
 
 impl Drop for Net {
