@@ -524,7 +524,7 @@ struct Row {
     view_changes: u64,
     /// From the fault to the first completed operation invoked after it.
     recovery: Option<Duration>,
-    /// From the end of the fault to the first completed operation invoked after it.
+    /// From the end of the fault to the first operation completed after it.
     resumed: Option<Duration>,
     throughput_share: Option<f64>,
     linearizable: bool,
@@ -575,6 +575,17 @@ fn first_commit_after(entries: &[Entry], from: u64) -> Option<Duration> {
         .iter()
         .filter(|e| e.invoke_us >= from)
         .filter_map(response_at)
+        .min()
+        .map(|at| Duration::from_micros(at - from))
+}
+
+/// The first response at or after `from` (µs), of any operation: how long
+/// after `from` it came.
+fn first_response_after(entries: &[Entry], from: u64) -> Option<Duration> {
+    entries
+        .iter()
+        .filter_map(response_at)
+        .filter(|&at| at >= from)
         .min()
         .map(|at| Duration::from_micros(at - from))
 }
@@ -821,7 +832,7 @@ async fn scenario_body(
     let view_changes = c.view().await.map_or(0, |(v, _)| v.saturating_sub(v0));
 
     let recovery = fault_start.and_then(|a| first_commit_after(&entries, a));
-    let resumed = fault_end.and_then(|a| first_commit_after(&entries, a));
+    let resumed = fault_end.and_then(|a| first_response_after(&entries, a));
     match resumed {
         Some(d) if d <= s.bound => {}
         Some(d) => problems.push(format!(
@@ -1177,6 +1188,10 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(first_commit_after(&entries, 3_000_000), None);
+        assert_eq!(
+            first_response_after(&entries, 3_000_000),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(rate(&entries, 0, 2_000_000), Some(1.0));
         assert_eq!(rate(&entries, 2, 1), None);
     }
