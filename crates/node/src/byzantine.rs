@@ -15,8 +15,8 @@
 //! | `badsig` | corrupts signatures, nested ones too | simulator |
 //! | `replay` | replays old messages to random replicas | simulator |
 //! | `slow-primary` | as primary, delays pre-prepares to just under the timeout | simulator |
-//! | `checkpoint`, `viewchange` | wrong checkpoint digests / forged view-change proofs | simulator |
-//! | `censor` | as primary, never orders one client's requests (`--censor-client`, default: the first client it hears from) | here: its REQUESTs never reach the core |
+//! | `checkpoint`, `viewchange`, `forget` | wrong checkpoint digests / forged view-change proofs / view changes that hide prepared certificates | simulator |
+//! | `censor` | as primary, never orders one client's requests (`--censor-client`, default: the first client it hears from): its REQUESTs never reach the core | simulator ([`Byzantine::admits`]) |
 //! | `flood` | many valid-looking, signed but useless messages: fetches of batches nobody has, state fetches, copies of its own votes | here, bounded per second |
 //! | `wrong-state` | applies writes wrongly (every stored value altered) and reports a wrong state digest | here: [`WrongState`] wraps the store |
 //!
@@ -36,7 +36,7 @@ use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
 
 /// The behaviours `--byzantine` accepts.
-pub const BEHAVIOURS: [&str; 11] = [
+pub const BEHAVIOURS: [&str; 12] = [
     "silent",
     "equivocate",
     "conflict",
@@ -45,6 +45,7 @@ pub const BEHAVIOURS: [&str; 11] = [
     "slow-primary",
     "checkpoint",
     "viewchange",
+    "forget",
     "censor",
     "flood",
     "wrong-state",
@@ -59,7 +60,8 @@ const FLOOD_PER_SECOND: u32 = 2000;
 pub enum Spec {
     /// One of the simulator's behaviours.
     Sim(Behavior),
-    /// Never order the given client's requests (`None`: the first client heard).
+    /// The simulator's censor: never order the given client's requests
+    /// (`None`: the first client heard).
     Censor(Option<ClientId>),
     /// Useless traffic.
     Flood,
@@ -83,6 +85,7 @@ impl Spec {
             "slow-primary" => sim(Behavior::SlowPrimary),
             "checkpoint" => sim(Behavior::Checkpoint),
             "viewchange" => sim(Behavior::ViewChange),
+            "forget" => sim(Behavior::Forget),
             "censor" => {
                 let client = censor_client
                     .map(|hex| {
@@ -123,7 +126,6 @@ pub struct Tamper {
     flood_sent: u32,
     /// Own votes recently sent, re-sent by a flooding replica.
     recent: Vec<Message>,
-    censored: Option<ClientId>,
 }
 
 impl Tamper {
@@ -131,10 +133,11 @@ impl Tamper {
     pub fn new(spec: Spec, id: ReplicaId, signer: Signer, config: Config) -> Tamper {
         let sim = match &spec {
             Spec::Sim(b) => Some(Byzantine::new(*b, id, signer.clone(), config.clone(), None)),
-            _ => None,
-        };
-        let censored = match &spec {
-            Spec::Censor(c) => *c,
+            Spec::Censor(client) => {
+                let mut b = Byzantine::new(Behavior::Censor, id, signer.clone(), config.clone(), None);
+                b.censored = *client;
+                Some(b)
+            }
             _ => None,
         };
         Tamper {
@@ -147,23 +150,21 @@ impl Tamper {
             flood_window: Instant::now(),
             flood_sent: 0,
             recent: Vec::new(),
-            censored,
         }
     }
 
     /// Whether an incoming verified message reaches the core (a censoring
     /// replica drops the victim's requests); notes it for replays.
     pub fn admit(&mut self, message: &Message) -> bool {
-        if let Some(sim) = &mut self.sim {
-            sim.observe(message);
+        let Some(sim) = &mut self.sim else {
+            return true;
+        };
+        if let (Spec::Censor(None), None, Message::Request(r)) = (&self.spec, sim.censored, message)
+        {
+            sim.censored = Some(r.value.client);
         }
-        if let (Spec::Censor(_), Message::Request(r)) = (&self.spec, message) {
-            let victim = *self.censored.get_or_insert(r.value.client);
-            if r.value.client == victim {
-                return false;
-            }
-        }
-        true
+        sim.observe(message);
+        sim.admits(message)
     }
 
     /// Alters the step's sends. `actions` are the non-persist outputs in
@@ -196,7 +197,7 @@ impl Tamper {
             }
         }
         let sends = match (&self.spec, &mut self.sim) {
-            (Spec::Sim(_), Some(sim)) => sim.transform(&mut self.rng, sends),
+            (Spec::Sim(_) | Spec::Censor(_), Some(sim)) => sim.transform(&mut self.rng, sends),
             (Spec::Flood, _) => {
                 let mut sends = sends;
                 self.flood(&mut sends);
