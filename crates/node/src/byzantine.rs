@@ -134,7 +134,8 @@ impl Tamper {
         let sim = match &spec {
             Spec::Sim(b) => Some(Byzantine::new(*b, id, signer.clone(), config.clone(), None)),
             Spec::Censor(client) => {
-                let mut b = Byzantine::new(Behavior::Censor, id, signer.clone(), config.clone(), None);
+                let mut b =
+                    Byzantine::new(Behavior::Censor, id, signer.clone(), config.clone(), None);
                 b.censored = *client;
                 Some(b)
             }

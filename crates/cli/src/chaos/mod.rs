@@ -279,7 +279,9 @@ async fn sleep(secs: f64) {
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
 }
 
-/// Injects the fault of `kind` and ends it.
+/// Injects the fault of `kind` and ends it. The fault's start is taken
+/// once it is in place (a `docker kill` takes a while), its end once it is
+/// lifted.
 async fn inject(
     kind: &Kind,
     c: &mut Cluster,
@@ -292,8 +294,8 @@ async fn inject(
     match kind {
         Kind::KillPrimary => {
             let (_, p) = c.primary(limit).await?;
-            t.start();
             c.kill(p);
+            t.start();
             t.notes.push(format!("killed primary r{p}"));
             sleep(8.0).await;
             c.start_replica(p, None)?;
@@ -302,8 +304,8 @@ async fn inject(
         Kind::KillBackup => {
             let (_, p) = c.primary(limit).await?;
             let b = (p + 1) % n;
-            t.start();
             c.kill(b);
+            t.start();
             sleep(8.0).await;
             c.start_replica(b, None)?;
             t.end();
@@ -311,8 +313,8 @@ async fn inject(
         Kind::KillPrimaryThenNext => {
             let (_, p) = c.primary(limit).await?;
             let next = (p + 1) % n;
-            t.start();
             c.kill(p);
+            t.start();
             // The backups' timers fire about one timeout base after a request
             // waits; kill the next primary while they are changing views.
             sleep(1.0).await;
@@ -326,8 +328,8 @@ async fn inject(
         }
         Kind::Pause => {
             let (_, p) = c.primary(limit).await?;
-            t.start();
             c.pause(p)?;
+            t.start();
             sleep(6.0).await;
             c.resume(p)?;
             sleep(3.0).await;
@@ -386,7 +388,6 @@ async fn inject(
             } else {
                 p
             };
-            t.start();
             c.kill(target);
             let extra: Vec<String> = if *b == "censor" {
                 vec!["--censor-client".into(), censored.to_string()]
@@ -394,6 +395,7 @@ async fn inject(
                 Vec::new()
             };
             c.start_replica_with(target, Some(b), &extra)?;
+            t.start();
             t.byzantine.insert(target);
             t.notes.push(format!("r{target} byzantine ({b})"));
             sleep(12.0).await;
@@ -414,10 +416,10 @@ async fn inject(
                 f + 1
             };
             let victims: Vec<usize> = (0..down).map(|k| (p + k) % n).collect();
-            t.start();
             for &v in &victims {
                 c.kill(v);
             }
+            t.start();
             t.expect_stall = matches!(kind, Kind::BeyondF);
             t.notes.push(format!("down: {victims:?}"));
             sleep(10.0).await;
@@ -442,10 +444,10 @@ async fn inject(
             t.end();
         }
         Kind::KillAll => {
-            t.start();
             for i in 0..n {
                 c.kill(i);
             }
+            t.start();
             t.expect_stall = true;
             sleep(2.0).await;
             t.end();
