@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn lines_round_trip() {
-        let entries = vec![
+        let entries = [
             entry(
                 KvOp::Put {
                     key: b"k".to_vec(),

@@ -53,7 +53,7 @@ impl Docker {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.map_or_else(|| anyhow::anyhow!("no docker network"), |e| e))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no docker network")))
             .context("cannot create a docker network for the run")
     }
 

@@ -907,7 +907,7 @@ fn yes(b: bool) -> &'static str {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<24} {:>6} {:>6} {:>7} {:>5} {:>11} {:>10} {:>8} {:>6} {:>6} {:>8}  {}",
+        "{:<24} {:>6} {:>6} {:>7} {:>5} {:>11} {:>10} {:>8} {:>6} {:>6} {:>8}  result",
         "scenario",
         "ok",
         "failed",
@@ -918,8 +918,7 @@ fn print_table(rows: &[Row]) {
         "tput",
         "linear",
         "acked",
-        "digests",
-        "result"
+        "digests"
     );
     for r in rows {
         println!(
