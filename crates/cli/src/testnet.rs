@@ -320,3 +320,49 @@ pub fn run(args: &TestnetArgs) -> CmdResult {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_subnets_must_be_a_slash_24() {
+        assert_eq!(subnet_prefix("10.214.0.0/24").ok(), Some([10, 214, 0]));
+        for bad in ["10.214.0.0/16", "10.214.0/24", "10.300.0.0/24", "x"] {
+            let e = subnet_prefix(bad).expect_err(bad).into_error().to_string();
+            assert!(e.contains("--docker-subnet"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_docker_testnet_has_one_container_per_replica_and_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = TestnetArgs {
+            replicas: 4,
+            out: dir.path().join("net"),
+            base_port: None,
+            timeout_base_ms: 500,
+            only_config_client: false,
+            docker: DockerArgs {
+                docker: true,
+                docker_subnet: "10.77.1.0/24".into(),
+            },
+        };
+        run(&args)
+            .map_err(|f| f.into_error())
+            .expect("testnet --docker");
+        let compose =
+            std::fs::read_to_string(args.out.join("docker-compose.yml")).expect("compose file");
+        for i in 0..4 {
+            assert!(compose.contains(&format!("replica{i}:")), "{compose}");
+            assert!(compose.contains(&format!("ipv4_address: 10.77.1.{}", 10 + i)));
+            let node = NodeFile::load(&args.out.join(format!("node-{i}.toml"))).expect("node file");
+            assert_eq!(node.data_dir, PathBuf::from("/data"));
+            assert_eq!(
+                node.cluster.addresses[i],
+                SocketAddr::from(([10, 77, 1, 10 + i as u8], 7000))
+            );
+        }
+        assert!(compose.contains("subnet: 10.77.1.0/24"));
+    }
+}
