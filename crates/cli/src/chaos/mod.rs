@@ -542,7 +542,7 @@ impl Row {
         self.problems.is_empty()
     }
 
-    fn json(&self) -> Value {
+    fn json(&self, kept: bool) -> Value {
         json!({
             "scenario": self.scenario,
             "ok": self.ok,
@@ -558,7 +558,7 @@ impl Row {
             "passed": self.passed(),
             "problems": self.problems,
             "notes": self.notes,
-            "history": self.history,
+            "history": kept.then_some(&self.history),
         })
     }
 }
@@ -752,7 +752,7 @@ async fn scenario_body(
     let recorder = Recorder::new();
     let hard_stop = Instant::now() + Duration::from_secs(150);
     let load = workload::start(&c.settings, &plan, &keys, &recorder, hard_stop)?;
-    sleep(4.0).await;
+    sleep(5.0).await;
     let injected = inject(&s.kind, c, t, &censored).await;
     let fault_start = t.fault_start.map(|a| recorder.micros(a));
     let fault_end = t.fault_end.map(|a| recorder.micros(a));
@@ -849,7 +849,9 @@ async fn scenario_body(
     }
     let throughput_share = match (fault_start, fault_end) {
         (Some(a), Some(b)) => {
-            let before = rate(&entries, a.saturating_sub(4_000_000), a);
+            // The last 3 s before the fault (the first 2 s of the warm-up
+            // are connection set-up).
+            let before = rate(&entries, a.saturating_sub(3_000_000), a);
             let during = rate(&entries, a, b);
             match (before, during) {
                 (Some(x), Some(y)) if x > 0.0 => Some(y / x),
@@ -1101,7 +1103,9 @@ pub async fn run(args: &ChaosArgs) -> CmdResult {
     }
     let failed = rows.iter().filter(|r| !r.passed()).count();
     if args.json {
-        let list: Vec<Value> = rows.iter().map(Row::json).collect();
+        // A temporary directory is removed unless a scenario failed.
+        let kept = args.out.is_some() || failed > 0;
+        let list: Vec<Value> = rows.iter().map(|r| r.json(kept)).collect();
         println!("{}", json!({"scenarios": list, "failed": failed}));
     } else {
         print_table(&rows);
