@@ -65,7 +65,8 @@ pub struct DockerArgs {
     /// Write a docker-compose.yml too: one container per replica (image
     /// `pbft-node:local`, see docker/README.md) with its own address on a
     /// project network, the testnet directory mounted read-only at
-    /// /etc/pbft (configuration and keys) and a volume for /data.
+    /// /etc/pbft (configuration and keys) and its initialised data/node-<i>
+    /// mounted at /data.
     #[arg(long)]
     pub docker: bool,
     /// The project network's /24 (replica i gets .<10+i>, port 7000).
@@ -107,17 +108,14 @@ fn compose_file(n: usize, subnet: &str, prefix: [u8; 3]) -> String {
     for i in 0..n {
         s.push_str(&format!(
             "  replica{i}:\n    image: pbft-node:local\n    command: [\"--config\", \"/etc/pbft/node-{i}.toml\"]\n    \
-             volumes:\n      - ./:/etc/pbft:ro\n      - data{i}:/data\n    networks:\n      pbft:\n        \
+             volumes:\n      - ./:/etc/pbft:ro\n      - ./data/node-{i}:/data\n    networks:\n      pbft:\n        \
              ipv4_address: {a}.{b}.{c}.{}\n    stop_signal: SIGTERM\n    stop_grace_period: 5s\n",
             10 + i
         ));
     }
     s.push_str(&format!(
-        "networks:\n  pbft:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {subnet}\nvolumes:\n"
+        "networks:\n  pbft:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {subnet}\n"
     ));
-    for i in 0..n {
-        s.push_str(&format!("  data{i}: {{}}\n"));
-    }
     s
 }
 
@@ -343,6 +341,7 @@ mod tests {
             base_port: None,
             timeout_base_ms: 500,
             only_config_client: false,
+            read_mode: ReadModeArg::Ordered,
             docker: DockerArgs {
                 docker: true,
                 docker_subnet: "10.77.1.0/24".into(),
