@@ -10,7 +10,9 @@
 //! * `clients`: per client, the last executed request id and its result
 //!   (exactly-once); part of every checkpoint.
 //! * `pending`: requests received but not yet executed, at most one per client;
-//!   they drive the view-change timer and the primary's batches.
+//!   each has its own view-change deadline, and they feed the primary's batches.
+//! * `decided`: sequence numbers learned decided from commit certificates
+//!   (see [`crate::retransmit`]), executed in order like committed slots.
 //!
 //! # Invariants (checked at the end of every `handle`)
 //! * Every slot's sequence number is in `(h, h+L]`.
@@ -269,10 +271,13 @@ impl Replica {
     }
 
     /// Rebuilds a replica after a crash from the records it persisted (in the
-    /// order they were written). The replica comes back at its last stable
-    /// checkpoint, in the view it was in, holding every pre-prepare and
+    /// order they were written). The replica comes back with the window of
+    /// its last stable checkpoint, the state of its highest snapshot (its own
+    /// or a fetched one; a state transfer starts if that is below the stable
+    /// checkpoint), in the view it was in, holding every pre-prepare and
     /// prepared certificate it had vouched for, and catches up through the
-    /// protocol (state transfer at the next stable checkpoint, or view change).
+    /// protocol: PROGRESS at once, then retransmitted certificates, state
+    /// transfer or a view change.
     pub fn restore(
         config: Config,
         id: ReplicaId,
