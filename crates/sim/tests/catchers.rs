@@ -86,7 +86,10 @@ fn high_water_mark() {
 
 /// M11: the stable checkpoint is persisted as soon as the window moves, even
 /// while its state is still being fetched (a restart must not shrink the
-/// window and forget what it accepted in it).
+/// window and forget what it accepted in it). This seed caught M11 before
+/// status and retransmission landed; with them the run differs and it no
+/// longer does (`scripts/mutation-check.py --only M11` reports it), and no
+/// seed in 1000..1300 does either: a catcher still to be found.
 #[test]
 fn persisted_window() {
     check(Scenario::CrashByz, 1, 196);
