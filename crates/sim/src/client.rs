@@ -16,7 +16,7 @@
 //! [`replies_needed`] from the cluster's read mode, [`learned_view`] from the
 //! latest view each replica reported for the request.
 
-use crate::checker::linearizability::History;
+use crate::checker::linearizability::{op_key, History};
 use pbft_app::kv::{KvOp, KvResult};
 use pbft_core::client_quorum::{learned_view, next_request_id, replies_needed, ReplyTally};
 use pbft_core::message::{Reply, Request};
@@ -291,16 +291,5 @@ impl Client {
             Err(e) => history.respond_garbage(h, now, e.0),
         }
         vec![ClientAction::Completed]
-    }
-}
-
-/// The key a single-key operation touches (empty for scans, which the workload never issues).
-pub(crate) fn op_key(op: &KvOp) -> &[u8] {
-    match op {
-        KvOp::Put { key, .. }
-        | KvOp::Get { key }
-        | KvOp::Delete { key }
-        | KvOp::Cas { key, .. } => key,
-        KvOp::Scan { .. } => &[],
     }
 }
