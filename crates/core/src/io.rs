@@ -1,6 +1,6 @@
 //! What goes into the core and what comes out.
 
-use crate::ids::{ClientId, SeqNum, View};
+use crate::ids::{ClientId, Instant, SeqNum, View};
 use crate::message::{
     Batch, CheckpointProof, Message, NewView, PrePrepare, PreparedProof, Reply, StatusReport,
     ViewChange,
@@ -47,6 +47,9 @@ pub enum Output {
         digest: Digest,
         /// How many requests ran (duplicates skipped).
         requests: usize,
+        /// When the batch passed each phase here; `None` when it was
+        /// executed from a certificate (a slot this replica did not vote in).
+        timing: Option<PhaseTimes>,
     },
     /// This replica took a checkpoint (for checkers).
     Checkpointed {
@@ -64,6 +67,22 @@ pub enum Output {
     },
     /// This replica entered a view (after a NEW-VIEW).
     EnteredView(View),
+}
+
+/// When one batch passed each normal-case phase at this replica (core
+/// time; it executed at the step's `now`). For metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// The earliest arrival here of a request in the batch that was still
+    /// waiting (a backup that learnt a request from the pre-prepare itself
+    /// counts it as arriving then).
+    pub received: Option<Instant>,
+    /// The pre-prepare was issued (primary) or accepted (backup).
+    pub pre_prepared: Instant,
+    /// The slot prepared.
+    pub prepared: Instant,
+    /// The slot committed locally.
+    pub committed: Instant,
 }
 
 /// What a replica persists. Replaying the records of a crashed replica in

@@ -201,6 +201,8 @@ impl Sim {
         config.log_window = 2 * plan.checkpoint_interval;
         config.batch_size_max = plan.batch_size_max;
         config.batch_delay = Duration::from_micros(plan.batch_delay);
+        config.in_flight_max = plan.in_flight_max;
+        config.batch_bytes_max = plan.batch_bytes_max;
         config.timeout_base = Duration::from_micros(TIMEOUT_BASE);
         config.pending_requests_max = 1000;
         // Runs that use the read-only fast path are clusters in fast mode.
@@ -265,7 +267,10 @@ impl Sim {
                 Box::new(KvStore::new()),
             );
             let replica = match replica {
-                Ok(r) => Some(r),
+                Ok(mut r) => {
+                    r.set_invariant_checks(true);
+                    Some(r)
+                }
                 Err(e) => {
                     sim.violations.push(format!("setup: replica r{i}: {e}"));
                     sim.aborted = true;
@@ -326,7 +331,7 @@ impl Sim {
         }
         if sim.verbose {
             println!(
-                "plan: scenario={} f={} n={} seed={} heal={}ms byzantine={:?} crashes={} network={:?} clients={}x{} K={} batch={} delay={}us read_only={}",
+                "plan: scenario={} f={} n={} seed={} heal={}ms byzantine={:?} crashes={} network={:?} clients={}x{} K={} batch={} bytes={} in_flight={} delay={}us read_only={}",
                 sim.plan.scenario,
                 sim.plan.f,
                 n,
@@ -339,6 +344,8 @@ impl Sim {
                 sim.plan.ops_per_client,
                 sim.plan.checkpoint_interval,
                 sim.plan.batch_size_max,
+                sim.plan.batch_bytes_max,
+                sim.plan.in_flight_max,
                 sim.plan.batch_delay,
                 sim.plan.read_only,
             );
@@ -834,6 +841,7 @@ impl Sim {
                     view,
                     digest,
                     requests,
+                    ..
                 } => {
                     self.log(|| {
                         format!("r{i} executed {seq} {view} {digest} ({requests} requests)")
@@ -1058,7 +1066,8 @@ impl Sim {
             )
         }));
         match result {
-            Ok(Ok(replica)) => {
+            Ok(Ok(mut replica)) => {
+                replica.set_invariant_checks(true);
                 self.nodes[i].replica = Some(replica);
                 self.agreement.restarted(i);
                 self.reschedule_timer(i, false);

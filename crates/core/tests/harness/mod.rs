@@ -34,6 +34,8 @@ pub struct Cluster {
     pub executed: BTreeMap<ReplicaId, BTreeMap<SeqNum, Digest>>,
     pub verifier: Verifier,
     pub entered_views: Vec<(ReplicaId, pbft_core::View)>,
+    /// Sequence numbers each replica executed with phase times.
+    pub timed: BTreeMap<ReplicaId, BTreeSet<SeqNum>>,
 }
 
 pub fn config(n: usize) -> (Config, Vec<Signer>) {
@@ -87,6 +89,7 @@ impl Cluster {
             replies: BTreeMap::new(),
             executed: BTreeMap::new(),
             entered_views: Vec::new(),
+            timed: BTreeMap::new(),
         }
     }
 
@@ -119,7 +122,22 @@ impl Cluster {
                     }
                 }
                 Output::Reply(c, r) => self.queue.push_back((id, To::Client(c), Message::Reply(r))),
-                Output::Executed { seq, digest, .. } => {
+                Output::Executed {
+                    seq,
+                    digest,
+                    timing,
+                    ..
+                } => {
+                    if let Some(t) = timing {
+                        assert!(
+                            t.received.is_none_or(|r| r <= t.pre_prepared)
+                                && t.pre_prepared <= t.prepared
+                                && t.prepared <= t.committed
+                                && t.committed <= self.now,
+                            "{id} phase times out of order at {seq}: {t:?}"
+                        );
+                        self.timed.entry(id).or_default().insert(seq);
+                    }
                     let prev = self.executed.entry(id).or_default().insert(seq, digest);
                     if let Some(prev) = prev {
                         assert_eq!(prev, digest, "{id} re-executed {seq} with another batch");
@@ -158,11 +176,23 @@ impl Cluster {
         true
     }
 
-    /// Delivers until quiet (bounded).
+    /// Delivers until quiet (bounded). Like a node's driver at the end of a
+    /// step, it fires the timers that are due now (the primary proposes
+    /// from such a timer).
     pub fn run(&mut self) {
         for _ in 0..1_000_000 {
-            if !self.step() {
-                return;
+            if self.step() {
+                continue;
+            }
+            let due = (0..self.replicas.len()).find(|&i| {
+                self.replicas[i]
+                    .as_ref()
+                    .and_then(|r| r.poll_timeout())
+                    .is_some_and(|t| t <= self.now)
+            });
+            match due {
+                Some(i) => self.input(ReplicaId(i as u32), Input::Tick),
+                None => return,
             }
         }
         panic!("message storm: the queue never drained");
@@ -191,6 +221,11 @@ impl Cluster {
         }
         self.now = end;
         self.run();
+    }
+
+    /// Delivers a timer tick to replica `id` now (whether or not one is due).
+    pub fn tick(&mut self, id: u32) {
+        self.input(ReplicaId(id), Input::Tick);
     }
 
     /// Injects a message as if `from` had sent it to `to`.
