@@ -34,7 +34,7 @@ pub enum Output {
     /// Send to every other replica.
     Broadcast(Message),
     /// Send a reply to a client.
-    Reply(ClientId, Signed<Reply>),
+    Reply(ClientId, Reply),
     /// Send a status report to a client.
     Status(ClientId, Signed<StatusReport>),
     /// A batch was executed (for checkers, metrics and logs).

@@ -36,7 +36,7 @@ impl Replica {
                 return self.drop_input("request older than the client's last");
             }
             if request.request_id == entry.request_id {
-                let reply = self.sign_reply(&request.value, entry.result.clone(), false);
+                let reply = self.reply(&request.value, entry.result.clone(), false);
                 out.push(Output::Reply(client, reply));
                 return;
             }
@@ -122,19 +122,20 @@ impl Replica {
             return self.drop_input("read-only request before catching up after a restart");
         }
         let result = self.app.query(&request.op);
-        let reply = self.sign_reply(&request.value, result, true);
+        let reply = self.reply(&request.value, result, true);
         out.push(Output::Reply(request.client, reply));
     }
 
-    fn sign_reply(&self, request: &Request, result: Vec<u8>, read_only: bool) -> Signed<Reply> {
-        self.signer.sign(Reply {
+    /// A reply to `request` (unsigned: see [`Reply`]).
+    fn reply(&self, request: &Request, result: Vec<u8>, read_only: bool) -> Reply {
+        Reply {
             view: self.view,
             client: request.client,
             request_id: request.request_id,
             result,
             read_only,
             replica: self.id,
-        })
+        }
     }
 
     /// The primary assigns sequence numbers to waiting requests while the
@@ -541,7 +542,7 @@ impl Replica {
                 continue; // duplicate: executed at most once per (client, id)
             }
             let result = self.app.apply(&request.op);
-            let reply = self.sign_reply(&request.value, result.clone(), false);
+            let reply = self.reply(&request.value, result.clone(), false);
             self.clients.insert(
                 client,
                 ClientEntry {

@@ -606,6 +606,14 @@ impl Sim {
                     }
                 };
                 if let Message::Reply(reply) = verified.into_inner() {
+                    // Replies are unsigned: the link names the sender.
+                    if from != Endpoint::Replica(reply.replica.index()) {
+                        self.rejected += 1;
+                        self.log(|| {
+                            format!("{from} -> c{c} reply naming {} refused", reply.replica)
+                        });
+                        return;
+                    }
                     self.log(|| {
                         format!(
                             "{from} -> c{c} reply t{} view {} ro={} {}",
@@ -620,7 +628,7 @@ impl Sim {
                     let actions =
                         self.clients[c]
                             .client
-                            .on_reply(self.now, reply.value, &mut self.history);
+                            .on_reply(self.now, reply, &mut self.history);
                     self.client_actions(c, actions);
                 }
             }

@@ -30,7 +30,7 @@ pub struct Cluster {
     pub isolated: BTreeSet<ReplicaId>,
     /// Replicas whose outputs are all dropped (silent Byzantine).
     pub silent: BTreeSet<ReplicaId>,
-    pub replies: BTreeMap<ClientId, Vec<Signed<Reply>>>,
+    pub replies: BTreeMap<ClientId, Vec<Reply>>,
     pub executed: BTreeMap<ReplicaId, BTreeMap<SeqNum, Digest>>,
     pub verifier: Verifier,
     pub entered_views: Vec<(ReplicaId, pbft_core::View)>,
