@@ -158,6 +158,18 @@ pub fn compacts(group: &[Record]) -> bool {
 /// keeps). Order is kept, and restoring from the compacted records gives the
 /// same replica as restoring from all of them.
 pub fn compact(records: &mut Vec<Record>) {
+    let keep = retained(records);
+    let mut index = 0;
+    records.retain(|_| {
+        index += 1;
+        keep[index - 1]
+    });
+}
+
+/// Which of `records` [`compact`] keeps: one flag per record, in order. A
+/// driver whose log is split into files uses it to tell which files still
+/// hold a record a restart needs.
+pub fn retained(records: &[Record]) -> Vec<bool> {
     let Some(stable) = records
         .iter()
         .filter_map(|r| match r {
@@ -166,7 +178,7 @@ pub fn compact(records: &mut Vec<Record>) {
         })
         .max()
     else {
-        return;
+        return vec![true; records.len()];
     };
     // Per sequence number, the last snapshot record (the one restore uses).
     let mut snapshot_at: BTreeMap<SeqNum, usize> = BTreeMap::new();
@@ -194,11 +206,10 @@ pub fn compact(records: &mut Vec<Record>) {
         })
         .max_by_key(|(seq, i)| (*seq, std::cmp::Reverse(*i)))
         .map(|(_, i)| i);
-    let mut index = 0;
-    records.retain(|r| {
-        let i = index;
-        index += 1;
-        match r {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r {
             Record::Checkpoint(p, _) => {
                 Some(i) == proof
                     || (snapshot_at.get(&p.seq) == Some(&i) && (p.seq >= stable || Some(i) == base))
@@ -211,6 +222,6 @@ pub fn compact(records: &mut Vec<Record>) {
             Record::NewView(_) => Some(i) == last_new_view,
             Record::Executed(_) => Some(i) == executed,
             Record::PrePrepare(..) | Record::Prepared(_) => r.seq().is_some_and(|s| s > stable),
-        }
-    });
+        })
+        .collect()
 }
