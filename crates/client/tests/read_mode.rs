@@ -67,6 +67,7 @@ fn fake_replicas(answering: usize) -> FakeReplicas {
                     client,
                     request_id,
                     result: b"ok".to_vec(),
+                    status: Default::default(),
                     read_only,
                     replica: ReplicaId(i),
                 });

@@ -15,7 +15,8 @@
 //! exactly-once would break after a state transfer. Snapshot encoding is
 //! deterministic, so honest replicas produce byte-identical snapshots.
 
-use crate::ids::{ClientId, RequestId, SeqNum};
+use crate::client_table::ClientTable;
+use crate::ids::SeqNum;
 use crate::io::{Output, Record};
 use crate::message::{Checkpoint, CheckpointProof, FetchState, Message, StateData};
 use crate::replica::Replica;
@@ -24,31 +25,22 @@ use pbft_crypto::{Digest, Signed};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What a replica remembers of a client: its last executed request and result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientEntry {
-    /// The last executed request id.
-    pub request_id: RequestId,
-    /// Its result, re-sent when the request is retransmitted.
-    pub result: Vec<u8>,
-}
-
 /// A checkpoint's contents.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The application's snapshot.
     pub app: Vec<u8>,
     /// The client table.
-    pub clients: BTreeMap<ClientId, ClientEntry>,
+    pub clients: ClientTable,
 }
 
 impl Snapshot {
     /// Encodes a snapshot from its parts.
-    pub fn encode_parts(app: Vec<u8>, clients: &BTreeMap<ClientId, ClientEntry>) -> Vec<u8> {
+    pub fn encode_parts(app: Vec<u8>, clients: &ClientTable) -> Vec<u8> {
         #[derive(Serialize)]
         struct Ref<'a> {
             app: Vec<u8>,
-            clients: &'a BTreeMap<ClientId, ClientEntry>,
+            clients: &'a ClientTable,
         }
         postcard::to_stdvec(&Ref { app, clients }).unwrap_or_default()
     }
@@ -103,6 +95,13 @@ impl Replica {
     /// Takes a checkpoint of the state after executing `last_executed`.
     pub(crate) fn take_checkpoint(&mut self, out: &mut Vec<Output>) {
         let seq = self.last_executed;
+        if self.clients.expire(&self.config) > 0 {
+            // Requests the table now refuses no longer wait.
+            let clients = &self.clients;
+            self.pending
+                .retain(|c, p| !clients.settled(c, p.request.request_id));
+            self.update_view_change_timer();
+        }
         let snapshot = Snapshot::encode_parts(self.app.snapshot(), &self.clients);
         let digest = Digest::of(&snapshot);
         out.push(Output::Persist(Record::Snapshot(seq, snapshot.clone())));
@@ -347,6 +346,7 @@ impl Replica {
     pub(crate) fn load_state(&mut self, seq: SeqNum, snapshot: &[u8]) -> Result<(), String> {
         let decoded =
             Snapshot::decode(snapshot).map_err(|e| format!("snapshot does not decode: {e}"))?;
+        decoded.clients.check()?;
         self.app.restore(&decoded.app).map_err(|e| e.to_string())?;
         self.clients = decoded.clients;
         // Slots above the checkpoint that had executed run again from this
@@ -354,11 +354,8 @@ impl Replica {
         self.last_executed = seq;
         // Requests that executed inside the loaded state no longer wait.
         let clients = &self.clients;
-        self.pending.retain(|c, p| {
-            clients
-                .get(c)
-                .is_none_or(|e| e.request_id < p.request.request_id)
-        });
+        self.pending
+            .retain(|c, p| !clients.settled(c, p.request.request_id));
         Ok(())
     }
 

@@ -148,6 +148,20 @@ pub struct NewView {
     pub replica: ReplicaId,
 }
 
+/// What a [`Reply`]'s `result` holds (see `client_table`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ReplyStatus {
+    /// The request's result.
+    #[default]
+    Result,
+    /// The request ran, but its result was too large to keep for
+    /// retransmissions: `result` is the result's digest.
+    Withheld,
+    /// The request is at or below the floor of a client the table forgot:
+    /// whether it ran is unknown; `result` is empty.
+    Expired,
+}
+
 /// REPLY to a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
@@ -159,6 +173,8 @@ pub struct Reply {
     pub request_id: RequestId,
     /// The result bytes.
     pub result: Vec<u8>,
+    /// What `result` holds.
+    pub status: ReplyStatus,
     /// Whether this is a read-only (unordered, tentative) answer.
     pub read_only: bool,
     /// The sender.

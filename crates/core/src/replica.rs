@@ -8,7 +8,8 @@
 //! * `log`: one [`Slot`] per sequence number in `(h, h+L]`, `h = stable.seq`
 //!   the low water mark.
 //! * `clients`: per client, the last executed request id and its result
-//!   (exactly-once); part of every checkpoint.
+//!   (exactly-once), expired at checkpoints (see [`crate::client_table`]);
+//!   part of every checkpoint.
 //! * `pending`: requests received but not yet executed, at most one per client;
 //!   each has its own view-change deadline, and they feed the primary's batches.
 //! * `decided`: sequence numbers learned decided from commit certificates
@@ -20,7 +21,8 @@
 //! * A slot's pre-prepare, prepares and commits are all for the current view.
 //! * An inactive replica has sent its VIEW-CHANGE for `view`.
 
-use crate::checkpoint::{ClientEntry, Snapshot, StateFetch};
+use crate::checkpoint::{Snapshot, StateFetch};
+use crate::client_table::ClientTable;
 use crate::config::{Config, ConfigError};
 use crate::ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
 use crate::io::{Input, Output, Record};
@@ -180,7 +182,7 @@ pub struct Replica {
         BTreeMap<SeqNum, BTreeMap<ReplicaId, Signed<crate::message::Checkpoint>>>,
     pub(crate) state_fetch: Option<StateFetch>,
 
-    pub(crate) clients: BTreeMap<ClientId, ClientEntry>,
+    pub(crate) clients: ClientTable,
     pub(crate) pending: BTreeMap<ClientId, Pending>,
     /// Arrival order of pending requests, for fair batching (may hold stale entries).
     pub(crate) pending_order: VecDeque<(ClientId, RequestId)>,
@@ -224,7 +226,7 @@ impl Replica {
         if id.index() >= config.n() {
             return Err(ConfigError::ReplicaCount(config.n()));
         }
-        let clients = BTreeMap::new();
+        let clients = ClientTable::new();
         let snapshot = Snapshot::encode_parts(app.snapshot(), &clients);
         let genesis_digest = Digest::of(&snapshot);
         Ok(Replica {

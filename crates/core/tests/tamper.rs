@@ -143,6 +143,7 @@ fn messages(fx: &Fixture) -> Vec<Message> {
             client,
             request_id: RequestId(5),
             result: b"ok".to_vec(),
+            status: Default::default(),
             read_only: false,
             replica: r(0),
         })),

@@ -203,6 +203,24 @@ impl Sim {
         config.batch_delay = Duration::from_micros(plan.batch_delay);
         config.timeout_base = Duration::from_micros(TIMEOUT_BASE);
         config.pending_requests_max = 1000;
+        // Half the seeds keep fewer clients than the workload has, so the
+        // client table expires entries at checkpoints (and answers some
+        // retransmissions as expired); a quarter keep only tiny results
+        // whole, so retransmissions meet withheld results. Chosen from the
+        // seed without drawing from the run's generator. Not beside replicas
+        // that flood requests from made-up clients with far-future ids: once
+        // those are evicted they lift the floor above every honest id (the
+        // known limit of `client_table`; key admission prevents it).
+        let flood = plan
+            .byzantine
+            .iter()
+            .any(|(_, b)| *b == crate::byzantine::Behavior::Flood);
+        if options.seed % 2 == 0 && !flood {
+            config.client_table_max = plan.clients.saturating_sub(1).max(1);
+        }
+        if options.seed % 4 == 0 {
+            config.client_result_max = 8;
+        }
         // Runs that use the read-only fast path are clusters in fast mode.
         config.read_mode = if plan.read_only > 0.0 {
             pbft_core::ReadMode::Fast
@@ -1085,8 +1103,19 @@ impl Sim {
         violations.extend(self.agreement.violations().iter().cloned());
         violations.extend(linearizability::check(&self.history));
         if !self.aborted {
+            // A write the replicas answered as expired ended with its outcome
+            // unknown: open for linearizability, finished for liveness.
+            let mut finished = self.history.clone();
+            for (index, at) in self.clients.iter().flat_map(|c| &c.client.abandoned) {
+                if let Some(op) = finished.ops.get_mut(*index) {
+                    op.response = Some(pbft_history::linearizability::Response {
+                        at: *at,
+                        result: Err("outcome unknown (expired)".into()),
+                    });
+                }
+            }
             let live = liveness::check(&LivenessInput {
-                history: &self.history,
+                history: &finished,
                 not_issued: self.clients.iter().map(|c| c.client.ops_left).collect(),
                 heal_at: self.plan.stable_at(),
                 end,
@@ -1137,6 +1166,8 @@ impl Sim {
             crashes: self.crashes,
             torn_writes: self.torn_writes,
             state_transfers: self.state_transfers,
+            withheld_results: self.clients.iter().map(|c| c.client.withheld as u64).sum(),
+            expired_requests: self.clients.iter().map(|c| c.client.expired as u64).sum(),
             censored_requests: self.censored_requests,
             rejoin_us: self
                 .rejoined_at
