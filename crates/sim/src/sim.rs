@@ -215,10 +215,10 @@ impl Sim {
             .byzantine
             .iter()
             .any(|(_, b)| *b == crate::byzantine::Behavior::Flood);
-        if options.seed % 2 == 0 && !flood {
+        if options.seed.is_multiple_of(2) && !flood {
             config.client_table_max = plan.clients.saturating_sub(1).max(1);
         }
-        if options.seed % 4 == 0 {
+        if options.seed.is_multiple_of(4) {
             config.client_result_max = 8;
         }
         // Runs that use the read-only fast path are clusters in fast mode.
