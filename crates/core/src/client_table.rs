@@ -150,6 +150,16 @@ impl ClientTable {
         self.entries.values().map(ClientEntry::cost).sum()
     }
 
+    /// A table of `entries` under `floor`, checked like [`ClientTable::check`].
+    pub fn from_entries(
+        entries: BTreeMap<ClientId, ClientEntry>,
+        floor: RequestId,
+    ) -> Result<ClientTable, String> {
+        let table = ClientTable { entries, floor };
+        table.check()?;
+        Ok(table)
+    }
+
     /// Checks what a peer could get wrong in a (certified) snapshot's
     /// table: every entry is at or above the floor.
     pub fn check(&self) -> Result<(), String> {

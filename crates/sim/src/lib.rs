@@ -90,6 +90,10 @@ pub struct RunReport {
     pub torn_writes: u64,
     /// State transfers honest replicas completed.
     pub state_transfers: u64,
+    /// Those of a state of more than one page.
+    pub chunked_transfers: u64,
+    /// Pages those transfers fetched (pages already held are not fetched).
+    pub pages_fetched: u64,
     /// Retransmitted requests the replicas answered as run with the result
     /// not kept (the client table keeps only a digest of large results).
     pub withheld_results: u64,

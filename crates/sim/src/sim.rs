@@ -170,6 +170,14 @@ pub(crate) struct Sim {
     crashes: u64,
     torn_writes: u64,
     state_transfers: u64,
+    /// State transfers of more than one page.
+    chunked_transfers: u64,
+    /// The page size the replicas' stores aim at: tiny in two runs of
+    /// three, so that even the simulator's small states span several pages
+    /// and state transfer goes in chunks.
+    page_target: usize,
+    /// Pages fetched by state transfers.
+    pages_fetched: u64,
     censored_requests: u64,
     aborted: bool,
     all_done_at: Option<u64>,
@@ -253,6 +261,13 @@ impl Sim {
             crashes: 0,
             torn_writes: 0,
             state_transfers: 0,
+            chunked_transfers: 0,
+            page_target: if options.seed.is_multiple_of(3) {
+                pbft_app::PAGE_TARGET
+            } else {
+                32
+            },
+            pages_fetched: 0,
             censored_requests: 0,
             aborted: false,
             all_done_at: None,
@@ -280,7 +295,7 @@ impl Sim {
                 sim.config.clone(),
                 ReplicaId(i as u32),
                 signer.clone(),
-                Box::new(KvStore::new()),
+                Box::new(KvStore::with_page_target(sim.page_target)),
             );
             let replica = match replica {
                 Ok(r) => Some(r),
@@ -868,9 +883,20 @@ impl Sim {
                         self.agreement.checkpointed(i, seq.0, digest);
                     }
                 }
-                Output::StateTransferred { seq, digest } => {
-                    self.log(|| format!("r{i} state transfer to {seq} {digest}"));
+                Output::StateTransferred {
+                    seq,
+                    digest,
+                    pages,
+                    fetched,
+                } => {
+                    self.log(|| {
+                        format!("r{i} state transfer to {seq} {digest} ({fetched} of {pages} pages fetched)")
+                    });
                     self.state_transfers += 1;
+                    if pages > 1 {
+                        self.chunked_transfers += 1;
+                    }
+                    self.pages_fetched += fetched as u64;
                     if honest {
                         self.agreement.state_transferred(i, seq.0, digest);
                     }
@@ -1065,12 +1091,13 @@ impl Sim {
             Instant(node.local(self.now)),
         );
         let storage = &node.storage;
+        let page_target = self.page_target;
         let result = catch_unwind(AssertUnwindSafe(|| {
             Replica::restore(
                 config,
                 ReplicaId(i as u32),
                 signer,
-                Box::new(KvStore::new()),
+                Box::new(KvStore::with_page_target(page_target)),
                 storage,
                 now,
             )
@@ -1166,6 +1193,8 @@ impl Sim {
             crashes: self.crashes,
             torn_writes: self.torn_writes,
             state_transfers: self.state_transfers,
+            chunked_transfers: self.chunked_transfers,
+            pages_fetched: self.pages_fetched,
             withheld_results: self.clients.iter().map(|c| c.client.withheld as u64).sum(),
             expired_requests: self.clients.iter().map(|c| c.client.expired as u64).sum(),
             censored_requests: self.censored_requests,
