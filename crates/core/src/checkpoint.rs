@@ -291,6 +291,10 @@ pub(crate) struct StateFetch {
     outstanding: BTreeSet<Item>,
     /// Pages fetched from peers.
     fetched: usize,
+    /// Whether pages this replica holds were taken for the current summary.
+    reused: bool,
+    /// Every page below this index is held (pages are asked in order).
+    scan_from: u32,
 }
 
 impl StateFetch {
@@ -306,7 +310,18 @@ impl StateFetch {
             pages: BTreeMap::new(),
             outstanding: BTreeSet::new(),
             fetched: 0,
+            reused: false,
+            scan_from: 0,
         }
+    }
+
+    /// Forgets what belongs to the summary (not the pages, which are kept
+    /// by their digest).
+    fn reset_tree(&mut self) {
+        self.leaves.clear();
+        self.outstanding.clear();
+        self.reused = false;
+        self.scan_from = 0;
     }
 
     /// The leaf digest of page `index`, once its group is known.
@@ -523,7 +538,7 @@ impl Replica {
                     .is_some_and(|s| s.proof.seq < f.target.seq)
                 {
                     f.summary = None;
-                    f.leaves.clear();
+                    f.reset_tree();
                 }
                 f.outstanding.clear();
             }
@@ -573,13 +588,18 @@ impl Replica {
                             .map(Item::Leaves),
                     );
                 } else {
-                    self.reuse_local_pages(&mut fetch);
-                    let missing: Vec<u32> = (0..count)
-                        .filter(|i| {
-                            fetch
-                                .leaf(*i)
-                                .is_some_and(|leaf| !fetch.pages.contains_key(&leaf))
-                        })
+                    if !fetch.reused {
+                        self.reuse_local_pages(&mut fetch);
+                        fetch.reused = true;
+                    }
+                    let held = |f: &StateFetch, i: u32| {
+                        f.leaf(i).is_some_and(|leaf| f.pages.contains_key(&leaf))
+                    };
+                    while fetch.scan_from < count && held(&fetch, fetch.scan_from) {
+                        fetch.scan_from += 1;
+                    }
+                    let missing: Vec<u32> = (fetch.scan_from..count)
+                        .filter(|i| !held(&fetch, *i))
                         .take(PAGES_PER_FETCH)
                         .collect();
                     complete = missing.is_empty();
@@ -668,7 +688,7 @@ impl Replica {
             // Every part was checked: this is a bug, not a peer's doing.
             tracing::error!(seq = seq.0, "assembled state does not match its digest");
             fetch.pages.clear();
-            fetch.leaves.clear();
+            fetch.reset_tree();
             self.state_fetch = Some(fetch);
             return;
         }
@@ -888,8 +908,7 @@ impl Replica {
             count,
             groups,
         });
-        fetch.leaves.clear();
-        fetch.outstanding.clear();
+        fetch.reset_tree();
         Ok(None)
     }
 
