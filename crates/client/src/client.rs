@@ -235,6 +235,13 @@ impl Client {
     /// The request goes to the believed primary; if no decision arrives within
     /// [`ClientOptions::retransmit`] it is broadcast to every replica, again
     /// at doubling intervals, until [`ClientOptions::timeout`] passes.
+    ///
+    /// A retransmission can meet a result the replicas did not keep (it was
+    /// larger than the cluster's `client_result_max`): then the request ran
+    /// exactly once and this returns [`ClientError::ResultNotKept`]; one the
+    /// replicas refuse because they forgot this client returns
+    /// [`ClientError::Expired`] (outcome unknown). Neither is re-issued here:
+    /// a write must not run twice. [`Client::query`] re-issues reads.
     pub async fn invoke(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         let mut state = self.state.lock().await;
         let deadline = Instant::now() + self.options.timeout;
