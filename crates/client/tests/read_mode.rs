@@ -73,6 +73,7 @@ fn fake_replicas_impersonating(answering: usize, impersonate: bool) -> FakeRepli
                     client,
                     request_id,
                     result: b"ok".to_vec(),
+                    status: Default::default(),
                     read_only,
                     replica: ReplicaId(i),
                 };

@@ -64,6 +64,10 @@ pub enum Output {
         seq: SeqNum,
         /// Its digest.
         digest: Digest,
+        /// How many pages the state has.
+        pages: usize,
+        /// How many of them were fetched (the rest were already held).
+        fetched: usize,
     },
     /// This replica entered a view (after a NEW-VIEW).
     EnteredView(View),
@@ -114,7 +118,9 @@ pub enum Record {
     /// A new view this replica entered (or, as primary, issued).
     NewView(Signed<NewView>),
     /// A stable checkpoint and its snapshot (application state and client
-    /// table), fetched from a peer by state transfer.
+    /// table: `checkpoint::StateImage::encode`, its pages), fetched from a
+    /// peer by state transfer. One record however large the state (entries
+    /// are capped at 4 GiB - 1).
     Checkpoint(CheckpointProof, Vec<u8>),
     /// A checkpoint this replica took: the snapshot after executing `seq`.
     /// Persisted before its CHECKPOINT is sent, so that the state it vouches

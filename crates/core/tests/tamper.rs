@@ -10,8 +10,8 @@
 
 use pbft_core::message::{
     Batch, Checkpoint, CheckpointProof, Commit, CommitCertificate, FetchBatch, FetchState, Message,
-    NewView, PrePrepare, Prepare, PreparedProof, Progress, Request, StateData, StatusReport,
-    StatusRequest, ViewChange,
+    NewView, PrePrepare, Prepare, PreparedProof, Progress, Request, StateBody, StateData,
+    StatePart, StatusReport, StatusRequest, ViewChange,
 };
 use pbft_core::{ClientId, Config, ReplicaId, RequestId, SeqNum, View};
 use pbft_crypto::{ClusterId, Digest, KeyPair, Signed, Signer, Verifier};
@@ -131,11 +131,17 @@ fn messages(fx: &Fixture) -> Vec<Message> {
         })),
         Message::FetchState(fx.replicas[0].sign(FetchState {
             seq: SeqNum(4),
+            part: StatePart::Pages(vec![1, 2]),
             replica: r(0),
         })),
         Message::StateData(fx.replicas[0].sign(StateData {
-            proof,
-            snapshot: b"state".to_vec(),
+            seq: proof.seq,
+            digest: proof.digest,
+            body: StateBody::Summary {
+                proof: Box::new(proof),
+                count: 1,
+                groups: vec![Digest::of(b"group")],
+            },
             replica: r(0),
         })),
         Message::StatusRequest(fx.client.sign(StatusRequest { client, nonce: 3 })),
@@ -208,7 +214,9 @@ fn signed_parts(message: &Message) -> Vec<Vec<u8>> {
         Message::FetchState(m) => out.push(part(m)),
         Message::StateData(m) => {
             out.push(part(m));
-            proof(&m.proof, &mut out);
+            if let StateBody::Summary { proof: p, .. } = &m.body {
+                proof(p, &mut out);
+            }
         }
         Message::Reply(_) => {} // unsigned: authenticated by its link
         Message::StatusRequest(m) => out.push(part(m)),

@@ -283,9 +283,20 @@ impl Protocol {
             Output::Checkpointed { seq, digest } => {
                 debug!(seq = seq.0, %digest, "checkpoint taken");
             }
-            Output::StateTransferred { seq, digest } => {
+            Output::StateTransferred {
+                seq,
+                digest,
+                pages,
+                fetched,
+            } => {
                 self.last_executed = self.last_executed.max(seq);
-                info!(seq = seq.0, %digest, "state transferred from a certified checkpoint");
+                info!(
+                    seq = seq.0,
+                    %digest,
+                    pages,
+                    fetched,
+                    "state transferred from a certified checkpoint"
+                );
             }
             Output::EnteredView(view) => {
                 self.view = view;
