@@ -391,11 +391,19 @@ mod tests {
         let before = crate::stats::check_stats();
         let one = signers[0].sign(note(0, "alone"));
         assert!(verifier.verify(one, &keys).is_ok());
-        let batch: Vec<Signed<Note>> = (0..3u8).map(|i| signers[i as usize].sign(note(i, "b"))).collect();
-        assert!(verifier.verify_batch(batch, &keys).iter().all(Result::is_ok));
+        let batch: Vec<Signed<Note>> = (0..3u8)
+            .map(|i| signers[i as usize].sign(note(i, "b")))
+            .collect();
+        assert!(verifier
+            .verify_batch(batch, &keys)
+            .iter()
+            .all(Result::is_ok));
         let after = crate::stats::check_stats();
         // Other tests check signatures concurrently: at least ours are there.
-        assert!(after.signatures >= before.signatures + 4, "{before:?} -> {after:?}");
+        assert!(
+            after.signatures >= before.signatures + 4,
+            "{before:?} -> {after:?}"
+        );
         assert!(after.calls >= before.calls + 2);
         assert!(after.batch_calls > before.batch_calls);
         assert!(after.batched_signatures >= before.batched_signatures + 3);
