@@ -85,6 +85,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn, Instrument};
 
+pub use metrics::PHASES as METRIC_PHASES;
 pub use protocol::GROUP_INPUTS_MAX;
 
 /// Capacity of the channel from the decode task to the verification stage.

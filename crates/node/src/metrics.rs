@@ -28,7 +28,7 @@ pub(crate) const MIRROR_PERIOD: Duration = Duration::from_millis(500);
 /// The normal-case phases of a batch at one replica, in order: each is the
 /// time from the previous point to the named one. Labels of
 /// `pbft_phase_seconds`.
-pub(crate) const PHASES: [&str; 6] = ["queued", "prepare", "commit", "execute", "reply", "total"];
+pub const PHASES: [&str; 6] = ["queued", "prepare", "commit", "execute", "reply", "total"];
 
 /// Every metric of one replica.
 #[derive(Debug)]
