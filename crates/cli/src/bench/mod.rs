@@ -543,7 +543,8 @@ mod tests {
         rejected(&["--rate", "NaN"], "--rate");
         rejected(&["--payload", "300000"], "--payload");
         rejected(&["--read-share", "1.5"], "--read-share");
-        rejected(&["--warmup", "-1"], "--warmup");
+        rejected(&["--warmup=-1"], "--warmup");
+        rejected(&["--warmup", "301"], "--warmup");
         rejected(&["--duration", "0"], "--duration");
         rejected(&["--duration", "601"], "--duration");
         rejected(&["--ops-max", "0"], "--ops-max");
