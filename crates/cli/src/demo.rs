@@ -2,8 +2,8 @@
 //! the crashed replica restarted and rejoining, and a final agreement check,
 //! in one command.
 
-use crate::bench::{clients, ms, workload, Gate, Progress, WorkloadReport};
 use crate::testnet::{free_udp_ports, generate, ReadModeArg, TestnetArgs};
+use crate::workload::{clients, ms, workload, Gate, Progress, WorkloadReport};
 use crate::{CmdResult, Failure};
 use anyhow::Context;
 use clap::Args;

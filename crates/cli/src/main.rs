@@ -13,6 +13,7 @@ mod client_cmd;
 mod demo;
 mod status;
 mod testnet;
+mod workload;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

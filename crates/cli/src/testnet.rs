@@ -19,8 +19,9 @@ pub struct TestnetArgs {
     /// Output directory (created; must not already hold a testnet).
     #[arg(long)]
     pub out: PathBuf,
-    /// Replica i listens on 127.0.0.1:<BASE_PORT + i>. Default: free UDP ports
-    /// picked now (not necessarily consecutive).
+    /// Replica i listens on 127.0.0.1:<BASE_PORT + i> (UDP) and serves its
+    /// Prometheus metrics on the same port number over TCP. Default: free
+    /// ports picked now (not necessarily consecutive).
     #[arg(long)]
     pub base_port: Option<u16>,
     /// The replicas' protocol timeout base in milliseconds (view changes,
@@ -78,6 +79,9 @@ pub struct DockerArgs {
     )]
     pub docker_subnet: String,
 }
+
+/// The metrics port of a replica container.
+const METRICS_PORT_DOCKER: u16 = 9464;
 
 /// The first three octets of a `A.B.C.0/24` subnet.
 fn subnet_prefix(subnet: &str) -> Result<[u8; 3], Failure> {
@@ -138,6 +142,7 @@ fn dockerize(args: &TestnetArgs) -> Result<(), Failure> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut node: NodeFile = toml::from_str(&text).context("cannot parse a node file")?;
         node.data_dir = "/data".into();
+        node.metrics = Some(SocketAddr::from(([0, 0, 0, 0], METRICS_PORT_DOCKER)));
         write_toml(&path, &node)?;
     }
     let compose = out.join("docker-compose.yml");
@@ -159,6 +164,19 @@ pub fn free_udp_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     sockets
         .iter()
         .map(|s| Ok(s.local_addr()?.port()))
+        .collect::<Result<Vec<_>, std::io::Error>>()
+        .context("cannot read a socket's port")
+}
+
+/// Picks `n` distinct free TCP ports on 127.0.0.1 (for the metrics servers).
+pub fn free_tcp_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot bind a TCP socket to find free ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
         .collect::<Result<Vec<_>, std::io::Error>>()
         .context("cannot read a socket's port")
 }
@@ -223,6 +241,10 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
         ClientAdmission::default()
     };
 
+    let metrics_ports = match args.base_port {
+        Some(_) => ports.to_vec(),
+        None => free_tcp_ports(n)?,
+    };
     let mut nodes = Vec::new();
     for i in 0..n {
         let node = NodeFile {
@@ -237,6 +259,9 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
             },
             clients: clients.clone(),
             log_format: Default::default(),
+            metrics: metrics_ports
+                .get(i)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p))),
         };
         let path = out.join(format!("node-{i}.toml"));
         write_toml(&path, &node)?;
@@ -306,8 +331,12 @@ pub fn run(args: &TestnetArgs) -> CmdResult {
         ReadMode::from(args.read_mode)
     );
     for (i, p) in nodes.iter().enumerate() {
+        let metrics = NodeFile::load(p)
+            .ok()
+            .and_then(|n| n.metrics)
+            .map_or_else(|| "-".to_string(), |a| format!("http://{a}/metrics"));
         println!(
-            "  replica {i}: 127.0.0.1:{}  pbft node --config {}",
+            "  replica {i}: 127.0.0.1:{}  pbft node --config {}  (metrics {metrics})",
             ports[i],
             p.display()
         );
@@ -357,11 +386,34 @@ mod tests {
             assert!(compose.contains(&format!("ipv4_address: 10.77.1.{}", 10 + i)));
             let node = NodeFile::load(&args.out.join(format!("node-{i}.toml"))).expect("node file");
             assert_eq!(node.data_dir, PathBuf::from("/data"));
+            assert_eq!(node.metrics, Some(SocketAddr::from(([0, 0, 0, 0], 9464))));
             assert_eq!(
                 node.cluster.addresses[i],
                 SocketAddr::from(([10, 77, 1, 10 + i as u8], 7000))
             );
         }
         assert!(compose.contains("subnet: 10.77.1.0/24"));
+    }
+
+    #[test]
+    fn each_replica_gets_its_own_loopback_metrics_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = TestnetArgs {
+            replicas: 4,
+            out: dir.path().join("net"),
+            base_port: Some(41000),
+            timeout_base_ms: 500,
+            only_config_client: false,
+            read_mode: ReadModeArg::Ordered,
+            docker: DockerArgs::default(),
+        };
+        run(&args).map_err(|f| f.into_error()).expect("testnet");
+        for i in 0..4u16 {
+            let node = NodeFile::load(&args.out.join(format!("node-{i}.toml"))).expect("node file");
+            assert_eq!(
+                node.metrics,
+                Some(SocketAddr::from(([127, 0, 0, 1], 41000 + i)))
+            );
+        }
     }
 }

@@ -339,6 +339,10 @@ fn bad_usage_exits_2_and_help_works() {
         vec!["client", "--config", "x.toml"],
         vec!["client", "--config", "x.toml", "put", "only-key"],
         vec!["bench", "--clients", "many"],
+        vec!["bench", "--replicas", "5"],
+        vec!["bench", "--read-share", "2"],
+        vec!["bench", "--duration", "0"],
+        vec!["bench", "--metrics", "127.0.0.1:9"],
         vec!["status", "--config", "/nonexistent/client.toml"],
         vec!["demo", "--rejoin-max", "0"],
     ] {
@@ -523,6 +527,90 @@ fn refused_client_key_exits_3_with_a_clear_message() {
     assert_eq!(v, Value::Null, "nothing on stdout");
     assert!(err.contains("outcome is unknown"), "{err}");
     assert!(err.contains("refuse this client's key"), "{err}");
+}
+
+#[test]
+fn bench_starts_a_cluster_and_reports_json_from_its_metrics() {
+    let _serial = serial();
+    let o = run(
+        &[
+            "bench",
+            "--replicas",
+            "4",
+            "--clients",
+            "3",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+            "--payload",
+            "16",
+            "--read-share",
+            "0.5",
+            "--json",
+            "--quiet",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    assert_eq!(
+        (v["replicas"].as_u64(), v["clients"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(v["mode"], "closed");
+    assert_eq!(v["failed"], 0);
+    let ops = v["ops"].as_u64().expect("ops");
+    assert!(ops > 0, "{v}");
+    let seconds = v["seconds"].as_f64().expect("seconds");
+    assert!((1.9..4.0).contains(&seconds), "measured {seconds} s of 2");
+    let throughput = v["throughput"].as_f64().expect("throughput");
+    assert!((throughput - ops as f64 / seconds).abs() < 1e-6 * throughput.max(1.0));
+    let lat = &v["latency_us"];
+    let (p50, p99, max) = (
+        lat["p50"].as_u64().expect("p50"),
+        lat["p99"].as_u64().expect("p99"),
+        lat["max"].as_u64().expect("max"),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{lat}");
+    assert!(lat["p90"].is_u64() && lat["p99_9"].is_u64(), "{lat}");
+    // From the replicas' metrics: every replica executed batches of at
+    // least one request, each checked at least one signature and fsynced.
+    assert!(
+        v["batch_size_mean"].as_f64().expect("batch size") >= 1.0,
+        "{v}"
+    );
+    assert!(
+        v["signatures_per_request"].as_f64().expect("signatures") >= 1.0,
+        "{v}"
+    );
+    assert!(
+        v["fsyncs_per_request"].as_f64().expect("fsyncs") > 0.0,
+        "{v}"
+    );
+    assert_eq!(v["view_changes"].as_f64(), Some(0.0));
+    let per_replica = v["per_replica"].as_array().expect("per replica");
+    assert_eq!(per_replica.len(), 4);
+    for r in per_replica {
+        assert!(r["executed"].as_f64().expect("executed") > 0.0, "{r}");
+        assert!(r["cpu_s"].as_f64().expect("cpu") > 0.0, "{r}");
+    }
+    assert!(v["cpu_s"]["client"].as_f64().expect("client cpu") > 0.0);
+    for phase in ["queued", "prepare", "commit", "execute", "reply", "total"] {
+        let p = &v["phases_ms"][phase];
+        assert!(p["count"].as_f64().expect("count") > 0.0, "{phase}: {p}");
+        assert!(p["mean"].as_f64().expect("mean") >= 0.0, "{phase}: {p}");
+    }
+    let c = &v["crypto"];
+    let cost = c["batched_verify_us"].as_f64().expect("batched cost");
+    let cores = c["cores"].as_f64().expect("cores");
+    let ceiling = c["ceiling_ops"].as_f64().expect("ceiling");
+    assert!(
+        (ceiling - cores / (4.0 * cost * 1e-6)).abs() < 1e-6 * ceiling,
+        "{c}"
+    );
+    assert!((c["ceiling_share"].as_f64().expect("share") - throughput / ceiling).abs() < 1e-9);
+    assert!(c["single_verify_us"].as_f64().expect("single") > 0.0);
 }
 
 #[test]

@@ -286,6 +286,11 @@ pub struct NodeFile {
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); none
+    /// if absent. Bind it to loopback or a monitoring network: the page is
+    /// not authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A checked `node-<i>.toml` with its cluster file.
@@ -307,6 +312,8 @@ pub struct Node {
     pub allowed_clients: Option<Vec<PublicKey>>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeFile {
@@ -349,6 +356,7 @@ impl NodeFile {
             tuning: file.tuning,
             allowed_clients,
             log_format: file.log_format,
+            metrics: file.metrics,
             cluster,
         })
     }
@@ -498,6 +506,21 @@ mod tests {
             e.to_string().contains("z.toml") && e.to_string().contains("in_flight_max"),
             "{e}"
         );
+
+        let metrics = write(
+            dir.path(),
+            "m.toml",
+            "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\nmetrics = \"127.0.0.1:9464\"\n",
+        );
+        let node = NodeFile::load(&metrics).expect("metrics address");
+        assert_eq!(node.metrics, Some("127.0.0.1:9464".parse().expect("addr")));
+        let bad = write(
+            dir.path(),
+            "bad-m.toml",
+            "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\nmetrics = \"localhost\"\n",
+        );
+        let e = NodeFile::load(&bad).expect_err("not a socket address");
+        assert!(e.to_string().contains("metrics"), "{e}");
 
         let missing = NodeFile::load(&dir.path().join("nope.toml")).expect_err("missing");
         assert!(matches!(missing, ConfigError::Io { .. }));

@@ -26,6 +26,7 @@ mod digest;
 pub mod keyfile;
 mod keys;
 mod sign;
+pub mod stats;
 
 pub use digest::Digest;
 pub use keys::{KeyError, KeyPair, PublicKey, Signature};

@@ -308,6 +308,10 @@ impl Verifier {
     }
 
     fn check_all(&self, items: &[Item]) -> bool {
+        if items.is_empty() {
+            return true;
+        }
+        let _counted = crate::stats::CheckTimer::start(items.len());
         match self.scheme {
             Scheme::Ed25519 => match items {
                 [] => true,
@@ -382,6 +386,32 @@ mod tests {
             author,
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn checks_are_counted_by_signature_and_by_batch() {
+        let (signers, keys) = setup();
+        let verifier = Verifier::new(ClusterId(7));
+        let before = crate::stats::check_stats();
+        let one = signers[0].sign(note(0, "alone"));
+        assert!(verifier.verify(one, &keys).is_ok());
+        let batch: Vec<Signed<Note>> = (0..3u8)
+            .map(|i| signers[i as usize].sign(note(i, "b")))
+            .collect();
+        assert!(verifier
+            .verify_batch(batch, &keys)
+            .iter()
+            .all(Result::is_ok));
+        let after = crate::stats::check_stats();
+        // Other tests check signatures concurrently: at least ours are there.
+        assert!(
+            after.signatures >= before.signatures + 4,
+            "{before:?} -> {after:?}"
+        );
+        assert!(after.calls >= before.calls + 2);
+        assert!(after.batch_calls > before.batch_calls);
+        assert!(after.batched_signatures >= before.batched_signatures + 3);
+        assert!(after.nanos > before.nanos);
     }
 
     #[test]

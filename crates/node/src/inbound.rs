@@ -16,7 +16,7 @@
 //! not admitted. Replica links may carry any client's request (a backup
 //! forwards requests to the primary); their signatures are checked as always.
 
-use crate::metrics::{add, Metrics};
+use crate::metrics::Metrics;
 use pbft_core::{ClientId, Message};
 use pbft_crypto::PublicKey;
 use pbft_net::InboundFrame;
@@ -117,21 +117,29 @@ pub(crate) async fn decode_loop(
         let from_replica = replicas.contains(&frame.from);
         match decode_frame(&frame.bytes, &frame.from, from_replica) {
             Ok(message) => {
+                metrics
+                    .messages_received
+                    .with_label_values(&[message.kind()])
+                    .inc();
+                metrics
+                    .queue_depth
+                    .with_label_values(&["decoded"])
+                    .set((decoded.max_capacity() - decoded.capacity()) as i64);
                 if decoded.send((frame.from, message)).await.is_err() {
                     debug!("verification stage stopped; decode task ends");
                     return;
                 }
             }
             Err(Rejected::Garbage(reason)) => {
-                add(&metrics.garbage_frames, 1);
+                metrics.garbage_frames.inc();
                 debug!(peer = ?frame.from, len = frame.bytes.len(), %reason, "dropping a frame that does not decode");
             }
             Err(Rejected::NotFromClient(kind)) => {
-                add(&metrics.refused_frames, 1);
+                metrics.refused_frames.inc();
                 debug!(peer = ?frame.from, kind, "dropping replica traffic sent by a client");
             }
             Err(Rejected::ForeignClient { kind, claimed }) => {
-                add(&metrics.foreign_client_frames, 1);
+                metrics.foreign_client_frames.inc();
                 if let Some(suppressed) = foreign_warning.allow(Instant::now()) {
                     warn!(
                         peer = %frame.from.to_hex(),

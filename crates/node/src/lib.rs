@@ -64,6 +64,8 @@
 pub mod byzantine;
 mod inbound;
 mod metrics;
+mod metrics_http;
+pub mod process;
 mod protocol;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
@@ -83,6 +85,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn, Instrument};
 
+pub use metrics::PHASES as METRIC_PHASES;
 pub use protocol::GROUP_INPUTS_MAX;
 
 /// Capacity of the channel from the decode task to the verification stage.
@@ -92,13 +95,19 @@ const VERIFIED_QUEUE_LEN: usize = 4096;
 
 /// Installs the global tracing subscriber: human-readable lines by default,
 /// one JSON object per line with [`LogFormat::Json`], on standard error.
-/// The `RUST_LOG` environment variable filters (default `info`). Does nothing
-/// if a subscriber is already installed.
+/// The `RUST_LOG` environment variable filters (default `info`). Human lines
+/// are coloured only when standard error is a terminal and `NO_COLOR` is
+/// unset, so log files hold no escape sequences. Does nothing if a
+/// subscriber is already installed.
 pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _already_set = match format {
         LogFormat::Human => builder.try_init(),
@@ -331,7 +340,20 @@ async fn run_inner(
         "replica started"
     );
 
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new().context("cannot set up the metrics registry")?);
+    let metrics_server = match node.metrics {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("replica {}: cannot serve metrics on {address}", id.0))?;
+            let bound = listener.local_addr().unwrap_or(address);
+            info!(metrics = %bound, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(
+                metrics_http::serve(listener, metrics.clone()).in_current_span(),
+            ))
+        }
+        None => None,
+    };
     let (decoded_tx, decoded_rx) = mpsc::channel::<(PublicKey, Message)>(DECODED_QUEUE_LEN);
     let (verified_tx, verified_rx) =
         mpsc::channel::<(PublicKey, Verified<Message>)>(VERIFIED_QUEUE_LEN);
@@ -376,6 +398,9 @@ async fn run_inner(
         Err(e) if e.is_panic() => Err(anyhow!("the protocol task panicked: {e}")),
         Err(e) => Err(anyhow!("the protocol task failed: {e}")),
     };
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     endpoint.shutdown().await;
     // The endpoint's inbound channel is closed now, so the decoder ends; the
     // verification stage ends with its output receiver (the protocol task's).

@@ -9,7 +9,7 @@
 //! that follows it, and a failed append stops the node before anything of its
 //! step is sent.
 
-use crate::metrics::{add, get, Metrics};
+use crate::metrics::{mirror, Metrics, MIRROR_PERIOD};
 use crate::Clock;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
@@ -43,6 +43,8 @@ pub(crate) struct Protocol {
     view: View,
     /// The last executed sequence number, as last reported by the core.
     last_executed: SeqNum,
+    /// When the current step's inputs were handled (its executions ran then).
+    handled_at: pbft_core::Instant,
     /// Alters what a Byzantine replica receives and sends.
     #[cfg(feature = "byzantine")]
     tamper: Option<crate::byzantine::Tamper>,
@@ -69,6 +71,7 @@ impl Protocol {
             verifier,
             view: status.view,
             last_executed: status.last_executed,
+            handled_at: pbft_core::Instant(0),
             #[cfg(feature = "byzantine")]
             tamper: None,
         }
@@ -83,6 +86,9 @@ impl Protocol {
     /// Whether a verified message reaches the core (always, unless a
     /// Byzantine replica drops it).
     fn admit(&mut self, _message: &Message) -> bool {
+        if let Message::Request(_) = _message {
+            self.metrics.requests_received.inc();
+        }
         #[cfg(feature = "byzantine")]
         if let Some(t) = &mut self.tamper {
             return t.admit(_message);
@@ -101,6 +107,8 @@ impl Protocol {
         let mut stats =
             tokio::time::interval_at(tokio::time::Instant::now() + STATS_PERIOD, STATS_PERIOD);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut mirror = tokio::time::interval(MIRROR_PERIOD);
+        mirror.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = Vec::new();
         loop {
             let deadline = self.replica.poll_timeout().map(|t| self.clock.deadline(t));
@@ -118,6 +126,10 @@ impl Protocol {
                 () = timer => Input::Tick,
                 _ = stats.tick() => {
                     self.log_stats();
+                    continue;
+                }
+                _ = mirror.tick() => {
+                    self.mirror_metrics(verified.len());
                     continue;
                 }
                 message = verified.recv() => match message {
@@ -161,6 +173,7 @@ impl Protocol {
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {
             self.replica.handle(now, Input::Tick, out);
         }
+        self.handled_at = now;
 
         let mut records = Vec::new();
         let mut actions = Vec::with_capacity(out.len());
@@ -223,6 +236,7 @@ impl Protocol {
             .take()
             .context("the record log is unavailable after an earlier failure")?;
         let count = records.len();
+        let started = std::time::Instant::now();
         let (storage, result) = tokio::task::spawn_blocking(move || {
             let result = storage.append(&records);
             (storage, result)
@@ -233,7 +247,10 @@ impl Protocol {
         result.context(
             "cannot persist protocol state; stopping without sending anything that depends on it",
         )?;
-        add(&self.metrics.fsyncs, 1);
+        self.metrics.fsyncs.inc();
+        self.metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         debug!(records = count, "persisted");
         Ok(())
     }
@@ -273,14 +290,19 @@ impl Protocol {
                 view,
                 digest,
                 requests,
-                ..
+                timing,
             } => {
-                add(&self.metrics.executed_batches, 1);
-                add(&self.metrics.executed_requests, requests as u64);
+                self.metrics.batches_executed.inc();
+                self.metrics.requests_executed.inc_by(requests as u64);
+                self.metrics.batch_size.observe(requests as f64);
+                if let Some(t) = timing {
+                    self.observe_phases(&t);
+                }
                 self.last_executed = seq;
                 debug!(seq = seq.0, view = view.0, %digest, requests, "executed");
             }
             Output::Checkpointed { seq, digest } => {
+                self.metrics.checkpoints.inc();
                 debug!(seq = seq.0, %digest, "checkpoint taken");
             }
             Output::StateTransferred {
@@ -289,6 +311,7 @@ impl Protocol {
                 pages,
                 fetched,
             } => {
+                self.metrics.state_transfers.inc();
                 self.last_executed = self.last_executed.max(seq);
                 info!(
                     seq = seq.0,
@@ -299,6 +322,7 @@ impl Protocol {
                 );
             }
             Output::EnteredView(view) => {
+                self.metrics.view_changes.inc();
                 self.view = view;
                 let primary = self.replica.config().primary(view);
                 info!(view = view.0, primary = primary.0, "entered view");
@@ -308,9 +332,68 @@ impl Protocol {
 
     fn send(&self, to: PublicKey, frame: Bytes, kind: &'static str) {
         if let Err(e) = self.endpoint.send(to, frame) {
-            add(&self.metrics.send_errors, 1);
+            self.metrics.send_errors.inc();
             debug!(peer = ?to, kind, error = %e, "send failed");
         }
+    }
+
+    /// Records an executed batch's phases: from its first request's arrival
+    /// (when known) through pre-prepare, prepared and committed to execution
+    /// (this step's handling) and the reply (now: the step's records are
+    /// durable and its sends go out).
+    fn observe_phases(&self, t: &pbft_core::PhaseTimes) {
+        let replied = self.clock.now();
+        let secs = |from: pbft_core::Instant, to: pbft_core::Instant| {
+            to.as_micros().saturating_sub(from.as_micros()) as f64 / 1e6
+        };
+        let m = &self.metrics;
+        if let Some(received) = t.received {
+            m.observe_phase("queued", secs(received, t.pre_prepared));
+            m.observe_phase("total", secs(received, replied));
+        }
+        m.observe_phase("prepare", secs(t.pre_prepared, t.prepared));
+        m.observe_phase("commit", secs(t.prepared, t.committed));
+        m.observe_phase("execute", secs(t.committed, self.handled_at));
+        m.observe_phase("reply", secs(self.handled_at, replied));
+    }
+
+    /// Copies the core's, the endpoint's and the verifier's counters and
+    /// gauges into the metrics (`verified_queue`: messages waiting for this task).
+    fn mirror_metrics(&self, verified_queue: usize) {
+        let m = &self.metrics;
+        let status = self.replica.status();
+        m.view.set(status.view.0 as i64);
+        m.last_executed.set(status.last_executed.0 as i64);
+        m.stable_checkpoint.set(status.stable_checkpoint.0 as i64);
+        m.pending_requests.set(status.pending_requests as i64);
+        m.queue_depth
+            .with_label_values(&["verified"])
+            .set(verified_queue as i64);
+        for (reason, count) in self.replica.dropped() {
+            m.mirror_dropped("core", reason, *count);
+        }
+        let net = self.endpoint.stats();
+        mirror(&m.frames.with_label_values(&["sent"]), net.frames_sent);
+        mirror(
+            &m.frames.with_label_values(&["received"]),
+            net.frames_received,
+        );
+        m.open_connections.set(net.open_connections as i64);
+        m.mirror_dropped("net", "frame_dropped", net.frames_dropped);
+        m.mirror_dropped("net", "bad_frame", net.bad_frames);
+        m.mirror_dropped("net", "oversize_close", net.oversize_closes);
+        m.mirror_dropped("net", "refused_peer", net.refused_peers);
+        let verify = self.verifier.stats();
+        mirror(
+            &m.verify_items.with_label_values(&["verified"]),
+            verify.verified,
+        );
+        mirror(
+            &m.verify_items.with_label_values(&["rejected"]),
+            verify.rejected,
+        );
+        m.mirror_dropped("verify", "bad_signature", verify.rejected);
+        mirror(&m.verify_batches, verify.batches);
     }
 
     /// The periodic counters line.
@@ -327,16 +410,16 @@ impl Protocol {
             last_executed = status.last_executed.0,
             stable_checkpoint = status.stable_checkpoint.0,
             pending_requests = status.pending_requests,
-            executed_batches = get(&m.executed_batches),
-            executed_requests = get(&m.executed_requests),
-            fsyncs = get(&m.fsyncs),
-            garbage_frames = get(&m.garbage_frames),
-            refused_frames = get(&m.refused_frames),
-            foreign_client_frames = get(&m.foreign_client_frames),
+            executed_batches = m.batches_executed.get(),
+            executed_requests = m.requests_executed.get(),
+            fsyncs = m.fsyncs.get(),
+            garbage_frames = m.garbage_frames.get(),
+            refused_frames = m.refused_frames.get(),
+            foreign_client_frames = m.foreign_client_frames.get(),
             verified = verify.verified,
             verify_failures = verify.rejected,
             core_dropped,
-            send_errors = get(&m.send_errors),
+            send_errors = m.send_errors.get(),
             frames_sent = net.frames_sent,
             frames_received = net.frames_received,
             frames_dropped = net.frames_dropped,

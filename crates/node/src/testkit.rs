@@ -4,16 +4,15 @@
 //! * [`generate`] writes a cluster into a directory: one secret key per
 //!   replica and one for a client (mode 0600), `cluster.toml` with free
 //!   loopback ports, and `node-<i>.toml` per replica (data in `data/<i>`,
-//!   initialised).
+//!   initialised; metrics on a free loopback TCP port).
 //! * [`TestClient`] talks to the replicas with nothing but a pbft-net client
 //!   endpoint and core messages: signs requests, sends them to the primary,
 //!   retransmits to everyone, and accepts a result once f+1 replicas sent
 //!   matching, validly signed replies.
-//! * [`NodeProcesses`] runs a [`TestCluster`]'s replicas as real `pbft-node`
-//!   processes (each logging to `node-<i>.log` in the cluster directory),
-//!   kills one with SIGKILL and restarts it from the same node file and data
-//!   directory; every process is killed and reaped when it is dropped.
+//! * [`start_all`] runs a [`TestCluster`]'s replicas as real `pbft-node`
+//!   processes ([`NodeProcesses`], shared with the `pbft` tool).
 
+pub use crate::process::{NodeCommand, NodeProcesses};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use pbft_app::kv::{KvOp, KvResult};
@@ -26,7 +25,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -73,6 +71,8 @@ pub struct TestCluster {
     pub client_key: KeyPair,
     /// The replicas' addresses, by replica id.
     pub addresses: Vec<SocketAddr>,
+    /// Where each replica serves its Prometheus metrics, by replica id.
+    pub metrics: Vec<SocketAddr>,
 }
 
 impl TestCluster {
@@ -110,7 +110,15 @@ pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
         addresses.push(socket.local_addr()?);
         probes.push(socket);
     }
+    let mut metrics = Vec::new();
+    let mut tcp_probes = Vec::new();
+    for _ in 0..spec.n {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        metrics.push(listener.local_addr()?);
+        tcp_probes.push(listener);
+    }
     drop(probes);
+    drop(tcp_probes);
 
     let mut cluster = format!(
         "cluster_id = {}\ncheckpoint_interval = {}\nlog_window = {}\n",
@@ -130,8 +138,8 @@ pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
         std::fs::write(
             &node_file,
             format!(
-                "id = {i}\ncluster = \"cluster.toml\"\nkey = \"node-{i}.key\"\ndata_dir = \"data/{i}\"\n\n[tuning]\ntimeout_base_ms = {}\n",
-                spec.timeout_base_ms
+                "id = {i}\ncluster = \"cluster.toml\"\nkey = \"node-{i}.key\"\ndata_dir = \"data/{i}\"\nmetrics = \"{}\"\n\n[tuning]\ntimeout_base_ms = {}\n",
+                metrics[i], spec.timeout_base_ms
             ),
         )
         .with_context(|| format!("writing {}", node_file.display()))?;
@@ -153,6 +161,7 @@ pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
         replica_keys,
         client_key,
         addresses,
+        metrics,
     })
 }
 
@@ -373,117 +382,9 @@ impl TestClient {
     }
 }
 
-/// The replicas of a [`TestCluster`] as real `pbft-node` processes.
-///
-/// Every process still running is killed (SIGKILL) and reaped on drop, so a
-/// failing test leaves none behind. Each replica's stdout and stderr are
-/// appended to `node-<i>.log` in the cluster directory, across restarts.
-#[derive(Debug)]
-pub struct NodeProcesses {
-    exe: PathBuf,
-    node_files: Vec<PathBuf>,
-    logs: Vec<PathBuf>,
-    children: Vec<Option<Child>>,
-}
-
-impl NodeProcesses {
-    /// Starts one `exe` (the `pbft-node` binary, e.g.
-    /// `env!("CARGO_BIN_EXE_pbft-node")`) per replica of `cluster`.
-    pub fn start_all(exe: &Path, cluster: &TestCluster) -> anyhow::Result<NodeProcesses> {
-        let mut processes = NodeProcesses {
-            exe: exe.to_path_buf(),
-            node_files: cluster.node_files.clone(),
-            logs: (0..cluster.node_files.len())
-                .map(|i| cluster.dir.join(format!("node-{i}.log")))
-                .collect(),
-            children: cluster.node_files.iter().map(|_| None).collect(),
-        };
-        for i in 0..processes.node_files.len() {
-            processes.start(i)?;
-        }
-        Ok(processes)
-    }
-
-    /// Starts replica `i` from its node file (and so its data directory).
-    /// An error if it is already running.
-    pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
-        let (Some(node_file), Some(log_path)) = (self.node_files.get(i), self.logs.get(i)) else {
-            bail!("no replica {i}");
-        };
-        if self.is_running(i) {
-            bail!("replica {i} is already running");
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
-        let log2 = log.try_clone().context("cannot duplicate a log file")?;
-        let child = Command::new(&self.exe)
-            .arg("--config")
-            .arg(node_file)
-            // Plain text logs, for the failure messages that quote them.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .with_context(|| format!("cannot start {} for replica {i}", self.exe.display()))?;
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    /// Kills replica `i` with SIGKILL and reaps it; false if it was not running.
-    pub fn kill(&mut self, i: usize) -> bool {
-        match self.children.get_mut(i).and_then(Option::take) {
-            Some(mut child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether replica `i` was started and not killed (it may have exited
-    /// since: see [`NodeProcesses::check_running`]).
-    pub fn is_running(&self, i: usize) -> bool {
-        self.children.get(i).is_some_and(Option::is_some)
-    }
-
-    /// An error naming the first replica that should run but has exited,
-    /// with the end of its log.
-    pub fn check_running(&mut self) -> anyhow::Result<()> {
-        for i in 0..self.children.len() {
-            if let Some(child) = &mut self.children[i] {
-                if let Some(status) = child.try_wait()? {
-                    self.children[i] = None;
-                    bail!(
-                        "replica {i} exited ({status}); end of its log:\n{}",
-                        self.log_tail(i, 20)
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The last `lines` lines of replica `i`'s log.
-    pub fn log_tail(&self, i: usize, lines: usize) -> String {
-        let text = self
-            .logs
-            .get(i)
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for NodeProcesses {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-    }
+/// Starts one `exe` (the `pbft-node` binary, e.g.
+/// `env!("CARGO_BIN_EXE_pbft-node")`) per replica of `cluster`, logging to
+/// `node-<i>.log` in the cluster directory.
+pub fn start_all(exe: &Path, cluster: &TestCluster) -> anyhow::Result<NodeProcesses> {
+    NodeProcesses::start_all(&NodeCommand::new(exe), &cluster.node_files, &cluster.dir)
 }

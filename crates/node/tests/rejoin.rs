@@ -20,7 +20,7 @@ use pbft_core::message::StatusReport;
 use pbft_core::ReplicaId;
 use pbft_crypto::{Digest, KeyPair};
 use pbft_net::NetConfig;
-use pbft_node::testkit::{generate, NodeProcesses, Spec, TestClient, TestCluster};
+use pbft_node::testkit::{generate, start_all, Spec, TestClient, TestCluster};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,7 +178,7 @@ async fn scenario() {
         ..Spec::default()
     };
     let cluster = generate(dir.path(), &spec).expect("generate cluster");
-    let mut nodes = NodeProcesses::start_all(BIN.as_ref(), &cluster).expect("start replicas");
+    let mut nodes = start_all(BIN.as_ref(), &cluster).expect("start replicas");
     let mut status = client(&cluster, KeyPair::generate());
     assert!(
         status.wait_connected(Duration::from_secs(20)).await,

@@ -1,35 +1,12 @@
-//! `pbft bench` and the workload the demo shares with it.
+//! The demo's workload: concurrent clients alternating put and get.
 
-use crate::{CmdResult, Failure};
-use clap::Args;
+use crate::Failure;
 use hdrhistogram::Histogram;
 use pbft_client::{Client, ClientOptions, KeyPair, KvClient};
-use pbft_config::{ClientFile, ClientSettings};
-use serde_json::json;
-use std::path::PathBuf;
+use pbft_config::ClientSettings;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Arguments of `pbft bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// The client file (client.toml).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Concurrent clients, each with its own fresh key.
-    #[arg(long, default_value_t = 4)]
-    pub clients: usize,
-    /// Operations per client, alternating put and get.
-    #[arg(long, default_value_t = 100)]
-    pub ops: u64,
-    /// Stop issuing operations after this many seconds.
-    #[arg(long, default_value_t = 60)]
-    pub duration_max: u64,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Counters of a running workload, shared with whoever watches it.
 #[derive(Default, Debug)]
@@ -199,71 +176,4 @@ pub async fn workload(
 /// Milliseconds with one decimal.
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// `pbft bench`.
-pub async fn run(args: &BenchArgs) -> CmdResult {
-    if args.clients == 0 || args.clients > 1000 {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--clients must be between 1 and 1000"
-        )));
-    }
-    if args.ops > 1_000_000 {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--ops must be at most 1000000"
-        )));
-    }
-    let settings = ClientFile::load(&args.config).map_err(Failure::usage)?;
-    let kvs = clients(&settings, args.clients)?;
-    let stop_at = Instant::now() + Duration::from_secs(args.duration_max);
-    let report = workload(&kvs, args.ops, stop_at, Arc::new(Progress::default()), None).await?;
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "clients": args.clients,
-                "ops": report.ok,
-                "failed": report.failed,
-                "seconds": report.elapsed.as_secs_f64(),
-                "throughput": report.throughput(),
-                "latency_us": {
-                    "p50": report.latency.value_at_quantile(0.5),
-                    "p90": report.latency.value_at_quantile(0.9),
-                    "p99": report.latency.value_at_quantile(0.99),
-                    "max": report.latency.max(),
-                },
-            })
-        );
-    } else {
-        println!(
-            "{} ops ok, {} failed, {} clients, {:.2} s",
-            report.ok,
-            report.failed,
-            args.clients,
-            report.elapsed.as_secs_f64()
-        );
-        println!("throughput  {:.1} ops/s", report.throughput());
-        println!(
-            "latency     p50 {}  p90 {}  p99 {}  max {}",
-            ms(report.quantile(0.5)),
-            ms(report.quantile(0.9)),
-            ms(report.quantile(0.99)),
-            ms(Duration::from_micros(report.latency.max()))
-        );
-        for e in &report.errors {
-            eprintln!("error: {e}");
-        }
-    }
-    if report.ok == 0 && report.failed > 0 {
-        return Err(Failure::unknown(anyhow::anyhow!(
-            "no operation succeeded: the cluster is unavailable or refuses these clients"
-        )));
-    }
-    if report.failed > 0 {
-        return Err(Failure::failed(anyhow::anyhow!(
-            "{} operations failed",
-            report.failed
-        )));
-    }
-    Ok(())
 }
