@@ -44,8 +44,7 @@ impl Replica {
             }
             Admission::Expired => {
                 self.drop_input("request below the client table's floor");
-                let reply =
-                    self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
+                let reply = self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
                 out.push(Output::Reply(client, reply));
                 return;
             }
@@ -562,8 +561,7 @@ impl Replica {
                     {
                         self.pending.remove(&client);
                     }
-                    let reply =
-                        self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
+                    let reply = self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
                     out.push(Output::Reply(client, reply));
                     continue;
                 }
