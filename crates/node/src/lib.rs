@@ -7,7 +7,7 @@
 //! ```text
 //! QUIC endpoint ──InboundFrame──► decode task ──(peer, Message)──► verification stage
 //!   (pbft-net)                     Message::decode; garbage and     (pbft-net, batched, on
-//!                                  client-sent replica traffic      blocking threads; drops
+//!                                  client-sent replica traffic      verify threads; drops
 //!                                  dropped and counted              bad signatures)
 //!                                                                          │ Verified<Message>
 //!                                                                          ▼
@@ -23,8 +23,9 @@
 //!   the same way before it costs a signature check.
 //! * The **verification stage** ([`pbft_net::spawn_verifier`]) checks every
 //!   signature a message carries against the core [`Config`](pbft_core::Config)
-//!   in parallel batches, off the protocol task, and forwards only
-//!   [`Verified`] messages, in arrival order.
+//!   in batches on [`Threads::verify`] dedicated threads, off the runtime,
+//!   with the replicas' keys decoded once, and forwards only [`Verified`]
+//!   messages, in arrival order.
 //! * The **protocol task** owns the [`Replica`] and the
 //!   [`Storage`]. It waits for a verified message, the
 //!   core's [`poll_timeout`](pbft_core::Replica::poll_timeout) deadline (then
@@ -71,6 +72,7 @@ mod protocol;
 pub mod testkit;
 #[cfg(test)]
 mod tests;
+mod threads;
 
 use anyhow::{anyhow, bail, Context};
 use pbft_app::kv::KvStore;
@@ -87,6 +89,7 @@ use tracing::{info, warn, Instrument};
 
 pub use metrics::PHASES as METRIC_PHASES;
 pub use protocol::GROUP_INPUTS_MAX;
+pub use threads::Threads;
 
 /// Capacity of the channel from the decode task to the verification stage.
 const DECODED_QUEUE_LEN: usize = 4096;
@@ -203,8 +206,20 @@ pub fn init_data_dir(node: &Node) -> anyhow::Result<()> {
 /// replica must not send what it could not persist) or an internal task dies.
 /// See the [crate docs](crate) for the pipeline and the ordering guarantee.
 pub async fn run(node: Node, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    run_with(node, Threads::default(), shutdown).await
+}
+
+/// [`run`] with `threads.verify` signature-checking threads (the runtime
+/// is the caller's: see [`Threads::runtime`]).
+pub async fn run_with(
+    node: Node,
+    threads: Threads,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let span = tracing::info_span!("replica", id = node.id.0);
-    run_inner(node, shutdown, None).instrument(span).await
+    run_inner(node, threads, shutdown, None)
+        .instrument(span)
+        .await
 }
 
 /// Like [`run`], but the replica is Byzantine as `spec` says (see
@@ -212,11 +227,14 @@ pub async fn run(node: Node, shutdown: impl Future<Output = ()> + Send) -> anyho
 #[cfg(feature = "byzantine")]
 pub async fn run_byzantine(
     node: Node,
+    threads: Threads,
     spec: byzantine::Spec,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let span = tracing::info_span!("replica", id = node.id.0, byzantine = ?spec);
-    run_inner(node, shutdown, Some(spec)).instrument(span).await
+    run_inner(node, threads, shutdown, Some(spec))
+        .instrument(span)
+        .await
 }
 
 /// What makes a replica Byzantine: nothing can, without the feature.
@@ -227,6 +245,7 @@ type Spec = std::convert::Infallible;
 
 async fn run_inner(
     node: Node,
+    threads: Threads,
     shutdown: impl Future<Output = ()> + Send,
     spec: Option<Spec>,
 ) -> anyhow::Result<()> {
@@ -357,13 +376,12 @@ async fn run_inner(
     let (decoded_tx, decoded_rx) = mpsc::channel::<(PublicKey, Message)>(DECODED_QUEUE_LEN);
     let (verified_tx, verified_rx) =
         mpsc::channel::<(PublicKey, Verified<Message>)>(VERIFIED_QUEUE_LEN);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let verifier = pbft_net::spawn_verifier(
-        Verifier::new(cluster.id),
+        Verifier::new(cluster.id).with_known_keys(cluster.keys.iter().copied()),
         Arc::new(config),
         decoded_rx,
         verified_tx,
-        workers,
+        threads.verify_threads(),
     );
     let replica_keys: HashSet<PublicKey> = cluster.keys.iter().copied().collect();
     let decoder = tokio::spawn(

@@ -1,7 +1,7 @@
 //! `pbft-node`: runs one replica of a PBFT cluster until SIGINT or SIGTERM.
 //!
 //! ```text
-//! pbft-node --config node-0.toml [--log-format human|json]
+//! pbft-node --config node-0.toml [--log-format human|json] [--runtime-threads N] [--verify-threads N]
 //! pbft-node --config node-0.toml --init     # once, before the first start
 //! pbft-node --config node-0.toml --byzantine equivocate   # built with --features byzantine
 //! ```
@@ -16,6 +16,7 @@
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use pbft_config::{LogFormat, NodeFile};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +39,13 @@ struct Args {
     /// already initialised.
     #[arg(long)]
     init: bool,
+    /// Tokio runtime threads; 1 runs a current-thread runtime (default:
+    /// half the cores, 1 to 4, for replicas sharing a host).
+    #[arg(long, value_name = "N")]
+    runtime_threads: Option<NonZeroUsize>,
+    /// Signature-verification threads (default: half the cores, 1 to 8).
+    #[arg(long, value_name = "N")]
+    verify_threads: Option<NonZeroUsize>,
     /// Run as a BYZANTINE replica, for fault injection: silent, equivocate,
     /// conflict, badsig, replay, slow-primary, checkpoint, viewchange,
     /// censor, flood or wrong-state (see the `pbft_node::byzantine` docs).
@@ -99,21 +107,33 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     pbft_node::init_tracing(args.log_format.map_or(node.log_format, LogFormat::from));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let threads = pbft_node::Threads {
+        runtime: args.runtime_threads,
+        verify: args.verify_threads,
+    };
+    let runtime = threads
+        .runtime()
         .context("cannot start the tokio runtime")?;
     #[cfg(feature = "byzantine")]
     let result = match spec {
         Some(spec) => runtime.block_on(pbft_node::run_byzantine(
             node,
+            threads,
             spec,
             pbft_node::shutdown_signal(),
         )),
-        None => runtime.block_on(pbft_node::run(node, pbft_node::shutdown_signal())),
+        None => runtime.block_on(pbft_node::run_with(
+            node,
+            threads,
+            pbft_node::shutdown_signal(),
+        )),
     };
     #[cfg(not(feature = "byzantine"))]
-    let result = runtime.block_on(pbft_node::run(node, pbft_node::shutdown_signal()));
+    let result = runtime.block_on(pbft_node::run_with(
+        node,
+        threads,
+        pbft_node::shutdown_signal(),
+    ));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }
