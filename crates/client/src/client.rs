@@ -460,7 +460,13 @@ impl Client {
             }
         };
         match message {
-            Message::Reply(r) if r.client == self.id => Some(Incoming::Reply(r.value)),
+            Message::Reply(r) if r.client == self.id && r.came_from(&self.config, &frame.from) => {
+                Some(Incoming::Reply(r))
+            }
+            Message::Reply(r) => {
+                debug!(replica = %r.replica, "ignoring a reply not for us or not from its link");
+                None
+            }
             Message::StatusReport(s) => Some(Incoming::Status(s.value)),
             _ => None,
         }

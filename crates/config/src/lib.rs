@@ -184,6 +184,8 @@ impl Cluster {
         c.log_window = self.log_window;
         c.read_mode = self.read_mode;
         c.batch_size_max = tuning.batch_size_max;
+        c.batch_bytes_max = tuning.batch_bytes_max;
+        c.in_flight_max = tuning.in_flight_max;
         c.batch_delay = Duration::from_millis(tuning.batch_delay_ms);
         c.timeout_base = Duration::from_millis(tuning.timeout_base_ms);
         c
@@ -206,6 +208,11 @@ impl Cluster {
 pub struct Tuning {
     /// Most requests per batch.
     pub batch_size_max: usize,
+    /// Most operation bytes per batch (a larger request goes alone).
+    pub batch_bytes_max: usize,
+    /// Most batches the primary keeps proposed but not yet executed; while
+    /// that many are in flight new requests wait and join the next batch.
+    pub in_flight_max: u64,
     /// How long the primary waits to fill a batch (0: propose at once).
     pub batch_delay_ms: u64,
     /// The base of every protocol timeout (view change, retransmissions).
@@ -214,8 +221,11 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
+        let core = Config::new(ClusterId(0), Vec::new());
         Tuning {
-            batch_size_max: 64,
+            batch_size_max: core.batch_size_max,
+            batch_bytes_max: core.batch_bytes_max,
+            in_flight_max: core.in_flight_max,
             batch_delay_ms: 0,
             timeout_base_ms: 1000,
         }
@@ -314,12 +324,10 @@ impl NodeFile {
                 ),
             ));
         }
-        if file.tuning.batch_size_max == 0 || file.tuning.timeout_base_ms == 0 {
-            return Err(invalid(
-                path,
-                "tuning: batch_size_max and timeout_base_ms must be positive",
-            ));
-        }
+        cluster
+            .core_config(&file.tuning)
+            .validate()
+            .map_err(|e| invalid(path, format!("tuning: {e}")))?;
         let allowed_clients = if file.clients.allow_any {
             None
         } else {
@@ -429,7 +437,8 @@ mod tests {
         assert_eq!(node.listen, "127.0.0.1:7001".parse().expect("addr"));
         assert_eq!(node.key, dir.path().join("node-1.key"));
         assert_eq!(node.tuning.timeout_base_ms, 500);
-        assert_eq!(node.tuning.batch_size_max, 64);
+        assert_eq!(node.tuning.batch_size_max, 1024);
+        assert_eq!(node.tuning.in_flight_max, 2);
         let config = node.cluster.core_config(&node.tuning);
         assert_eq!(
             (config.n(), config.checkpoint_interval, config.cluster),
@@ -478,6 +487,17 @@ mod tests {
         );
         let e = NodeFile::load(&wrong_id).expect_err("id out of range");
         assert!(e.to_string().contains("id 9"), "{e}");
+
+        let zero_flight = write(
+            dir.path(),
+            "z.toml",
+            "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n[tuning]\nin_flight_max = 0\n",
+        );
+        let e = NodeFile::load(&zero_flight).expect_err("zero in flight");
+        assert!(
+            e.to_string().contains("z.toml") && e.to_string().contains("in_flight_max"),
+            "{e}"
+        );
 
         let missing = NodeFile::load(&dir.path().join("nope.toml")).expect_err("missing");
         assert!(matches!(missing, ConfigError::Io { .. }));

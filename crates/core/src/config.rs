@@ -115,6 +115,17 @@ pub struct Config {
     pub log_window: u64,
     /// Most requests in one batch.
     pub batch_size_max: usize,
+    /// Most operation bytes in one batch (a request larger than this goes
+    /// alone). Every prepared batch above the stable checkpoint can ride in
+    /// one NEW-VIEW, so `log_window × batch_bytes_max` should stay well under
+    /// the transport's frame limit.
+    #[serde(default = "default_batch_bytes_max")]
+    pub batch_bytes_max: usize,
+    /// Most sequence numbers the primary keeps assigned but not yet executed
+    /// (here). While that many are in flight, requests wait and join the
+    /// next batch, so batches grow with the load instead of instances.
+    #[serde(default = "default_in_flight_max")]
+    pub in_flight_max: u64,
     /// How long the primary waits to fill a batch before proposing a partial one
     /// (zero: propose as soon as the window has room).
     pub batch_delay: Duration,
@@ -136,6 +147,16 @@ pub struct Config {
     pub client_result_max: usize,
 }
 
+/// With the default window of 128 that keeps a NEW-VIEW carrying every
+/// prepared batch near 8 MiB, half the transport's 16 MiB frame limit.
+fn default_batch_bytes_max() -> usize {
+    64 * 1024
+}
+
+fn default_in_flight_max() -> u64 {
+    2
+}
+
 impl Config {
     /// A configuration with the default tuning for these replicas.
     pub fn new(cluster: ClusterId, replicas: Vec<PublicKey>) -> Self {
@@ -144,7 +165,9 @@ impl Config {
             replicas,
             checkpoint_interval: 64,
             log_window: 128,
-            batch_size_max: 64,
+            batch_size_max: 1024,
+            batch_bytes_max: default_batch_bytes_max(),
+            in_flight_max: default_in_flight_max(),
             batch_delay: Duration::from_millis(0),
             timeout_base: Duration::from_millis(1000),
             pending_requests_max: 100_000,
@@ -179,6 +202,12 @@ impl Config {
         }
         if self.batch_size_max == 0 {
             return Err(ConfigError::Zero("batch_size_max"));
+        }
+        if self.batch_bytes_max == 0 {
+            return Err(ConfigError::Zero("batch_bytes_max"));
+        }
+        if self.in_flight_max == 0 {
+            return Err(ConfigError::Zero("in_flight_max"));
         }
         if self.timeout_base.is_zero() {
             return Err(ConfigError::Zero("timeout_base"));

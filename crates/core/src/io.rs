@@ -1,6 +1,6 @@
 //! What goes into the core and what comes out.
 
-use crate::ids::{ClientId, SeqNum, View};
+use crate::ids::{ClientId, Instant, SeqNum, View};
 use crate::message::{
     Batch, CheckpointProof, Message, NewView, PrePrepare, PreparedProof, Reply, StatusReport,
     ViewChange,
@@ -34,7 +34,7 @@ pub enum Output {
     /// Send to every other replica.
     Broadcast(Message),
     /// Send a reply to a client.
-    Reply(ClientId, Signed<Reply>),
+    Reply(ClientId, Reply),
     /// Send a status report to a client.
     Status(ClientId, Signed<StatusReport>),
     /// A batch was executed (for checkers, metrics and logs).
@@ -47,6 +47,9 @@ pub enum Output {
         digest: Digest,
         /// How many requests ran (duplicates skipped).
         requests: usize,
+        /// When the batch passed each phase here; `None` when it was
+        /// executed from a certificate (a slot this replica did not vote in).
+        timing: Option<PhaseTimes>,
     },
     /// This replica took a checkpoint (for checkers).
     Checkpointed {
@@ -68,6 +71,22 @@ pub enum Output {
     },
     /// This replica entered a view (after a NEW-VIEW).
     EnteredView(View),
+}
+
+/// When one batch passed each normal-case phase at this replica (core
+/// time; it executed at the step's `now`). For metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// The earliest arrival here of a request in the batch that was still
+    /// waiting (a backup that learnt a request from the pre-prepare itself
+    /// counts it as arriving then).
+    pub received: Option<Instant>,
+    /// The pre-prepare was issued (primary) or accepted (backup).
+    pub pre_prepared: Instant,
+    /// The slot prepared.
+    pub prepared: Instant,
+    /// The slot committed locally.
+    pub committed: Instant,
 }
 
 /// What a replica persists. Replaying the records of a crashed replica in
@@ -145,6 +164,18 @@ pub fn compacts(group: &[Record]) -> bool {
 /// keeps). Order is kept, and restoring from the compacted records gives the
 /// same replica as restoring from all of them.
 pub fn compact(records: &mut Vec<Record>) {
+    let keep = retained(records);
+    let mut index = 0;
+    records.retain(|_| {
+        index += 1;
+        keep[index - 1]
+    });
+}
+
+/// Which of `records` [`compact`] keeps: one flag per record, in order. A
+/// driver whose log is split into files uses it to tell which files still
+/// hold a record a restart needs.
+pub fn retained(records: &[Record]) -> Vec<bool> {
     let Some(stable) = records
         .iter()
         .filter_map(|r| match r {
@@ -153,7 +184,7 @@ pub fn compact(records: &mut Vec<Record>) {
         })
         .max()
     else {
-        return;
+        return vec![true; records.len()];
     };
     // Per sequence number, the last snapshot record (the one restore uses).
     let mut snapshot_at: BTreeMap<SeqNum, usize> = BTreeMap::new();
@@ -181,11 +212,10 @@ pub fn compact(records: &mut Vec<Record>) {
         })
         .max_by_key(|(seq, i)| (*seq, std::cmp::Reverse(*i)))
         .map(|(_, i)| i);
-    let mut index = 0;
-    records.retain(|r| {
-        let i = index;
-        index += 1;
-        match r {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r {
             Record::Checkpoint(p, _) => {
                 Some(i) == proof
                     || (snapshot_at.get(&p.seq) == Some(&i) && (p.seq >= stable || Some(i) == base))
@@ -198,6 +228,6 @@ pub fn compact(records: &mut Vec<Record>) {
             Record::NewView(_) => Some(i) == last_new_view,
             Record::Executed(_) => Some(i) == executed,
             Record::PrePrepare(..) | Record::Prepared(_) => r.seq().is_some_and(|s| s > stable),
-        }
-    });
+        })
+        .collect()
 }

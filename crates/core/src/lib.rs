@@ -28,6 +28,6 @@ pub mod view_change;
 
 pub use config::{Config, ConfigError, ReadMode};
 pub use ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
-pub use io::{Input, Output, Record};
+pub use io::{Input, Output, PhaseTimes, Record};
 pub use message::Message;
 pub use replica::{Replica, RestoreError, Status};

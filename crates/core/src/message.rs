@@ -162,7 +162,11 @@ pub enum ReplyStatus {
     Expired,
 }
 
-/// REPLY to a client.
+/// REPLY to a client. Not signed: a reply travels only on the link
+/// between its replica and the client, which TLS authenticates with both
+/// keys pinned, and nobody but that client ever needs to check it. The
+/// receiver must see that the link's key is the key of `replica`
+/// ([`Reply::came_from`]); [`Message::verify`] checks nothing for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// The replica's current view, so clients learn the primary.
@@ -179,6 +183,14 @@ pub struct Reply {
     pub read_only: bool,
     /// The sender.
     pub replica: ReplicaId,
+}
+
+impl Reply {
+    /// Whether a reply that arrived on a link authenticated as `link` was
+    /// sent by the replica it names.
+    pub fn came_from(&self, config: &crate::Config, link: &pbft_crypto::PublicKey) -> bool {
+        config.key(self.replica) == Some(link)
+    }
 }
 
 /// Asks for the batch with `digest` (after a NEW-VIEW re-issued its digest).
@@ -337,7 +349,6 @@ signable! {
     Checkpoint => "checkpoint",
     ViewChange => "view-change",
     NewView => "new-view",
-    Reply => "reply",
     FetchBatch => "fetch-batch",
     BatchData => "batch-data",
     FetchState => "fetch-state",
@@ -374,7 +385,7 @@ pub enum Message {
     /// A part of a checkpoint's state.
     StateData(Signed<StateData>),
     /// A reply (replica to client).
-    Reply(Signed<Reply>),
+    Reply(Reply),
     /// A status question (client to replica).
     StatusRequest(Signed<StatusRequest>),
     /// A status answer (replica to client).
@@ -400,7 +411,7 @@ impl Message {
             Message::BatchData(_) => BatchData::KIND,
             Message::FetchState(_) => FetchState::KIND,
             Message::StateData(_) => StateData::KIND,
-            Message::Reply(_) => Reply::KIND,
+            Message::Reply(_) => "reply",
             Message::StatusRequest(_) => StatusRequest::KIND,
             Message::StatusReport(_) => StatusReport::KIND,
             Message::Progress(_) => Progress::KIND,
@@ -534,7 +545,7 @@ impl Authenticated for Message {
                     add_checkpoint_proof(config, proof, checks)?;
                 }
             }
-            Message::Reply(m) => add_replica(config, m.replica, m, checks)?,
+            Message::Reply(_) => {} // authenticated by its link, see `Reply`
             Message::StatusRequest(m) => checks.add(m.client.0, m),
             Message::StatusReport(m) => add_replica(config, m.replica, m, checks)?,
             Message::Progress(m) => add_replica(config, m.replica, m, checks)?,

@@ -18,7 +18,7 @@
 
 use crate::client_table::Admission;
 use crate::ids::{ClientId, SeqNum};
-use crate::io::{Output, Record};
+use crate::io::{Output, PhaseTimes, Record};
 use crate::message::{
     Batch, Commit, Message, PrePrepare, Prepare, PreparedProof, Reply, ReplyStatus, Request,
 };
@@ -38,14 +38,13 @@ impl Replica {
             Admission::Old => return self.drop_input("request older than the client's last"),
             Admission::Last(entry) => {
                 let (status, result) = entry.retransmission();
-                let reply = self.sign_reply_status(&request.value, result, status);
+                let reply = self.reply_status(&request.value, result, status);
                 out.push(Output::Reply(client, reply));
                 return;
             }
             Admission::Expired => {
                 self.drop_input("request below the client table's floor");
-                let reply =
-                    self.sign_reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
+                let reply = self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
                 out.push(Output::Reply(client, reply));
                 return;
             }
@@ -82,11 +81,20 @@ impl Replica {
             },
         );
         if self.is_primary() {
-            self.try_propose(out);
+            self.propose_soon();
         } else {
             self.forward_to_primary(client, out);
         }
         self.update_view_change_timer();
+    }
+
+    /// The primary proposes at the end of the current step, not now: the
+    /// batch timer is set to the current instant, and the driver delivers
+    /// [`crate::Input::Tick`] once it has handed over every input it
+    /// drained, so all requests of one step can share a batch.
+    pub(crate) fn propose_soon(&mut self) {
+        let now = self.now;
+        self.timer_batch = Some(self.timer_batch.map_or(now, |t| t.min(now)));
     }
 
     /// A backup relays a waiting request to the primary: only in an active
@@ -123,12 +131,13 @@ impl Replica {
             return self.drop_input("read-only request before catching up after a restart");
         }
         let result = self.app.query(&request.op);
-        let reply = self.sign_reply(&request.value, result, true);
+        let reply = self.reply(&request.value, result, true);
         out.push(Output::Reply(request.client, reply));
     }
 
-    fn sign_reply(&self, request: &Request, result: Vec<u8>, read_only: bool) -> Signed<Reply> {
-        self.signer.sign(Reply {
+    /// A reply to `request` (unsigned: see [`Reply`]).
+    fn reply(&self, request: &Request, result: Vec<u8>, read_only: bool) -> Reply {
+        Reply {
             view: self.view,
             client: request.client,
             request_id: request.request_id,
@@ -136,23 +145,22 @@ impl Replica {
             status: ReplyStatus::Result,
             read_only,
             replica: self.id,
-        })
+        }
     }
 
     /// The ordered reply to a retransmission, from the client table.
-    fn sign_reply_status(
-        &self,
-        request: &Request,
-        result: Vec<u8>,
-        status: ReplyStatus,
-    ) -> Signed<Reply> {
-        let mut reply = self.sign_reply(request, result, false);
-        reply.value.status = status;
-        self.signer.sign(reply.value)
+    fn reply_status(&self, request: &Request, result: Vec<u8>, status: ReplyStatus) -> Reply {
+        Reply {
+            status,
+            ..self.reply(request, result, false)
+        }
     }
 
     /// The primary assigns sequence numbers to waiting requests while the
-    /// window has room: a full batch at once, a partial one after `batch_delay`.
+    /// window has room and fewer than `in_flight_max` of its sequence
+    /// numbers wait for execution here: a full batch at once, a partial one
+    /// after `batch_delay`. Requests that arrive meanwhile wait, so under
+    /// load each batch takes everything that queued while the last ones ran.
     pub(crate) fn try_propose(&mut self, out: &mut Vec<Output>) {
         if !self.active || !self.is_primary() || self.state_fetch.is_some() {
             return;
@@ -164,7 +172,12 @@ impl Replica {
             if self.last_assigned >= self.high_water_mark() {
                 return; // the window is full; a stable checkpoint will open it
             }
-            let waiting: Vec<ClientId> = self.unproposed(self.config.batch_size_max);
+            if self.last_assigned.0.saturating_sub(self.last_executed.0)
+                >= self.config.in_flight_max
+            {
+                return; // enough in flight; an execution proposes again
+            }
+            let waiting: Vec<ClientId> = self.unproposed();
             if waiting.is_empty() {
                 self.timer_batch = None;
                 return;
@@ -200,7 +213,10 @@ impl Replica {
             });
             tracing::debug!(seq = seq.0, requests = batch.requests.len(), "pre-prepare");
             self.batches.insert(pp.digest, batch.clone());
-            self.slot(seq).pre_prepare = Some(pp.clone());
+            let now = self.now;
+            let slot = self.slot(seq);
+            slot.pre_prepare = Some(pp.clone());
+            slot.times.pre_prepared = Some(now);
             out.push(Output::Persist(Record::PrePrepare(
                 pp.clone(),
                 Some(batch.clone()),
@@ -227,8 +243,10 @@ impl Replica {
         self.pending_order = order.into_iter().map(|(_, c, id)| (c, id)).collect();
     }
 
-    /// Up to `max` waiting clients not yet proposed in this view, oldest first.
-    fn unproposed(&mut self, max: usize) -> Vec<ClientId> {
+    /// The waiting clients not yet proposed in this view, oldest first: at
+    /// most `batch_size_max` of them and `batch_bytes_max` operation bytes
+    /// (but always at least one).
+    fn unproposed(&mut self) -> Vec<ClientId> {
         let pending = &self.pending;
         let live = |(client, id): &(ClientId, crate::ids::RequestId)| {
             pending
@@ -242,12 +260,18 @@ impl Replica {
         if self.pending_order.len() > 2 * self.config.pending_requests_max {
             self.pending_order.retain(|e| live(e));
         }
-        self.pending_order
-            .iter()
-            .filter(|e| live(e))
-            .take(max)
-            .map(|(client, _)| *client)
-            .collect()
+        let (max, bytes_max) = (self.config.batch_size_max, self.config.batch_bytes_max);
+        let mut bytes = 0;
+        let mut chosen = Vec::new();
+        for (client, _) in self.pending_order.iter().filter(|e| live(e)) {
+            let size = pending.get(client).map_or(0, |p| p.request.op.len());
+            if chosen.len() == max || (!chosen.is_empty() && bytes + size > bytes_max) {
+                break;
+            }
+            bytes += size;
+            chosen.push(*client);
+        }
+        chosen
     }
 
     /// PRE-PREPARE (already known to be for the current active view).
@@ -306,7 +330,10 @@ impl Replica {
         } else if !self.batches.contains_key(&digest) {
             self.missing_batches.insert(digest);
         }
-        self.slot(seq).pre_prepare = Some(pp.clone());
+        let now = self.now;
+        let slot = self.slot(seq);
+        slot.pre_prepare = Some(pp.clone());
+        slot.times.pre_prepared = Some(now);
         if self.id != pp.replica {
             let prepare = self.signer.sign(Prepare {
                 view: self.view,
@@ -415,8 +442,10 @@ impl Replica {
             digest: pp.digest,
             replica: self.id,
         });
+        let now = self.now;
         let slot = self.slot(seq);
         slot.prepared = Some(proof.clone());
+        slot.times.prepared = Some(now);
         slot.commits.insert(commit.replica, commit.clone());
         tracing::trace!(seq = seq.0, "prepared");
         out.push(Output::Persist(Record::Prepared(proof)));
@@ -440,6 +469,7 @@ impl Replica {
         let matching = slot.commits.values().filter(|c| c.digest == digest).count();
         if matching >= quorum {
             slot.committed = true;
+            slot.times.committed = Some(self.now);
             tracing::trace!(seq = seq.0, "committed");
             self.try_execute(out);
         }
@@ -451,6 +481,7 @@ impl Replica {
             return; // the state is about to be replaced
         }
         let mut progressed = false;
+        let mut executed = false;
         loop {
             let seq = self.last_executed.next();
             let Some(digest) = self.decided_digest(seq) else {
@@ -463,15 +494,27 @@ impl Replica {
                 break;
             };
             out.push(Output::Persist(Record::Executed(seq)));
+            let received = self.earliest_arrival(&batch);
+            let timing = self.log.get(&seq).and_then(|slot| {
+                let t = slot.times;
+                Some(PhaseTimes {
+                    received,
+                    pre_prepared: t.pre_prepared?,
+                    prepared: t.prepared?,
+                    committed: t.committed?,
+                })
+            });
             let requests = self.execute_batch(&batch, out);
             self.last_executed = seq;
             progressed |= requests > 0;
+            executed = true;
             self.decided.remove(&seq);
             out.push(Output::Executed {
                 seq,
                 view: self.view,
                 digest,
                 requests,
+                timing,
             });
             if seq.0.is_multiple_of(self.config.checkpoint_interval) {
                 self.take_checkpoint(out);
@@ -481,8 +524,22 @@ impl Replica {
             // Progress in this view: the next view change starts from the base timeout.
             self.view_change_attempts = 0;
             self.update_view_change_timer();
-            self.try_propose(out);
         }
+        if executed && self.is_primary() {
+            // Room in flight again: what queued meanwhile (and what the rest
+            // of this step brings) forms the next batch.
+            self.propose_soon();
+        }
+    }
+
+    /// When the first of the batch's requests that still wait here arrived.
+    fn earliest_arrival(&self, batch: &Batch) -> Option<crate::Instant> {
+        batch
+            .requests
+            .iter()
+            .filter_map(|r| self.pending.get(&r.client))
+            .map(|p| p.arrived)
+            .min()
     }
 
     /// Applies each request that has not executed before, in batch order, and
@@ -504,8 +561,7 @@ impl Replica {
                     {
                         self.pending.remove(&client);
                     }
-                    let reply =
-                        self.sign_reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
+                    let reply = self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
                     out.push(Output::Reply(client, reply));
                     continue;
                 }
@@ -517,7 +573,7 @@ impl Replica {
                 &result,
                 self.config.client_result_max,
             );
-            let reply = self.sign_reply(&request.value, result, false);
+            let reply = self.reply(&request.value, result, false);
             if self
                 .pending
                 .get(&client)

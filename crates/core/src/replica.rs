@@ -58,6 +58,17 @@ pub(crate) struct Slot {
     pub prepared: Option<PreparedProof>,
     /// Committed-local in the current view.
     pub committed: bool,
+    /// When the pre-prepare, the prepared certificate and committed-local
+    /// came about in the current view (for [`crate::PhaseTimes`]).
+    pub times: SlotTimes,
+}
+
+/// When a slot passed each phase in the current view.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SlotTimes {
+    pub pre_prepared: Option<Instant>,
+    pub prepared: Option<Instant>,
+    pub committed: Option<Instant>,
 }
 
 impl Slot {
@@ -67,6 +78,7 @@ impl Slot {
         self.prepares.clear();
         self.commits.clear();
         self.committed = false;
+        self.times = SlotTimes::default();
     }
 
     /// Whether the slot prepared in `view`.
@@ -218,6 +230,9 @@ pub struct Replica {
 
     /// Dropped inputs by reason (messages a peer or client controls).
     pub(crate) dropped: BTreeMap<&'static str, u64>,
+    /// Whether every `handle` ends by checking the invariants (a walk over
+    /// the whole log): on in debug builds and in the simulator.
+    pub(crate) invariant_checks: bool,
 }
 
 impl Replica {
@@ -270,6 +285,7 @@ impl Replica {
             timer_view_change: None,
             timer_view_change_resend: None,
             timer_batch: None,
+            invariant_checks: cfg!(debug_assertions),
             timer_fetch_batches: None,
             timer_progress: Some(Instant(0) + config.timeout_base / 2),
             progress_mark: SeqNum(0),
@@ -509,7 +525,15 @@ impl Replica {
             Input::Message(message) => self.on_message(message.into_inner(), out),
             Input::Tick => self.on_tick(out),
         }
-        self.check_invariants();
+        if self.invariant_checks {
+            self.check_invariants();
+        }
+    }
+
+    /// Turns the invariant checks after every input on or off (on by
+    /// default in debug builds only; the simulator turns them on).
+    pub fn set_invariant_checks(&mut self, on: bool) {
+        self.invariant_checks = on;
     }
 
     /// When the driver should next deliver [`Input::Tick`].

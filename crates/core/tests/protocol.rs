@@ -57,7 +57,101 @@ fn normal_case_executes_everywhere() {
             .map(|r| cluster.replica(r).status().state_digest)
             .collect();
         assert!(digests.windows(2).all(|w| w[0] == w[1]));
+        for r in 0..n as u32 {
+            let timed = cluster
+                .timed
+                .get(&ReplicaId(r))
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(
+                timed.into_iter().collect::<Vec<_>>(),
+                vec![SeqNum(1), SeqNum(2)],
+                "n={n} replica {r}: every executed batch reports its phase times"
+            );
+        }
     }
+}
+
+/// The requests of one primary step share one batch: the primary proposes
+/// when the driver ticks it at the end of the step, not per request.
+#[test]
+fn requests_of_one_step_share_a_batch() {
+    let mut cluster = Cluster::new(4);
+    let mut clients: Vec<Client> = (0..4).map(|i| Client::new(i, &cluster)).collect();
+    for c in &mut clients {
+        let request = c.request(put("k", "v"));
+        cluster.deliver(ReplicaId(0), Message::Request(request));
+    }
+    assert!(cluster.queue.is_empty(), "nothing proposed before the tick");
+    cluster.run();
+    for r in 0..4 {
+        assert_eq!(cluster.replica(r).status().last_executed, SeqNum(1));
+    }
+    assert_eq!(batch_sizes(&cluster, 0), vec![(SeqNum(1), 4)]);
+}
+
+/// With `in_flight_max` instances un-executed, requests wait and the next
+/// batch takes all that queued meanwhile (batches grow with the load).
+#[test]
+fn batches_grow_while_instances_are_in_flight() {
+    let (mut config, signers) = harness::config(4);
+    config.in_flight_max = 1;
+    let mut cluster = Cluster::with_config(config, signers);
+    let mut clients: Vec<Client> = (0..4).map(|i| Client::new(i, &cluster)).collect();
+    let first = clients[0].request(put("a", "1"));
+    cluster.deliver(ReplicaId(0), Message::Request(first));
+    cluster.tick(0);
+    assert!(!cluster.queue.is_empty(), "the first request is proposed");
+    for c in &mut clients[1..] {
+        let request = c.request(put("b", "2"));
+        cluster.deliver(ReplicaId(0), Message::Request(request));
+    }
+    cluster.tick(0);
+    assert_eq!(
+        batch_sizes(&cluster, 0),
+        vec![(SeqNum(1), 1)],
+        "one in flight"
+    );
+    cluster.run();
+    assert_eq!(
+        batch_sizes(&cluster, 0),
+        vec![(SeqNum(1), 1), (SeqNum(2), 3)]
+    );
+    for r in 0..4 {
+        assert_eq!(cluster.replica(r).status().last_executed, SeqNum(2));
+    }
+}
+
+/// A batch stops at `batch_bytes_max` operation bytes (a larger request
+/// still goes alone).
+#[test]
+fn batches_are_capped_in_bytes() {
+    let (mut config, signers) = harness::config(4);
+    config.batch_bytes_max = 100;
+    let mut cluster = Cluster::with_config(config, signers);
+    let mut clients: Vec<Client> = (0..3).map(|i| Client::new(i, &cluster)).collect();
+    let big = "x".repeat(60);
+    for c in &mut clients {
+        let request = c.request(put("k", &big));
+        cluster.deliver(ReplicaId(0), Message::Request(request));
+    }
+    cluster.run();
+    let sizes: Vec<usize> = batch_sizes(&cluster, 0)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(sizes, vec![1, 1, 1]);
+}
+
+/// (seq, requests) of the batches replica `r` persisted pre-prepares for.
+fn batch_sizes(cluster: &Cluster, r: usize) -> Vec<(SeqNum, usize)> {
+    cluster.storage[r]
+        .iter()
+        .filter_map(|rec| match rec {
+            Record::PrePrepare(pp, Some(batch)) => Some((pp.seq, batch.requests.len())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// 4.1: a retransmitted request is answered from the reply cache and not

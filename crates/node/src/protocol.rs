@@ -273,6 +273,7 @@ impl Protocol {
                 view,
                 digest,
                 requests,
+                ..
             } => {
                 add(&self.metrics.executed_batches, 1);
                 add(&self.metrics.executed_requests, requests as u64);

@@ -70,7 +70,7 @@ async fn scenario() {
     };
     let cluster = generate(dir.path(), &spec).expect("generate cluster");
     let mut nodes = NodeProcesses::start_all(BIN.as_ref(), &cluster).expect("start replicas");
-    let mut status = client(&cluster);
+    let status = client(&cluster);
     assert!(
         status.wait_connected(Duration::from_secs(20)).await,
         "no connection to every replica"

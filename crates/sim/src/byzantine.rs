@@ -264,7 +264,6 @@ impl Byzantine {
             Message::BatchData(m) => Message::BatchData(s.sign(m.value)),
             Message::FetchState(m) => Message::FetchState(s.sign(m.value)),
             Message::StateData(m) => Message::StateData(s.sign(m.value)),
-            Message::Reply(m) => Message::Reply(s.sign(m.value)),
             Message::Progress(m) => Message::Progress(s.sign(m.value)),
             other => other,
         }
@@ -589,7 +588,7 @@ impl Byzantine {
             }
             Message::Reply(r) if rng.gen_bool(0.6) => {
                 // Every liar tells the same lie, so f of them agree.
-                r.value.result = KvResult::Get {
+                r.result = KvResult::Get {
                     value: Some(b"forged".to_vec()),
                 }
                 .encode();
@@ -848,7 +847,9 @@ fn bad_signature(rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
         Message::BatchData(m) => flip(&mut m.signature),
         Message::FetchState(m) => flip(&mut m.signature),
         Message::StateData(m) => flip(&mut m.signature),
-        Message::Reply(m) => flip(&mut m.signature),
+        // Unsigned: the forgery a reply allows is naming another replica,
+        // which the client's link check must refuse.
+        Message::Reply(m) => m.replica = ReplicaId(m.replica.0 ^ 1),
         Message::StatusRequest(m) => flip(&mut m.signature),
         Message::StatusReport(m) => flip(&mut m.signature),
         Message::Progress(m) => flip(&mut m.signature),

@@ -8,6 +8,7 @@
 
 use crate::byzantine::Behavior;
 use rand::Rng;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
 use std::str::FromStr;
@@ -250,6 +251,10 @@ pub struct Plan {
     pub batch_size_max: usize,
     /// Batch delay, microseconds.
     pub batch_delay: u64,
+    /// Most un-executed instances the primary keeps in flight.
+    pub in_flight_max: u64,
+    /// Most operation bytes per batch.
+    pub batch_bytes_max: usize,
 }
 
 /// Milliseconds to microseconds.
@@ -302,7 +307,19 @@ impl Plan {
             } else {
                 rng.gen_range(1..=5) * MS
             },
+            in_flight_max: 2,
+            batch_bytes_max: 64 * 1024,
         };
+        // Batching knobs come from a side stream of the same seed, so that
+        // adding them left every other draw (and so every pinned seed's
+        // plan) as it was.
+        let mut side = ChaCha8Rng::from_seed(rng.get_seed());
+        side.set_stream(0xba7c);
+        plan.in_flight_max = side.gen_range(1..=4);
+        if side.gen_bool(0.3) {
+            // Small enough that operations split batches.
+            plan.batch_bytes_max = side.gen_range(16..=64);
+        }
         let lossy = |plan: &mut Plan, rng: &mut ChaCha8Rng| {
             plan.network.delay_max = rng.gen_range(10..=40) * MS;
             plan.network.loss = rng.gen_range(0.02..0.2);

@@ -209,6 +209,8 @@ impl Sim {
         config.log_window = 2 * plan.checkpoint_interval;
         config.batch_size_max = plan.batch_size_max;
         config.batch_delay = Duration::from_micros(plan.batch_delay);
+        config.in_flight_max = plan.in_flight_max;
+        config.batch_bytes_max = plan.batch_bytes_max;
         config.timeout_base = Duration::from_micros(TIMEOUT_BASE);
         config.pending_requests_max = 1000;
         // Half the seeds keep fewer clients than the workload has, so the
@@ -298,7 +300,10 @@ impl Sim {
                 Box::new(KvStore::with_page_target(sim.page_target)),
             );
             let replica = match replica {
-                Ok(r) => Some(r),
+                Ok(mut r) => {
+                    r.set_invariant_checks(true);
+                    Some(r)
+                }
                 Err(e) => {
                     sim.violations.push(format!("setup: replica r{i}: {e}"));
                     sim.aborted = true;
@@ -359,7 +364,7 @@ impl Sim {
         }
         if sim.verbose {
             println!(
-                "plan: scenario={} f={} n={} seed={} heal={}ms byzantine={:?} crashes={} network={:?} clients={}x{} K={} batch={} delay={}us read_only={}",
+                "plan: scenario={} f={} n={} seed={} heal={}ms byzantine={:?} crashes={} network={:?} clients={}x{} K={} batch={} bytes={} in_flight={} delay={}us read_only={}",
                 sim.plan.scenario,
                 sim.plan.f,
                 n,
@@ -372,6 +377,8 @@ impl Sim {
                 sim.plan.ops_per_client,
                 sim.plan.checkpoint_interval,
                 sim.plan.batch_size_max,
+                sim.plan.batch_bytes_max,
+                sim.plan.in_flight_max,
                 sim.plan.batch_delay,
                 sim.plan.read_only,
             );
@@ -632,6 +639,14 @@ impl Sim {
                     }
                 };
                 if let Message::Reply(reply) = verified.into_inner() {
+                    // Replies are unsigned: the link names the sender.
+                    if from != Endpoint::Replica(reply.replica.index()) {
+                        self.rejected += 1;
+                        self.log(|| {
+                            format!("{from} -> c{c} reply naming {} refused", reply.replica)
+                        });
+                        return;
+                    }
                     self.log(|| {
                         format!(
                             "{from} -> c{c} reply t{} view {} ro={} {}",
@@ -646,7 +661,7 @@ impl Sim {
                     let actions =
                         self.clients[c]
                             .client
-                            .on_reply(self.now, reply.value, &mut self.history);
+                            .on_reply(self.now, reply, &mut self.history);
                     self.client_actions(c, actions);
                 }
             }
@@ -867,6 +882,7 @@ impl Sim {
                     view,
                     digest,
                     requests,
+                    ..
                 } => {
                     self.log(|| {
                         format!("r{i} executed {seq} {view} {digest} ({requests} requests)")
@@ -1103,7 +1119,8 @@ impl Sim {
             )
         }));
         match result {
-            Ok(Ok(replica)) => {
+            Ok(Ok(mut replica)) => {
+                replica.set_invariant_checks(true);
                 self.nodes[i].replica = Some(replica);
                 self.agreement.restarted(i);
                 self.reschedule_timer(i, false);

@@ -30,7 +30,7 @@ pub struct Cluster {
     pub isolated: BTreeSet<ReplicaId>,
     /// Replicas whose outputs are all dropped (silent Byzantine).
     pub silent: BTreeSet<ReplicaId>,
-    pub replies: BTreeMap<ClientId, Vec<Signed<Reply>>>,
+    pub replies: BTreeMap<ClientId, Vec<Reply>>,
     pub executed: BTreeMap<ReplicaId, BTreeMap<SeqNum, Digest>>,
     pub verifier: Verifier,
     pub entered_views: Vec<(ReplicaId, pbft_core::View)>,
@@ -38,6 +38,8 @@ pub struct Cluster {
     pub transfers: Vec<(ReplicaId, SeqNum, usize, usize)>,
     /// The page size the replicas' stores aim at.
     pub page_target: usize,
+    /// Sequence numbers each replica executed with phase times.
+    pub timed: BTreeMap<ReplicaId, BTreeSet<SeqNum>>,
 }
 
 pub fn config(n: usize) -> (Config, Vec<Signer>) {
@@ -98,6 +100,7 @@ impl Cluster {
             entered_views: Vec::new(),
             transfers: Vec::new(),
             page_target,
+            timed: BTreeMap::new(),
         }
     }
 
@@ -130,7 +133,22 @@ impl Cluster {
                     }
                 }
                 Output::Reply(c, r) => self.queue.push_back((id, To::Client(c), Message::Reply(r))),
-                Output::Executed { seq, digest, .. } => {
+                Output::Executed {
+                    seq,
+                    digest,
+                    timing,
+                    ..
+                } => {
+                    if let Some(t) = timing {
+                        assert!(
+                            t.received.is_none_or(|r| r <= t.pre_prepared)
+                                && t.pre_prepared <= t.prepared
+                                && t.prepared <= t.committed
+                                && t.committed <= self.now,
+                            "{id} phase times out of order at {seq}: {t:?}"
+                        );
+                        self.timed.entry(id).or_default().insert(seq);
+                    }
                     let prev = self.executed.entry(id).or_default().insert(seq, digest);
                     if let Some(prev) = prev {
                         assert_eq!(prev, digest, "{id} re-executed {seq} with another batch");
@@ -173,11 +191,23 @@ impl Cluster {
         true
     }
 
-    /// Delivers until quiet (bounded).
+    /// Delivers until quiet (bounded). Like a node's driver at the end of a
+    /// step, it fires the timers that are due now (the primary proposes
+    /// from such a timer).
     pub fn run(&mut self) {
         for _ in 0..1_000_000 {
-            if !self.step() {
-                return;
+            if self.step() {
+                continue;
+            }
+            let due = (0..self.replicas.len()).find(|&i| {
+                self.replicas[i]
+                    .as_ref()
+                    .and_then(|r| r.poll_timeout())
+                    .is_some_and(|t| t <= self.now)
+            });
+            match due {
+                Some(i) => self.input(ReplicaId(i as u32), Input::Tick),
+                None => return,
             }
         }
         panic!("message storm: the queue never drained");
@@ -227,6 +257,11 @@ impl Cluster {
             }
             _ => self.now = end,
         }
+    }
+
+    /// Delivers a timer tick to replica `id` now (whether or not one is due).
+    pub fn tick(&mut self, id: u32) {
+        self.input(ReplicaId(id), Input::Tick);
     }
 
     /// Injects a message as if `from` had sent it to `to`.
