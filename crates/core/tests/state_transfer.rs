@@ -209,7 +209,7 @@ fn a_stalled_source_is_replaced_and_the_transfer_resumes() {
 
 #[test]
 fn pages_already_held_are_not_fetched_again() {
-    let (mut cluster, mut client) = lagging_cluster(24, 2);
+    let (mut cluster, mut client) = lagging_cluster(32, 6);
     run_until_transferred(&mut cluster, &mut client, |_, _, _, _| {});
     let (_, _, pages, fetched) = cluster.transfers[0];
     assert!(
