@@ -243,15 +243,47 @@ fn check_value(value: &[u8]) -> Result<(), KvError> {
 }
 
 /// The key-value store: a [`StateMachine`] over a [`BTreeMap`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The page size [`StateMachine::snapshot_pages`] aims at.
+    page_target: usize,
 }
+
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore {
+            map: BTreeMap::new(),
+            page_target: crate::PAGE_TARGET,
+        }
+    }
+}
+
+/// The first bytes of a paged snapshot's first page.
+const PAGES_MAGIC: &[u8; 4] = b"PBKP";
 
 impl KvStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose snapshot pages aim at `bytes` (at least 1, at
+    /// most [`crate::PAGE_TARGET`]): small pages make small states span many
+    /// pages (the simulator uses this to exercise chunked state transfer).
+    /// Every replica of a cluster must use the same size.
+    pub fn with_page_target(bytes: usize) -> Self {
+        KvStore {
+            map: BTreeMap::new(),
+            page_target: bytes.clamp(1, crate::PAGE_TARGET),
+        }
+    }
+
+    /// Whether a page may end after `key`, once it holds a quarter of the
+    /// target: about one key in four, by the key's own hash, so page
+    /// boundaries do not move when unrelated keys change.
+    fn boundary(key: &[u8]) -> bool {
+        Digest::of(key).0[0] < 64
     }
 
     /// The number of keys stored.
@@ -424,6 +456,84 @@ impl StateMachine for KvStore {
             ));
         }
         // Only now, with the whole snapshot validated, replace the state.
+        self.map = entries.into_iter().collect();
+        Ok(())
+    }
+
+    /// Pages of whole entries in key order. A page ends once it holds the
+    /// target size, or a quarter of it at a key whose hash allows a
+    /// boundary; an entry is at most 65 KiB, so pages stay below
+    /// [`crate::PAGE_MAX`]. The first page starts with a header.
+    fn snapshot_pages(&self) -> Vec<Vec<u8>> {
+        let mut pages = Vec::new();
+        let mut page: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut size = 0;
+        let encode = |page: &[(&[u8], &[u8])], first: bool| {
+            let mut out = Vec::new();
+            if first {
+                out.extend_from_slice(PAGES_MAGIC);
+                out.push(SNAPSHOT_VERSION);
+            }
+            out.extend_from_slice(&postcard::to_stdvec(page).unwrap_or_default());
+            out
+        };
+        for (key, value) in self.iter() {
+            page.push((key, value));
+            size += key.len() + value.len() + 8;
+            if size >= self.page_target || (size >= self.page_target / 4 && Self::boundary(key)) {
+                pages.push(encode(&page, pages.is_empty()));
+                page.clear();
+                size = 0;
+            }
+        }
+        if !page.is_empty() || pages.is_empty() {
+            pages.push(encode(&page, pages.is_empty()));
+        }
+        pages
+    }
+
+    fn restore_pages(&mut self, pages: &[Vec<u8>]) -> Result<(), SnapshotError> {
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (i, page) in pages.iter().enumerate() {
+            let body = if i == 0 {
+                let body = page
+                    .strip_prefix(PAGES_MAGIC.as_slice())
+                    .ok_or_else(|| SnapshotError("missing key-value pages header".into()))?;
+                let (&version, body) = body
+                    .split_first()
+                    .ok_or_else(|| SnapshotError("truncated header".into()))?;
+                if version != SNAPSHOT_VERSION {
+                    return Err(SnapshotError(format!(
+                        "unsupported snapshot version {version}"
+                    )));
+                }
+                body
+            } else {
+                page.as_slice()
+            };
+            let part: Vec<(Vec<u8>, Vec<u8>)> =
+                decode_exact(body).map_err(|e| SnapshotError(format!("page {i}: {e}")))?;
+            if part.is_empty() && pages.len() > 1 {
+                return Err(SnapshotError(format!("page {i} is empty")));
+            }
+            entries.extend(part);
+        }
+        if pages.is_empty() {
+            return Err(SnapshotError("no pages".into()));
+        }
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if key.len() > MAX_KEY_LEN {
+                return Err(SnapshotError(format!("entry {i}: key too large")));
+            }
+            if value.len() > MAX_VALUE_LEN {
+                return Err(SnapshotError(format!("entry {i}: value too large")));
+            }
+        }
+        if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(SnapshotError(
+                "keys not in strictly increasing order".into(),
+            ));
+        }
         self.map = entries.into_iter().collect();
         Ok(())
     }
@@ -963,6 +1073,42 @@ mod tests {
             .expect("restores empty");
         assert!(empty.is_empty());
         assert_eq!(empty.digest(), KvStore::new().digest());
+    }
+
+    #[test]
+    fn pages_round_trip_and_stay_put_when_other_keys_change() {
+        let mut a = KvStore::with_page_target(64);
+        for i in 0..200 {
+            apply(&mut a, &put(&format!("key{i:03}"), &format!("value-{i}")));
+        }
+        let pages = a.snapshot_pages();
+        assert!(pages.len() > 10, "{} pages", pages.len());
+        assert!(pages.iter().all(|p| p.len() < crate::PAGE_MAX));
+        let mut b = KvStore::with_page_target(64);
+        b.restore_pages(&pages).expect("own pages restore");
+        assert_eq!(b.digest(), a.digest());
+        assert_eq!(b.snapshot_pages(), pages);
+        // One more key changes only the pages around it.
+        apply(&mut a, &put("key100x", "new"));
+        let after = a.snapshot_pages();
+        let same = after.iter().filter(|p| pages.contains(p)).count();
+        assert!(
+            same + 3 >= pages.len(),
+            "{same} of {} pages kept",
+            pages.len()
+        );
+        // Garbage, a missing header and out-of-order pages are refused.
+        let mut c = KvStore::new();
+        assert!(c.restore_pages(&[]).is_err());
+        assert!(c.restore_pages(&[b"junk".to_vec()]).is_err());
+        let mut swapped = pages.clone();
+        swapped.swap(1, 2);
+        assert!(c.restore_pages(&swapped).is_err());
+        assert!(c.is_empty());
+        // The empty store is one page.
+        let empty = KvStore::new().snapshot_pages();
+        assert_eq!(empty.len(), 1);
+        c.restore_pages(&empty).expect("empty pages restore");
     }
 
     #[test]

@@ -112,9 +112,11 @@ impl Failure {
     pub(crate) fn client(error: pbft_client::ClientError) -> Self {
         use pbft_client::ClientError as E;
         let code = match &error {
-            E::Timeout { .. } => 3,
+            // Outcome unknown.
+            E::Timeout { .. } | E::Expired { .. } => 3,
             E::Config(_) | E::Key(_) => 2,
-            E::Application(_) | E::Protocol(_) | E::Net(_) => 1,
+            // Executed, result lost: a failure to report, not to retry.
+            E::Application(_) | E::Protocol(_) | E::Net(_) | E::ResultNotKept { .. } => 1,
         };
         Failure {
             code,

@@ -7,7 +7,7 @@
 //! The counting itself is [`crate::quorum`] (shared with the simulator).
 
 use crate::error::ClientError;
-use crate::quorum::{learned_view, next_request_id, replies_needed, ReplyTally};
+use crate::quorum::{learned_view, next_request_id, replies_needed, Outcome, ReplyTally};
 use bytes::Bytes;
 use pbft_config::{ClientSettings, Cluster, Tuning};
 use pbft_core::message::{Reply, Request, StatusReport, StatusRequest};
@@ -135,6 +135,9 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How often a read is issued at most when its result is withheld or it expires.
+const READ_REISSUES_MAX: usize = 3;
+
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -232,6 +235,13 @@ impl Client {
     /// The request goes to the believed primary; if no decision arrives within
     /// [`ClientOptions::retransmit`] it is broadcast to every replica, again
     /// at doubling intervals, until [`ClientOptions::timeout`] passes.
+    ///
+    /// A retransmission can meet a result the replicas did not keep (it was
+    /// larger than the cluster's `client_result_max`): then the request ran
+    /// exactly once and this returns [`ClientError::ResultNotKept`]; one the
+    /// replicas refuse because they forgot this client returns
+    /// [`ClientError::Expired`] (outcome unknown). Neither is re-issued here:
+    /// a write must not run twice. [`Client::query`] re-issues reads.
     pub async fn invoke(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
         let mut state = self.state.lock().await;
         let deadline = Instant::now() + self.options.timeout;
@@ -252,7 +262,7 @@ impl Client {
         let start = Instant::now();
         if self.config.read_mode != ReadMode::Fast {
             return self
-                .ordered(&mut state, op, start + self.options.timeout)
+                .ordered_read(&mut state, op, start + self.options.timeout)
                 .await;
         }
         let deadline = start + self.options.timeout;
@@ -281,7 +291,30 @@ impl Client {
             voters = tally.voters(),
             "read-only fast path did not decide; ordering the request"
         );
-        self.ordered(&mut state, op, deadline).await
+        self.ordered_read(&mut state, op, deadline).await
+    }
+
+    /// An ordered read: a read whose result the replicas did not keep for
+    /// the retransmission, or that they refused as expired, is re-issued as
+    /// a new request (a read may run twice), a few times at most.
+    async fn ordered_read(
+        &self,
+        state: &mut State,
+        op: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut attempts = 1;
+        loop {
+            match self.ordered(state, op.clone(), deadline).await {
+                Err(e @ (ClientError::ResultNotKept { .. } | ClientError::Expired { .. }))
+                    if attempts < READ_REISSUES_MAX =>
+                {
+                    debug!(error = %e, "re-issuing the read as a new request");
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Asks every replica for its signed status report; replicas that do not
@@ -346,8 +379,15 @@ impl Client {
             match self.next_incoming(state, until).await? {
                 Some(Incoming::Reply(reply)) => {
                     if tally.add(&reply) {
-                        if let Some(result) = tally.decided(needed) {
-                            return Ok(result.to_vec());
+                        match tally.outcome(needed) {
+                            Some(Outcome::Result(result)) => return Ok(result.to_vec()),
+                            Some(Outcome::Withheld) => {
+                                return Err(ClientError::ResultNotKept { request_id })
+                            }
+                            Some(Outcome::Expired) => {
+                                return Err(ClientError::Expired { request_id })
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -420,7 +460,13 @@ impl Client {
             }
         };
         match message {
-            Message::Reply(r) if r.client == self.id => Some(Incoming::Reply(r.value)),
+            Message::Reply(r) if r.client == self.id && r.came_from(&self.config, &frame.from) => {
+                Some(Incoming::Reply(r))
+            }
+            Message::Reply(r) => {
+                debug!(replica = %r.replica, "ignoring a reply not for us or not from its link");
+                None
+            }
             Message::StatusReport(s) => Some(Incoming::Status(s.value)),
             _ => None,
         }

@@ -37,12 +37,38 @@ pub enum ClientError {
     /// The replicas agreed on a result this client cannot interpret.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The request ran (exactly once), but its result was too large for the
+    /// replicas to keep and the client missed the original replies. A write
+    /// must not be re-issued (it would run twice); [`crate::Client::query`]
+    /// re-issues reads by itself.
+    #[error(
+        "request {request_id} was executed, but its result was too large for the replicas to \
+         keep and the original replies were missed; do not re-issue a write"
+    )]
+    ResultNotKept {
+        /// The request.
+        request_id: pbft_core::RequestId,
+    },
+    /// The replicas no longer remember this client and refused a request at
+    /// or below their client table's floor: it may or may not have been
+    /// executed (idle clients are forgotten at checkpoints).
+    #[error(
+        "request {request_id} expired: the replicas forgot this client, so the outcome is \
+         unknown (the operation may or may not have been executed)"
+    )]
+    Expired {
+        /// The request.
+        request_id: pbft_core::RequestId,
+    },
 }
 
 impl ClientError {
     /// Whether the operation's outcome is unknown (it may have been executed).
     pub fn is_outcome_unknown(&self) -> bool {
-        matches!(self, ClientError::Timeout { .. })
+        matches!(
+            self,
+            ClientError::Timeout { .. } | ClientError::Expired { .. }
+        )
     }
 
     pub(crate) fn timeout(after: Duration, connected: usize, replicas: usize, f: usize) -> Self {

@@ -4,14 +4,15 @@
 //! are then ordered too.
 //!
 //! The "replicas" here are four pbft-net endpoints on loopback that answer
-//! every request with a signed reply, but only the first `answering` of them,
-//! so the number of matching replies the client gets is what the test says.
+//! every request with a reply, but only the first `answering` of them, so the
+//! number of matching replies the client gets is what the test says.
+//! Replies are unsigned: the client takes a reply's sender from its link.
 
 use pbft_client::{Client, ClientError, ReadMode};
 use pbft_config::ClientFile;
 use pbft_core::message::{Reply, Request};
 use pbft_core::{Message, ReplicaId};
-use pbft_crypto::{keyfile, ClusterId, KeyPair, Signer};
+use pbft_crypto::{keyfile, KeyPair};
 use pbft_net::{AcceptPolicy, Endpoint, NetConfig};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -28,6 +29,12 @@ struct FakeReplicas {
 }
 
 fn fake_replicas(answering: usize) -> FakeReplicas {
+    fake_replicas_impersonating(answering, false)
+}
+
+/// As [`fake_replicas`]; with `impersonate`, each answering replica also
+/// sends a second reply naming the next replica as its sender.
+fn fake_replicas_impersonating(answering: usize, impersonate: bool) -> FakeReplicas {
     let read_only_seen = Arc::new(AtomicUsize::new(0));
     let mut endpoints = Vec::new();
     for i in 0..4u32 {
@@ -39,7 +46,6 @@ fn fake_replicas(answering: usize) -> FakeReplicas {
             NetConfig::default(),
         )
         .expect("bind a fake replica");
-        let signer = Signer::new(key, ClusterId(CLUSTER_ID));
         let (answer, seen, replies) = (
             (i as usize) < answering,
             read_only_seen.clone(),
@@ -62,15 +68,20 @@ fn fake_replicas(answering: usize) -> FakeReplicas {
                 if !answer {
                     continue;
                 }
-                let reply = signer.sign(Reply {
+                let mut reply = Reply {
                     view: pbft_core::View(0),
                     client,
                     request_id,
                     result: b"ok".to_vec(),
+                    status: Default::default(),
                     read_only,
                     replica: ReplicaId(i),
-                });
-                let _ = replies.send(client.0, Message::Reply(reply).encode().into());
+                };
+                let _ = replies.send(client.0, Message::Reply(reply.clone()).encode().into());
+                if impersonate {
+                    reply.replica = ReplicaId((i + 1) % 4);
+                    let _ = replies.send(client.0, Message::Reply(reply).encode().into());
+                }
             }
         });
         endpoints.push(endpoint);
@@ -148,5 +159,19 @@ async fn ordered_cluster_accepts_f_plus_one_and_orders_reads() {
         two.read_only_seen.load(Ordering::SeqCst),
         0,
         "an ordered cluster's client never sends a read-only request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_naming_another_replica_than_its_link_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One replica answers as itself and as replica 1: f+1 = 2 "matching"
+    // replies if the client believed what a reply says of its sender.
+    let liar = fake_replicas_impersonating(1, true);
+    let client = client_from_files(dir.path(), None, &liar);
+    let outcome = client.invoke(b"write".to_vec()).await;
+    assert!(
+        matches!(outcome, Err(ClientError::Timeout { .. })),
+        "one replica made a quorum by naming another: {outcome:?}"
     );
 }

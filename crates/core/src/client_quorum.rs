@@ -19,10 +19,16 @@
 //!   answer until they are back where they were.
 //! * A replica counts once, whatever it sends: its latest reply replaces its
 //!   earlier ones, so a Byzantine replica cannot vote twice.
+//! * A retransmitted request may be answered without its result
+//!   ([`ReplyStatus::Withheld`]: it ran, its result was too large to keep;
+//!   [`ReplyStatus::Expired`]: the replicas forgot the client, whether it ran
+//!   is unknown; see `client_table`). [`ReplyTally::outcome`] reports these
+//!   once as many replicas agree on them as a result would need. A client may
+//!   then re-issue a read as a new request, never a write.
 
 use crate::config::ReadMode;
 use crate::ids::{ReplicaId, RequestId, View};
-use crate::message::Reply;
+use crate::message::{Reply, ReplyStatus};
 use std::collections::BTreeMap;
 
 /// How many matching replies from distinct replicas decide a request, in a
@@ -43,8 +49,19 @@ pub fn replies_needed(f: usize, read_mode: ReadMode, read_only: bool) -> usize {
 pub struct ReplyTally {
     request_id: RequestId,
     read_only: bool,
-    /// One vote per replica: its latest result.
-    votes: BTreeMap<ReplicaId, Vec<u8>>,
+    /// One vote per replica: its latest answer.
+    votes: BTreeMap<ReplicaId, (ReplyStatus, Vec<u8>)>,
+}
+
+/// What replicas agreed a request came to (see [`ReplyTally::outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Its result.
+    Result(&'a [u8]),
+    /// It ran, but its result was not kept.
+    Withheld,
+    /// The replicas forgot the client; whether it ran is unknown.
+    Expired,
 }
 
 impl ReplyTally {
@@ -65,7 +82,8 @@ impl ReplyTally {
         if reply.request_id != self.request_id || reply.read_only != self.read_only {
             return false;
         }
-        self.votes.insert(reply.replica, reply.result.clone());
+        self.votes
+            .insert(reply.replica, (reply.status, reply.result.clone()));
         true
     }
 
@@ -76,15 +94,41 @@ impl ReplyTally {
 
     /// The result that at least `needed` distinct replicas sent, if any.
     pub fn decided(&self, needed: usize) -> Option<&[u8]> {
-        decide(self.votes.values().map(Vec::as_slice), needed)
+        decide(
+            self.votes
+                .values()
+                .filter(|(s, _)| *s == ReplyStatus::Result)
+                .map(|(_, r)| r.as_slice()),
+            needed,
+        )
+    }
+
+    /// What at least `needed` distinct replicas agree on: a result, or that
+    /// the result was withheld (matching digests) or the request expired.
+    pub fn outcome(&self, needed: usize) -> Option<Outcome<'_>> {
+        if let Some(result) = self.decided(needed) {
+            return Some(Outcome::Result(result));
+        }
+        let mut counts: BTreeMap<(ReplyStatus, &[u8]), usize> = BTreeMap::new();
+        for (status, r) in self.votes.values() {
+            *counts.entry((*status, r.as_slice())).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .find(|(_, c)| *c >= needed.max(1))
+            .and_then(|((status, _), _)| match status {
+                ReplyStatus::Result => None,
+                ReplyStatus::Withheld => Some(Outcome::Withheld),
+                ReplyStatus::Expired => Some(Outcome::Expired),
+            })
     }
 
     /// Whether no result can reach `needed` votes any more, given `n` replicas.
     pub fn hopeless(&self, needed: usize, n: usize) -> bool {
         let missing = n.saturating_sub(self.votes.len());
-        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
-        for v in self.votes.values() {
-            *counts.entry(v.as_slice()).or_default() += 1;
+        let mut counts: BTreeMap<(ReplyStatus, &[u8]), usize> = BTreeMap::new();
+        for (status, v) in self.votes.values() {
+            *counts.entry((*status, v.as_slice())).or_default() += 1;
         }
         let best = counts.values().copied().max().unwrap_or(0);
         best + missing < needed
@@ -135,9 +179,38 @@ mod tests {
             client: ClientId(PublicKey([9; 32])),
             request_id: RequestId(id),
             result: result.to_vec(),
+            status: ReplyStatus::Result,
             read_only,
             replica: ReplicaId(replica),
         }
+    }
+
+    #[test]
+    fn withheld_and_expired_answers_need_a_quorum_too() {
+        let mut t = ReplyTally::new(RequestId(5), false);
+        let mut withheld = reply(0, 5, &[1; 32], false);
+        withheld.status = ReplyStatus::Withheld;
+        t.add(&withheld);
+        assert_eq!(t.outcome(2), None);
+        // The same digest bytes as a plain result do not match it.
+        t.add(&reply(1, 5, &[1; 32], false));
+        assert_eq!(t.outcome(2), None);
+        withheld.replica = ReplicaId(2);
+        t.add(&withheld);
+        assert_eq!(t.outcome(2), Some(Outcome::Withheld));
+        assert_eq!(t.decided(2), None);
+
+        let mut t = ReplyTally::new(RequestId(5), false);
+        let mut expired = reply(0, 5, b"", false);
+        expired.status = ReplyStatus::Expired;
+        t.add(&expired);
+        expired.replica = ReplicaId(3);
+        t.add(&expired);
+        assert_eq!(t.outcome(2), Some(Outcome::Expired));
+        // A result agreed by enough replicas wins over the rest.
+        t.add(&reply(1, 5, b"r", false));
+        t.add(&reply(2, 5, b"r", false));
+        assert_eq!(t.outcome(2), Some(Outcome::Result(b"r")));
     }
 
     #[test]

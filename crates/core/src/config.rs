@@ -34,6 +34,16 @@ pub enum ConfigError {
     /// A bound that must be positive is zero.
     #[error("{0} must be positive")]
     Zero(&'static str),
+    /// The client table's byte budget cannot hold one entry with a kept result.
+    #[error(
+        "client_table_bytes_max ({bytes}) must hold one entry with a kept result ({entry} bytes)"
+    )]
+    ClientTableBytes {
+        /// The budget.
+        bytes: usize,
+        /// One entry with a result of `client_result_max` bytes.
+        entry: usize,
+    },
 }
 
 /// How a cluster serves read-only operations.
@@ -126,10 +136,21 @@ pub struct Config {
     /// How the cluster serves reads (every replica and client must agree).
     #[serde(default)]
     pub read_mode: ReadMode,
+    /// Most clients the client table keeps across a checkpoint (every
+    /// replica must agree; see `client_table`).
+    pub client_table_max: usize,
+    /// Most bytes the client table keeps across a checkpoint (every replica
+    /// must agree).
+    pub client_table_bytes_max: usize,
+    /// Results up to this many bytes are kept whole in the client table,
+    /// larger ones as their digest (every replica must agree).
+    pub client_result_max: usize,
 }
 
+/// With the default window of 128 that keeps a NEW-VIEW carrying every
+/// prepared batch near 8 MiB, half the transport's 16 MiB frame limit.
 fn default_batch_bytes_max() -> usize {
-    128 * 1024
+    64 * 1024
 }
 
 fn default_in_flight_max() -> u64 {
@@ -151,6 +172,9 @@ impl Config {
             timeout_base: Duration::from_millis(1000),
             pending_requests_max: 100_000,
             read_mode: ReadMode::Ordered,
+            client_table_max: 65_536,
+            client_table_bytes_max: 256 << 20,
+            client_result_max: 66 << 10,
         }
     }
 
@@ -190,6 +214,16 @@ impl Config {
         }
         if self.pending_requests_max == 0 {
             return Err(ConfigError::Zero("pending_requests_max"));
+        }
+        if self.client_table_max == 0 {
+            return Err(ConfigError::Zero("client_table_max"));
+        }
+        let entry = crate::client_table::ENTRY_OVERHEAD.saturating_add(self.client_result_max);
+        if self.client_table_bytes_max < entry {
+            return Err(ConfigError::ClientTableBytes {
+                bytes: self.client_table_bytes_max,
+                entry,
+            });
         }
         Ok(())
     }

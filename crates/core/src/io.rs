@@ -34,7 +34,7 @@ pub enum Output {
     /// Send to every other replica.
     Broadcast(Message),
     /// Send a reply to a client.
-    Reply(ClientId, Signed<Reply>),
+    Reply(ClientId, Reply),
     /// Send a status report to a client.
     Status(ClientId, Signed<StatusReport>),
     /// A batch was executed (for checkers, metrics and logs).
@@ -64,6 +64,10 @@ pub enum Output {
         seq: SeqNum,
         /// Its digest.
         digest: Digest,
+        /// How many pages the state has.
+        pages: usize,
+        /// How many of them were fetched (the rest were already held).
+        fetched: usize,
     },
     /// This replica entered a view (after a NEW-VIEW).
     EnteredView(View),
@@ -114,7 +118,9 @@ pub enum Record {
     /// A new view this replica entered (or, as primary, issued).
     NewView(Signed<NewView>),
     /// A stable checkpoint and its snapshot (application state and client
-    /// table), fetched from a peer by state transfer.
+    /// table: `checkpoint::StateImage::encode`, its pages), fetched from a
+    /// peer by state transfer. One record however large the state (entries
+    /// are capped at 4 GiB - 1).
     Checkpoint(CheckpointProof, Vec<u8>),
     /// A checkpoint this replica took: the snapshot after executing `seq`.
     /// Persisted before its CHECKPOINT is sent, so that the state it vouches
@@ -158,6 +164,18 @@ pub fn compacts(group: &[Record]) -> bool {
 /// keeps). Order is kept, and restoring from the compacted records gives the
 /// same replica as restoring from all of them.
 pub fn compact(records: &mut Vec<Record>) {
+    let keep = retained(records);
+    let mut index = 0;
+    records.retain(|_| {
+        index += 1;
+        keep[index - 1]
+    });
+}
+
+/// Which of `records` [`compact`] keeps: one flag per record, in order. A
+/// driver whose log is split into files uses it to tell which files still
+/// hold a record a restart needs.
+pub fn retained(records: &[Record]) -> Vec<bool> {
     let Some(stable) = records
         .iter()
         .filter_map(|r| match r {
@@ -166,7 +184,7 @@ pub fn compact(records: &mut Vec<Record>) {
         })
         .max()
     else {
-        return;
+        return vec![true; records.len()];
     };
     // Per sequence number, the last snapshot record (the one restore uses).
     let mut snapshot_at: BTreeMap<SeqNum, usize> = BTreeMap::new();
@@ -194,11 +212,10 @@ pub fn compact(records: &mut Vec<Record>) {
         })
         .max_by_key(|(seq, i)| (*seq, std::cmp::Reverse(*i)))
         .map(|(_, i)| i);
-    let mut index = 0;
-    records.retain(|r| {
-        let i = index;
-        index += 1;
-        match r {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match r {
             Record::Checkpoint(p, _) => {
                 Some(i) == proof
                     || (snapshot_at.get(&p.seq) == Some(&i) && (p.seq >= stable || Some(i) == base))
@@ -211,6 +228,6 @@ pub fn compact(records: &mut Vec<Record>) {
             Record::NewView(_) => Some(i) == last_new_view,
             Record::Executed(_) => Some(i) == executed,
             Record::PrePrepare(..) | Record::Prepared(_) => r.seq().is_some_and(|s| s > stable),
-        }
-    });
+        })
+        .collect()
 }

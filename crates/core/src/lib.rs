@@ -16,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod client_quorum;
+pub mod client_table;
 pub mod config;
 pub mod ids;
 pub mod io;

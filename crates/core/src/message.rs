@@ -148,7 +148,25 @@ pub struct NewView {
     pub replica: ReplicaId,
 }
 
-/// REPLY to a client.
+/// What a [`Reply`]'s `result` holds (see `client_table`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ReplyStatus {
+    /// The request's result.
+    #[default]
+    Result,
+    /// The request ran, but its result was too large to keep for
+    /// retransmissions: `result` is the result's digest.
+    Withheld,
+    /// The request is at or below the floor of a client the table forgot:
+    /// whether it ran is unknown; `result` is empty.
+    Expired,
+}
+
+/// REPLY to a client. Not signed: a reply travels only on the link
+/// between its replica and the client, which TLS authenticates with both
+/// keys pinned, and nobody but that client ever needs to check it. The
+/// receiver must see that the link's key is the key of `replica`
+/// ([`Reply::came_from`]); [`Message::verify`] checks nothing for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// The replica's current view, so clients learn the primary.
@@ -159,10 +177,20 @@ pub struct Reply {
     pub request_id: RequestId,
     /// The result bytes.
     pub result: Vec<u8>,
+    /// What `result` holds.
+    pub status: ReplyStatus,
     /// Whether this is a read-only (unordered, tentative) answer.
     pub read_only: bool,
     /// The sender.
     pub replica: ReplicaId,
+}
+
+impl Reply {
+    /// Whether a reply that arrived on a link authenticated as `link` was
+    /// sent by the replica it names.
+    pub fn came_from(&self, config: &crate::Config, link: &pbft_crypto::PublicKey) -> bool {
+        config.key(self.replica) == Some(link)
+    }
 }
 
 /// Asks for the batch with `digest` (after a NEW-VIEW re-issued its digest).
@@ -183,23 +211,69 @@ pub struct BatchData {
     pub replica: ReplicaId,
 }
 
-/// Asks for the snapshot of a stable checkpoint at or above `seq`.
+/// What a [`FetchState`] asks for (see `checkpoint` for the tree).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatePart {
+    /// The certified summary of a stable checkpoint at or above `seq`.
+    Summary,
+    /// The leaf digests of one group of pages.
+    Leaves(u32),
+    /// These pages (at most `checkpoint::PAGES_PER_FETCH`).
+    Pages(Vec<u32>),
+}
+
+/// Asks for part of the state of the stable checkpoint at `seq` (for the
+/// summary: at or above `seq`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchState {
-    /// The lowest checkpoint that helps.
+    /// The checkpoint.
     pub seq: SeqNum,
+    /// The part wanted.
+    pub part: StatePart,
     /// The sender.
     pub replica: ReplicaId,
 }
 
-/// A checkpoint snapshot with the certificate that makes it trustworthy: the
-/// receiver checks the proof and that the snapshot hashes to its digest.
+/// A part of a checkpoint's state (see `checkpoint`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateBody {
+    /// The tree's top: the receiver checks the proof's 2f+1 signatures and
+    /// that `count` and `groups` hash to the certified digest.
+    Summary {
+        /// 2f+1 signatures on the state's digest.
+        proof: Box<CheckpointProof>,
+        /// How many pages the state has.
+        count: u32,
+        /// The digest of each group of leaf digests.
+        groups: Vec<Digest>,
+    },
+    /// One group's leaf digests, checked against the summary's group digest.
+    Leaves {
+        /// The group.
+        group: u32,
+        /// The digests of its pages.
+        leaves: Vec<Digest>,
+    },
+    /// One page, checked against its leaf digest.
+    Page {
+        /// Its index.
+        index: u32,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A part of the state of the checkpoint (`seq`, `digest`), in answer to
+/// [`FetchState`]; nothing is installed before every part is checked against
+/// the certified digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateData {
-    /// 2f+1 signatures on the snapshot's digest.
-    pub proof: CheckpointProof,
-    /// The snapshot (see `checkpoint::Snapshot`).
-    pub snapshot: Vec<u8>,
+    /// The checkpoint.
+    pub seq: SeqNum,
+    /// Its certified digest (the root of its tree).
+    pub digest: Digest,
+    /// The part.
+    pub body: StateBody,
     /// The sender.
     pub replica: ReplicaId,
 }
@@ -275,7 +349,6 @@ signable! {
     Checkpoint => "checkpoint",
     ViewChange => "view-change",
     NewView => "new-view",
-    Reply => "reply",
     FetchBatch => "fetch-batch",
     BatchData => "batch-data",
     FetchState => "fetch-state",
@@ -309,10 +382,10 @@ pub enum Message {
     BatchData(Signed<BatchData>),
     /// A state request.
     FetchState(Signed<FetchState>),
-    /// A checkpoint snapshot.
+    /// A part of a checkpoint's state.
     StateData(Signed<StateData>),
     /// A reply (replica to client).
-    Reply(Signed<Reply>),
+    Reply(Reply),
     /// A status question (client to replica).
     StatusRequest(Signed<StatusRequest>),
     /// A status answer (replica to client).
@@ -338,7 +411,7 @@ impl Message {
             Message::BatchData(_) => BatchData::KIND,
             Message::FetchState(_) => FetchState::KIND,
             Message::StateData(_) => StateData::KIND,
-            Message::Reply(_) => Reply::KIND,
+            Message::Reply(_) => "reply",
             Message::StatusRequest(_) => StatusRequest::KIND,
             Message::StatusReport(_) => StatusReport::KIND,
             Message::Progress(_) => Progress::KIND,
@@ -468,9 +541,11 @@ impl Authenticated for Message {
             Message::FetchState(m) => add_replica(config, m.replica, m, checks)?,
             Message::StateData(m) => {
                 add_replica(config, m.replica, m, checks)?;
-                add_checkpoint_proof(config, &m.proof, checks)?;
+                if let StateBody::Summary { proof, .. } = &m.body {
+                    add_checkpoint_proof(config, proof, checks)?;
+                }
             }
-            Message::Reply(m) => add_replica(config, m.replica, m, checks)?,
+            Message::Reply(_) => {} // authenticated by its link, see `Reply`
             Message::StatusRequest(m) => checks.add(m.client.0, m),
             Message::StatusReport(m) => add_replica(config, m.replica, m, checks)?,
             Message::Progress(m) => add_replica(config, m.replica, m, checks)?,

@@ -16,10 +16,12 @@
 //! batch matches the digest, and a replica never accepts two pre-prepares with
 //! different digests for one `(v, n)`.
 
-use crate::checkpoint::ClientEntry;
+use crate::client_table::Admission;
 use crate::ids::{ClientId, SeqNum};
 use crate::io::{Output, PhaseTimes, Record};
-use crate::message::{Batch, Commit, Message, PrePrepare, Prepare, PreparedProof, Reply, Request};
+use crate::message::{
+    Batch, Commit, Message, PrePrepare, Prepare, PreparedProof, Reply, ReplyStatus, Request,
+};
 use crate::replica::{Pending, Replica, BATCH_LIMIT};
 use pbft_crypto::{Digest, Signed};
 
@@ -30,16 +32,24 @@ impl Replica {
         if request.read_only {
             return self.answer_read_only(&request, out);
         }
-        // Exactly-once: an old request is ignored, the last one re-answered.
-        if let Some(entry) = self.clients.get(&client) {
-            if request.request_id < entry.request_id {
-                return self.drop_input("request older than the client's last");
-            }
-            if request.request_id == entry.request_id {
-                let reply = self.sign_reply(&request.value, entry.result.clone(), false);
+        // Exactly-once: an old request is ignored, the last one re-answered,
+        // one the client table forgot refused (see `client_table`).
+        match self.clients.admit(&client, request.request_id) {
+            Admission::Old => return self.drop_input("request older than the client's last"),
+            Admission::Last(entry) => {
+                let (status, result) = entry.retransmission();
+                let reply = self.reply_status(&request.value, result, status);
                 out.push(Output::Reply(client, reply));
                 return;
             }
+            Admission::Expired => {
+                self.drop_input("request below the client table's floor");
+                let reply =
+                    self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
+                out.push(Output::Reply(client, reply));
+                return;
+            }
+            Admission::New => {}
         }
         match self.pending.get(&client) {
             Some(p) if p.request.request_id > request.request_id => {
@@ -122,19 +132,29 @@ impl Replica {
             return self.drop_input("read-only request before catching up after a restart");
         }
         let result = self.app.query(&request.op);
-        let reply = self.sign_reply(&request.value, result, true);
+        let reply = self.reply(&request.value, result, true);
         out.push(Output::Reply(request.client, reply));
     }
 
-    fn sign_reply(&self, request: &Request, result: Vec<u8>, read_only: bool) -> Signed<Reply> {
-        self.signer.sign(Reply {
+    /// A reply to `request` (unsigned: see [`Reply`]).
+    fn reply(&self, request: &Request, result: Vec<u8>, read_only: bool) -> Reply {
+        Reply {
             view: self.view,
             client: request.client,
             request_id: request.request_id,
             result,
+            status: ReplyStatus::Result,
             read_only,
             replica: self.id,
-        })
+        }
+    }
+
+    /// The ordered reply to a retransmission, from the client table.
+    fn reply_status(&self, request: &Request, result: Vec<u8>, status: ReplyStatus) -> Reply {
+        Reply {
+            status,
+            ..self.reply(request, result, false)
+        }
     }
 
     /// The primary assigns sequence numbers to waiting requests while the
@@ -335,11 +355,7 @@ impl Replica {
     /// it already executed or a newer one waits.
     fn note_pending(&mut self, request: &Signed<Request>) {
         let client = request.client;
-        if self
-            .clients
-            .get(&client)
-            .is_some_and(|e| e.request_id >= request.request_id)
-        {
+        if self.clients.settled(&client, request.request_id) {
             return;
         }
         if let Some(p) = self.pending.get(&client) {
@@ -533,22 +549,33 @@ impl Replica {
         let mut ran = 0;
         for request in &batch.requests {
             let client = request.client;
-            if self
-                .clients
-                .get(&client)
-                .is_some_and(|e| e.request_id >= request.request_id)
-            {
-                continue; // duplicate: executed at most once per (client, id)
+            match self.clients.admit(&client, request.request_id) {
+                Admission::New => {}
+                // Executed at most once per (client, id).
+                Admission::Old | Admission::Last(_) => continue,
+                // One the table forgot may have run: refused, and said so.
+                Admission::Expired => {
+                    if self
+                        .pending
+                        .get(&client)
+                        .is_some_and(|p| p.request.request_id <= request.request_id)
+                    {
+                        self.pending.remove(&client);
+                    }
+                    let reply =
+                        self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
+                    out.push(Output::Reply(client, reply));
+                    continue;
+                }
             }
             let result = self.app.apply(&request.op);
-            let reply = self.sign_reply(&request.value, result.clone(), false);
-            self.clients.insert(
+            self.clients.record(
                 client,
-                ClientEntry {
-                    request_id: request.request_id,
-                    result,
-                },
+                request.request_id,
+                &result,
+                self.config.client_result_max,
             );
+            let reply = self.reply(&request.value, result, false);
             if self
                 .pending
                 .get(&client)

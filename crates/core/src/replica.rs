@@ -8,7 +8,8 @@
 //! * `log`: one [`Slot`] per sequence number in `(h, h+L]`, `h = stable.seq`
 //!   the low water mark.
 //! * `clients`: per client, the last executed request id and its result
-//!   (exactly-once); part of every checkpoint.
+//!   (exactly-once), expired at checkpoints (see [`crate::client_table`]);
+//!   part of every checkpoint.
 //! * `pending`: requests received but not yet executed, at most one per client;
 //!   each has its own view-change deadline, and they feed the primary's batches.
 //! * `decided`: sequence numbers learned decided from commit certificates
@@ -20,7 +21,8 @@
 //! * A slot's pre-prepare, prepares and commits are all for the current view.
 //! * An inactive replica has sent its VIEW-CHANGE for `view`.
 
-use crate::checkpoint::{ClientEntry, Snapshot, StateFetch};
+use crate::checkpoint::{Serving, StateFetch, StateImage};
+use crate::client_table::ClientTable;
 use crate::config::{Config, ConfigError};
 use crate::ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
 use crate::io::{Input, Output, Record};
@@ -31,6 +33,7 @@ use crate::message::{
 use pbft_app::StateMachine;
 use pbft_crypto::{Digest, Signed, Signer};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most normal-case messages held for a view this replica has not entered yet.
@@ -183,16 +186,21 @@ pub struct Replica {
     pub(crate) genesis_digest: Digest,
     /// The stable checkpoint; `stable.seq` is the low water mark h.
     pub(crate) stable: CheckpointProof,
-    /// The snapshot of the stable checkpoint (empty while it is being fetched).
-    pub(crate) stable_snapshot: Vec<u8>,
-    /// Own checkpoints above the stable one: digest and snapshot.
-    pub(crate) own_checkpoints: BTreeMap<SeqNum, (Digest, Vec<u8>)>,
+    /// The state of the stable checkpoint (none while it is being fetched).
+    pub(crate) stable_snapshot: Option<Arc<StateImage>>,
+    /// The state this replica held before a transfer started: its pages
+    /// are reused where the fetched state has the same ones.
+    pub(crate) local_pages: Option<Arc<StateImage>>,
+    /// Own checkpoints above the stable one.
+    pub(crate) own_checkpoints: BTreeMap<SeqNum, Arc<StateImage>>,
+    /// State served to each peer lately (a byte budget).
+    pub(crate) serving: Serving,
     /// CHECKPOINT messages above the stable checkpoint, by sequence number.
     pub(crate) checkpoint_votes:
         BTreeMap<SeqNum, BTreeMap<ReplicaId, Signed<crate::message::Checkpoint>>>,
     pub(crate) state_fetch: Option<StateFetch>,
 
-    pub(crate) clients: BTreeMap<ClientId, ClientEntry>,
+    pub(crate) clients: ClientTable,
     pub(crate) pending: BTreeMap<ClientId, Pending>,
     /// Arrival order of pending requests, for fair batching (may hold stale entries).
     pub(crate) pending_order: VecDeque<(ClientId, RequestId)>,
@@ -239,9 +247,9 @@ impl Replica {
         if id.index() >= config.n() {
             return Err(ConfigError::ReplicaCount(config.n()));
         }
-        let clients = BTreeMap::new();
-        let snapshot = Snapshot::encode_parts(app.snapshot(), &clients);
-        let genesis_digest = Digest::of(&snapshot);
+        let clients = ClientTable::new();
+        let genesis = StateImage::build(app.as_ref(), &clients);
+        let genesis_digest = genesis.digest();
         Ok(Replica {
             id,
             signer,
@@ -261,8 +269,10 @@ impl Replica {
                 digest: genesis_digest,
                 checkpoints: Vec::new(),
             },
-            stable_snapshot: snapshot,
+            stable_snapshot: Some(Arc::new(genesis)),
+            local_pages: None,
             own_checkpoints: BTreeMap::new(),
+            serving: Serving::default(),
             checkpoint_votes: BTreeMap::new(),
             state_fetch: None,
             clients,
@@ -430,10 +440,16 @@ impl Replica {
     fn restore_checkpoints(&mut self, records: &[Record]) -> Result<(), RestoreError> {
         let mut stable: Option<&CheckpointProof> = None;
         let mut snapshots: BTreeMap<SeqNum, &Vec<u8>> = BTreeMap::new();
+        let decode = |seq: SeqNum, bytes: &[u8]| {
+            StateImage::decode(bytes).map_err(|e| RestoreError::Snapshot {
+                seq,
+                reason: e.to_string(),
+            })
+        };
         for record in records {
             let proof = match record {
                 Record::Checkpoint(proof, snapshot) => {
-                    let actual = Digest::of(snapshot);
+                    let actual = decode(proof.seq, snapshot)?.digest();
                     if actual != proof.digest {
                         return Err(RestoreError::CheckpointDigest {
                             seq: proof.seq,
@@ -455,23 +471,33 @@ impl Replica {
                 stable = Some(proof);
             }
         }
-        if let Some((&seq, snapshot)) = snapshots.last_key_value() {
-            self.load_state(seq, snapshot)
+        let h = stable.map_or(SeqNum(0), |p| p.seq);
+        // Decode what a restart uses: the highest snapshot and those at or
+        // above the stable checkpoint.
+        let mut images: BTreeMap<SeqNum, Arc<StateImage>> = BTreeMap::new();
+        let highest = snapshots.keys().next_back().copied();
+        for (&seq, bytes) in &snapshots {
+            if seq >= h || Some(seq) == highest {
+                images.insert(seq, Arc::new(decode(seq, bytes)?));
+            }
+        }
+        if let Some((&seq, image)) = images.last_key_value() {
+            self.load_state(seq, image)
                 .map_err(|reason| RestoreError::Snapshot { seq, reason })?;
         }
         if let Some(proof) = stable {
             self.stable = proof.clone();
-            self.stable_snapshot = snapshots
+            self.stable_snapshot = images
                 .get(&proof.seq)
-                .filter(|s| Digest::of(s) == proof.digest)
-                .map(|s| s.to_vec())
-                .unwrap_or_default();
+                .filter(|i| i.digest() == proof.digest)
+                .cloned();
+            if self.stable_snapshot.is_none() {
+                self.local_pages = images.values().next_back().cloned();
+            }
         }
-        let h = self.stable.seq;
-        for (&seq, snapshot) in snapshots.range(h.next()..) {
-            let digest = Digest::of(snapshot);
-            self.own_checkpoints
-                .insert(seq, (digest, snapshot.to_vec()));
+        for (&seq, image) in images.range(h.next()..) {
+            let digest = image.digest();
+            self.own_checkpoints.insert(seq, image.clone());
             let vote = self.signer.sign(crate::message::Checkpoint {
                 seq,
                 digest,
@@ -484,11 +510,7 @@ impl Replica {
         }
         self.last_assigned = self.last_assigned.max(h);
         if self.last_executed < h {
-            self.state_fetch = Some(StateFetch {
-                target: self.stable.clone(),
-                next_source: 0,
-                deadline: self.now,
-            });
+            self.state_fetch = Some(StateFetch::new(self.stable.clone(), self.now));
         }
         Ok(())
     }

@@ -599,14 +599,13 @@ fn new_view_plan_picks_highest_view_and_fills_gaps() {
 }
 
 fn genesis_proof() -> pbft_core::message::CheckpointProof {
-    use pbft_app::StateMachine;
-    let snapshot = pbft_core::checkpoint::Snapshot::encode_parts(
-        pbft_app::kv::KvStore::new().snapshot(),
+    let image = pbft_core::checkpoint::StateImage::build(
+        &pbft_app::kv::KvStore::new(),
         &Default::default(),
     );
     pbft_core::message::CheckpointProof {
         seq: SeqNum(0),
-        digest: pbft_crypto::Digest::of(&snapshot),
+        digest: image.digest(),
         checkpoints: vec![],
     }
 }

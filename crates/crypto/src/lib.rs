@@ -16,9 +16,11 @@
 //! Every honest replica must judge a signature the same way whatever it is
 //! batched with; otherwise a faulty client could split the replicas. ed25519-dalek's
 //! batch check uses the cofactored equation and its single check the cofactorless
-//! one, so both single and batch checks here use the ZIP-215 rules of
-//! `ed25519-consensus`, which agree by construction. ed25519-dalek is used only to
-//! make keys and sign.
+//! one, so both single and batch checks here use the ZIP-215 rules (both
+//! cofactored), which agree by construction; they are written on
+//! curve25519-dalek 4 with decompressed keys cached (`sign/zip215.rs`), and
+//! the tests check them against the published edge-case vectors and against
+//! `ed25519-consensus`. ed25519-dalek is used only to make keys and sign.
 
 mod digest;
 pub mod keyfile;

@@ -12,9 +12,12 @@
 #[cfg(feature = "insecure-sim")]
 use crate::Digest;
 use crate::{KeyPair, PublicKey, Signature};
+use key_cache::{KeyCache, DEFAULT_GENERATION_LEN};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
+use zip215::Item;
 
 const DOMAIN: &[u8] = b"pbft/v1\0";
 
@@ -142,7 +145,7 @@ pub struct UnknownSigner(pub String);
 /// The signatures a value carries, collected for checking.
 pub struct SigChecks {
     cluster: ClusterId,
-    items: Vec<(PublicKey, Vec<u8>, Signature)>,
+    items: Vec<Item>,
 }
 
 impl SigChecks {
@@ -207,25 +210,39 @@ impl<T> Deref for Verified<T> {
     }
 }
 
-/// Checks signatures for one cluster under one scheme.
+/// Checks signatures for one cluster under one scheme. Clones share one
+/// cache of decompressed keys: the keys given to [`Verifier::with_known_keys`]
+/// (the replicas') for good, and a bounded number of others (clients').
 #[derive(Clone, Debug)]
 pub struct Verifier {
     cluster: ClusterId,
     scheme: Scheme,
+    keys: Arc<KeyCache>,
 }
 
 impl Verifier {
     /// An ed25519 verifier.
     pub fn new(cluster: ClusterId) -> Self {
-        Verifier {
-            cluster,
-            scheme: Scheme::Ed25519,
-        }
+        Verifier::with_scheme(cluster, Scheme::Ed25519)
     }
 
     /// A verifier with an explicit scheme.
     pub fn with_scheme(cluster: ClusterId, scheme: Scheme) -> Self {
-        Verifier { cluster, scheme }
+        Verifier {
+            cluster,
+            scheme,
+            keys: Arc::new(KeyCache::default()),
+        }
+    }
+
+    /// This verifier with `keys` (the replicas', say) decoded once and kept
+    /// for good, and a fresh cache for other keys. Verdicts do not change:
+    /// only the cost of decoding a key at each check.
+    pub fn with_known_keys(self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        Verifier {
+            keys: Arc::new(KeyCache::new(keys, DEFAULT_GENERATION_LEN)),
+            ..self
+        }
     }
 
     /// The cluster whose signatures this verifier accepts.
@@ -270,7 +287,7 @@ impl Verifier {
     ) -> Vec<Result<Verified<T>, VerifyError>> {
         let collected: Vec<Result<SigChecks, VerifyError>> =
             values.iter().map(|v| self.collect(v, keys)).collect();
-        let all: Vec<(PublicKey, Vec<u8>, Signature)> = collected
+        let all: Vec<Item> = collected
             .iter()
             .filter_map(|c| c.as_ref().ok())
             .flat_map(|c| c.items.iter().cloned())
@@ -290,7 +307,7 @@ impl Verifier {
             .collect()
     }
 
-    fn check_all(&self, items: &[(PublicKey, Vec<u8>, Signature)]) -> bool {
+    fn check_all(&self, items: &[Item]) -> bool {
         if items.is_empty() {
             return true;
         }
@@ -298,15 +315,8 @@ impl Verifier {
         match self.scheme {
             Scheme::Ed25519 => match items {
                 [] => true,
-                [(key, msg, sig)] => verify_one(key, msg, sig),
-                _ => {
-                    let mut batch = ed25519_consensus::batch::Verifier::new();
-                    for (key, msg, sig) in items {
-                        let vk = ed25519_consensus::VerificationKeyBytes::from(key.0);
-                        batch.queue((vk, ed25519_consensus::Signature::from(sig.0), msg));
-                    }
-                    batch.verify(rand::rngs::OsRng).is_ok()
-                }
+                [(key, msg, sig)] => zip215::verify_one(&self.keys, key, msg, sig),
+                _ => zip215::verify_batch(&self.keys, items),
             },
             #[cfg(feature = "insecure-sim")]
             Scheme::InsecureSim => items
@@ -316,18 +326,12 @@ impl Verifier {
     }
 }
 
-/// Checks one ed25519 signature under the ZIP-215 rules.
-fn verify_one(key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
-    match ed25519_consensus::VerificationKey::try_from(key.0) {
-        Ok(vk) => vk
-            .verify(&ed25519_consensus::Signature::from(sig.0), msg)
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
+mod key_cache;
 #[cfg(test)]
 mod speccheck;
+#[cfg(test)]
+mod speed;
+mod zip215;
 
 #[cfg(test)]
 mod tests {

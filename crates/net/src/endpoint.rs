@@ -852,11 +852,27 @@ async fn write_loop(
         Ok(stream) => stream,
         Err(e) => return WriterEnd::Failed(e.to_string()),
     };
-    while let Some(frame) = rx.recv().await {
-        if let Err(e) = frame::write_frame(&mut stream, frame).await {
-            return WriterEnd::Failed(e);
+    // Each wake-up takes what is queued (bounded by the gather's limits) and
+    // writes it with one call, in queue order.
+    let mut gather = frame::Gather::default();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            if let Err(e) = gather.push(frame) {
+                return WriterEnd::Failed(e);
+            }
+            next = if gather.is_full() {
+                None
+            } else {
+                rx.try_recv().ok()
+            };
         }
-        inc(&inner.counters.sent);
+        match gather.write(&mut stream).await {
+            Ok(frames) => {
+                inner.counters.sent.fetch_add(frames, Ordering::Relaxed);
+            }
+            Err(e) => return WriterEnd::Failed(e),
+        }
     }
     let _ = stream.finish();
     WriterEnd::QueueClosed

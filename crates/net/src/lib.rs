@@ -33,6 +33,8 @@
 //!
 //! Each connection carries, in each direction, one long-lived unidirectional
 //! QUIC stream of frames: a 4-byte big-endian payload length, then the payload.
+//! The writer takes every frame queued when it wakes (up to 256 frames or
+//! 256 KiB) and writes them with one call.
 //! One stream per direction keeps a peer's frames in order (PBFT processes a
 //! peer's messages roughly in order anyway) and costs one stream set-up per
 //! connection instead of one per message; head-of-line blocking is confined to
@@ -78,8 +80,9 @@
 //! # Verification stage
 //!
 //! [`spawn_verifier`] checks the signatures of decoded messages in batches on
-//! blocking threads and forwards only [`Verified`](pbft_crypto::Verified)
-//! values, in input order; see the [`verify`] module.
+//! a fixed pool of dedicated threads and forwards only
+//! [`Verified`](pbft_crypto::Verified) values, in input order; see the
+//! [`verify`] module.
 
 mod config;
 mod endpoint;

@@ -612,3 +612,39 @@ async fn verify_stage_forwards_good_and_drops_bad() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn verify_stage_ends_when_its_output_is_dropped_or_it_is_aborted() {
+    bounded(async {
+        let cluster = ClusterId(3);
+        let signer = Signer::new(key(1), cluster);
+        let keys = Arc::new(Keys(vec![signer.public_key()]));
+        let note = |i: usize| {
+            SignedNote(signer.sign(Note {
+                author: 0,
+                text: format!("n{i}"),
+            }))
+        };
+        // The output receiver goes away while the input stays open.
+        let (in_tx, in_rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(1);
+        let handle = spawn_verifier_with(Verifier::new(cluster), keys.clone(), in_rx, out_tx, 3, 4);
+        in_tx
+            .send((PublicKey([0; 32]), note(0)))
+            .await
+            .expect("feed");
+        assert!(out_rx.recv().await.is_some());
+        drop(out_rx);
+        handle.join().await;
+        assert!(in_tx.is_closed(), "the stage dropped its input");
+
+        // Aborted while idle, input and output open.
+        let (in_tx, in_rx) = mpsc::channel::<(PublicKey, SignedNote)>(16);
+        let (out_tx, _out_rx) = mpsc::channel(1);
+        let handle = spawn_verifier_with(Verifier::new(cluster), keys, in_rx, out_tx, 2, 4);
+        handle.abort();
+        handle.join().await;
+        assert!(in_tx.is_closed(), "the stage dropped its input");
+    })
+    .await;
+}

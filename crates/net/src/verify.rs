@@ -1,31 +1,34 @@
-//! A parallel, batched signature-verification stage between the network and
-//! the protocol task.
+//! A batched signature-verification stage between the network and the
+//! protocol task, on a fixed pool of dedicated threads.
 //!
 //! ```text
-//! input ──► dispatcher ──(batch ≤ max_batch)──► blocking worker (≤ workers at once)
-//!                                                 │ Verifier::verify_batch
-//! output ◄── forwarder (batches in input order) ◄─┘
+//!            ┌─► thread 1: take ≤ max_batch ─► Verifier::verify_batch ─► emit in turn ─┐
+//! input ─────┤                                                                          ├──► output
+//!            └─► thread w: take ≤ max_batch ─► Verifier::verify_batch ─► emit in turn ─┘
 //! ```
 //!
-//! The dispatcher takes one item, then drains whatever else is already queued
-//! (up to `max_batch`) without waiting, and checks the batch on tokio's
-//! blocking pool. At most `workers` batches are checked at once and at most
-//! `workers` more wait for the forwarder, so besides the channels the caller
-//! passes in the stage holds about `(2 × workers + 2) × max_batch` items. The
-//! forwarder emits results in input order, so per-sender order survives.
-//! Failures are counted and logged, never forwarded.
+//! Each of the `workers` threads (named `pbft-verify-<i>`) takes one item,
+//! then whatever else is already queued (up to `max_batch`) without waiting,
+//! checks the batch and forwards the results. A thread takes a ticket with
+//! its batch and forwards only when every earlier ticket has been forwarded,
+//! so output follows input order (per-sender order survives) while batches
+//! are checked in parallel. No task is spawned and no thread is handed work
+//! per batch: an item costs one wake-up of a verification thread, and of the
+//! consumer. Besides the channels the caller passes in, the stage holds at
+//! most `workers × max_batch` items. Failures are counted and logged, never
+//! forwarded.
 //!
 //! The stage checks that every signature a value carries is valid for the
 //! signer the value names. It does not check that the signer is the link peer
 //! in `(PublicKey, T)`: values may be relayed, so that is the protocol's call.
 
 use crate::Short;
-use pbft_crypto::{Authenticated, PublicKey, Verified, Verifier, VerifyError};
+use pbft_crypto::{Authenticated, PublicKey, Verified, Verifier};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
-use tracing::{debug, error, Instrument};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
 
 /// Items checked in one batch when not set otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 64;
@@ -49,12 +52,15 @@ struct Counters {
 }
 
 /// Handle on a running verification stage. The stage ends when its input
-/// channel closes (after forwarding what it holds) or its output receiver is
-/// dropped; dropping the handle does not stop it.
+/// channel closes (after forwarding what it holds), when its output receiver
+/// is dropped, or on [`VerifierHandle::abort`]; dropping the handle does not
+/// stop it.
 #[derive(Debug)]
 pub struct VerifierHandle {
     counters: Arc<Counters>,
-    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    /// Yields `None` once every verification thread has ended.
+    done: mpsc::Receiver<()>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -73,20 +79,21 @@ impl VerifierHandle {
         }
     }
 
-    /// Stops the stage now, dropping what it holds.
+    /// Stops the stage now: the threads end once the batch each is checking
+    /// (if any) is done, dropping what they hold.
     pub fn abort(&self) {
-        self.task.abort();
+        self.stop.send_replace(true);
     }
 
-    /// Waits until the stage has ended.
-    pub async fn join(self) {
-        let _ = self.task.await;
+    /// Waits until every verification thread has ended.
+    pub async fn join(mut self) {
+        while self.done.recv().await.is_some() {}
     }
 }
 
 /// Starts a verification stage with batches of at most [`DEFAULT_MAX_BATCH`]
-/// items and at most `workers` (at least 1) batches checked in parallel.
-/// Must be called within a tokio runtime.
+/// items on `workers` (at least 1) dedicated threads. Must be called within a
+/// tokio runtime (the threads wait on the channels through its handle).
 pub fn spawn_verifier<T>(
     verifier: Verifier,
     keys: Arc<T::Keys>,
@@ -101,13 +108,15 @@ where
     spawn_verifier_with(verifier, keys, input, output, workers, DEFAULT_MAX_BATCH)
 }
 
-type BatchResult<T> = Vec<(PublicKey, Result<Verified<T>, VerifyError>)>;
-
 /// [`spawn_verifier`] with an explicit largest batch (at least 1).
+///
+/// # Panics
+/// If called outside a tokio runtime, or if the operating system refuses to
+/// start a thread.
 pub fn spawn_verifier_with<T>(
     verifier: Verifier,
     keys: Arc<T::Keys>,
-    mut input: mpsc::Receiver<(PublicKey, T)>,
+    input: mpsc::Receiver<(PublicKey, T)>,
     output: mpsc::Sender<(PublicKey, Verified<T>)>,
     workers: usize,
     max_batch: usize,
@@ -116,84 +125,174 @@ where
     T: Authenticated + Send + 'static,
     T::Keys: Send + Sync + 'static,
 {
-    let workers = workers.max(1);
-    let max_batch = max_batch.max(1);
+    let handle = Handle::current();
     let counters = Arc::new(Counters::default());
-    let permits = Arc::new(Semaphore::new(workers));
-    let (pending_tx, mut pending_rx) = mpsc::channel::<JoinHandle<BatchResult<T>>>(workers);
+    let (stop, stop_rx) = watch::channel(false);
+    let (done_tx, done) = mpsc::channel(1);
+    let shared = Arc::new(Shared {
+        input: tokio::sync::Mutex::new(Intake {
+            input,
+            next_ticket: 0,
+        }),
+        turn: Mutex::new(0),
+        turn_changed: Condvar::new(),
+    });
+    for i in 0..workers.max(1) {
+        let worker = Worker {
+            verifier: verifier.clone(),
+            keys: keys.clone(),
+            shared: shared.clone(),
+            output: output.clone(),
+            counters: counters.clone(),
+            stop: stop_rx.clone(),
+            max_batch: max_batch.max(1),
+            _done: done_tx.clone(),
+        };
+        let handle = handle.clone();
+        let span = tracing::info_span!("verify", thread = i);
+        std::thread::Builder::new()
+            .name(format!("pbft-verify-{i}"))
+            .spawn(move || span.in_scope(|| worker.run(&handle)))
+            .unwrap_or_else(|e| panic!("cannot start a verification thread: {e}"));
+    }
+    VerifierHandle {
+        counters,
+        stop,
+        done,
+    }
+}
 
-    let output_watch = output.clone();
-    let dispatcher = async move {
-        loop {
-            let first = tokio::select! {
-                item = input.recv() => item,
-                _ = output_watch.closed() => None,
-            };
-            let Some(first) = first else {
-                break;
-            };
-            let mut batch = Vec::with_capacity(max_batch.min(input.len() + 1));
-            batch.push(first);
-            while batch.len() < max_batch {
-                match input.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
-                }
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let verifier = verifier.clone();
-            let keys = keys.clone();
-            let job = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let (senders, values): (Vec<PublicKey>, Vec<T>) = batch.into_iter().unzip();
-                let results = verifier.verify_batch(values, &*keys);
-                senders.into_iter().zip(results).collect::<BatchResult<T>>()
-            });
-            if pending_tx.send(job).await.is_err() {
-                break;
-            }
+/// The input and the ticket of the next batch taken from it.
+struct Intake<T> {
+    input: mpsc::Receiver<(PublicKey, T)>,
+    next_ticket: u64,
+}
+
+struct Shared<T> {
+    /// Held while a thread takes a batch (waiting for its first item).
+    input: tokio::sync::Mutex<Intake<T>>,
+    /// The ticket whose batch may be forwarded now.
+    turn: Mutex<u64>,
+    turn_changed: Condvar,
+}
+
+impl<T> Shared<T> {
+    /// Waits until `ticket`'s batch may be forwarded; the guard passes the
+    /// turn on.
+    fn wait_turn(&self, ticket: u64) -> TurnGuard<'_> {
+        let shared = self;
+        let mut turn = shared.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        while *turn != ticket {
+            turn = shared
+                .turn_changed
+                .wait(turn)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        debug!("verification dispatcher stopped");
-    };
+        TurnGuard {
+            turn: &shared.turn,
+            changed: &shared.turn_changed,
+        }
+    }
+}
 
-    let forward_counters = counters.clone();
-    let forwarder = async move {
-        while let Some(job) = pending_rx.recv().await {
-            let results = match job.await {
-                Ok(results) => results,
-                Err(e) => {
-                    error!(error = %e, "verification worker failed; batch dropped");
-                    continue;
-                }
-            };
-            inc(&forward_counters.batches);
-            for (from, result) in results {
+struct Worker<T: Authenticated> {
+    verifier: Verifier,
+    keys: Arc<T::Keys>,
+    shared: Arc<Shared<T>>,
+    output: mpsc::Sender<(PublicKey, Verified<T>)>,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+    max_batch: usize,
+    /// Dropped when the thread ends.
+    _done: mpsc::Sender<()>,
+}
+
+/// Passes the turn to the next ticket when dropped, even if forwarding was
+/// cut short, so no later batch waits for ever.
+struct TurnGuard<'a> {
+    turn: &'a Mutex<u64>,
+    changed: &'a Condvar,
+}
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        *self.turn.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.changed.notify_all();
+    }
+}
+
+impl<T> Worker<T>
+where
+    T: Authenticated,
+{
+    fn run(mut self, handle: &Handle) {
+        while let Some((ticket, batch)) = handle.block_on(self.take()) {
+            let (senders, values): (Vec<PublicKey>, Vec<T>) = batch.into_iter().unzip();
+            let results = self.verifier.verify_batch(values, &*self.keys);
+            inc(&self.counters.batches);
+            let shared = self.shared.clone();
+            let _turn = shared.wait_turn(ticket);
+            for (from, result) in senders.into_iter().zip(results) {
                 match result {
                     Ok(verified) => {
-                        if output.send((from, verified)).await.is_err() {
-                            debug!("verified-message receiver dropped; stopping");
+                        if !handle.block_on(self.forward(from, verified)) {
+                            // The other threads see the same and stop too.
+                            debug!("verified-message receiver dropped or stage aborted; stopping");
                             return;
                         }
-                        inc(&forward_counters.verified);
+                        inc(&self.counters.verified);
                     }
                     Err(e) => {
-                        inc(&forward_counters.rejected);
+                        inc(&self.counters.rejected);
                         debug!(peer = %Short(&from), error = %e, "dropping message that failed signature verification");
                     }
                 }
             }
         }
-    };
+        debug!("verification thread stopped");
+    }
 
-    let task = tokio::spawn(
-        async move {
-            tokio::join!(dispatcher, forwarder);
+    /// The next batch and its ticket; `None` once the input is closed and
+    /// empty, the output receiver is dropped, or the stage is aborted.
+    async fn take(&mut self) -> Option<(u64, Vec<(PublicKey, T)>)> {
+        let stopped = self.stop.clone();
+        let output = self.output.clone();
+        let shared = self.shared.clone();
+        let cut = async move {
+            let mut stopped = stopped;
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => {}
+                _ = output.closed() => {}
+            }
+        };
+        let take = async {
+            let mut intake = shared.input.lock().await;
+            let first = intake.input.recv().await?;
+            let mut batch = Vec::with_capacity(self.max_batch.min(intake.input.len() + 1));
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match intake.input.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let ticket = intake.next_ticket;
+            intake.next_ticket += 1;
+            Some((ticket, batch))
+        };
+        tokio::select! {
+            taken = take => taken,
+            _ = cut => None,
         }
-        .instrument(tracing::info_span!("verify")),
-    );
-    VerifierHandle { counters, task }
+    }
+
+    /// Sends one result; false if the receiver is gone or the stage aborted.
+    async fn forward(&mut self, from: PublicKey, verified: Verified<T>) -> bool {
+        tokio::select! {
+            sent = self.output.send((from, verified)) => sent.is_ok(),
+            _ = self.stop.wait_for(|s| *s) => false,
+        }
+    }
 }
 
 fn inc(counter: &AtomicU64) {

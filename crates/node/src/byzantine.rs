@@ -239,6 +239,7 @@ impl Tamper {
                 })),
                 1 => Message::FetchState(self.signer.sign(FetchState {
                     seq: SeqNum(self.rng.gen_range(0..1_000_000)),
+                    part: pbft_core::message::StatePart::Summary,
                     replica: self.id,
                 })),
                 _ if !self.recent.is_empty() => {
@@ -297,6 +298,14 @@ impl StateMachine for WrongState {
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         self.inner.restore(snapshot)
+    }
+
+    fn snapshot_pages(&self) -> Vec<Vec<u8>> {
+        self.inner.snapshot_pages()
+    }
+
+    fn restore_pages(&mut self, pages: &[Vec<u8>]) -> Result<(), SnapshotError> {
+        self.inner.restore_pages(pages)
     }
 
     fn digest(&self) -> Digest {

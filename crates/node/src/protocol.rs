@@ -305,10 +305,21 @@ impl Protocol {
                 self.metrics.checkpoints.inc();
                 debug!(seq = seq.0, %digest, "checkpoint taken");
             }
-            Output::StateTransferred { seq, digest } => {
+            Output::StateTransferred {
+                seq,
+                digest,
+                pages,
+                fetched,
+            } => {
                 self.metrics.state_transfers.inc();
                 self.last_executed = self.last_executed.max(seq);
-                info!(seq = seq.0, %digest, "state transferred from a certified checkpoint");
+                info!(
+                    seq = seq.0,
+                    %digest,
+                    pages,
+                    fetched,
+                    "state transferred from a certified checkpoint"
+                );
             }
             Output::EnteredView(view) => {
                 self.metrics.view_changes.inc();

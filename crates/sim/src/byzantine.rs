@@ -12,11 +12,11 @@ use crate::network::{Dest, Outgoing};
 use pbft_app::kv::KvResult;
 use pbft_app::kv::{KvOp, KvStore};
 use pbft_app::StateMachine;
-use pbft_core::checkpoint::Snapshot;
+use pbft_core::checkpoint::{group_digest, leaf_digest, tree_root};
 use pbft_core::message::Request;
 use pbft_core::message::{
-    Batch, Checkpoint, CheckpointProof, NewView, PrePrepare, Prepare, PreparedProof, StateData,
-    ViewChange,
+    Batch, Checkpoint, CheckpointProof, NewView, PrePrepare, Prepare, PreparedProof, StateBody,
+    StateData, StatePart, ViewChange,
 };
 use pbft_core::view_change::plan_new_view;
 use pbft_core::{ClientId, Config, Message, ReplicaId, RequestId, SeqNum, View};
@@ -264,7 +264,6 @@ impl Byzantine {
             Message::BatchData(m) => Message::BatchData(s.sign(m.value)),
             Message::FetchState(m) => Message::FetchState(s.sign(m.value)),
             Message::StateData(m) => Message::StateData(s.sign(m.value)),
-            Message::Reply(m) => Message::Reply(s.sign(m.value)),
             Message::Progress(m) => Message::Progress(s.sign(m.value)),
             other => other,
         }
@@ -427,6 +426,11 @@ impl Byzantine {
             })),
             2 => Message::FetchState(s.sign(pbft_core::message::FetchState {
                 seq: SeqNum(0),
+                part: match rng.gen_range(0..3) {
+                    0 => StatePart::Summary,
+                    1 => StatePart::Leaves(rng.gen()),
+                    _ => StatePart::Pages((0..rng.gen_range(1..=9)).map(|i| i * 7).collect()),
+                },
                 replica: me,
             })),
             3 => Message::FetchBatch(s.sign(pbft_core::message::FetchBatch {
@@ -584,7 +588,7 @@ impl Byzantine {
             }
             Message::Reply(r) if rng.gen_bool(0.6) => {
                 // Every liar tells the same lie, so f of them agree.
-                r.value.result = KvResult::Get {
+                r.result = KvResult::Get {
                     value: Some(b"forged".to_vec()),
                 }
                 .encode();
@@ -627,19 +631,36 @@ impl Byzantine {
                 c.value.digest = random_digest(rng);
                 o.msg = self.resign(o.msg);
             }
-            Message::StateData(s) if rng.gen_bool(0.5) => {
-                // A well-formed but invented state, "certified" by this
-                // replica alone.
-                if let Some(forged) = self.forge_state(&s.value) {
-                    *s = self.signer.sign(forged);
-                }
+            Message::StateData(s) if rng.gen_bool(0.3) => {
+                // An invented state, "certified" by this replica alone.
+                *s = self.signer.sign(self.forge_state(&s.value));
             }
             Message::StateData(s) => {
-                if s.value.snapshot.is_empty() {
-                    s.value.snapshot.push(0);
-                } else {
-                    let k = rng.gen_range(0..s.value.snapshot.len());
-                    s.value.snapshot[k] ^= 0x40;
+                // A corrupted part: a wrong group digest, a wrong leaf
+                // digest (a wrong chunk proof) or a corrupted page.
+                match &mut s.value.body {
+                    StateBody::Summary { groups, .. } => match groups.first_mut() {
+                        Some(g) => g.0[rng.gen_range(0..32)] ^= 0x40,
+                        None => groups.push(random_digest(rng)),
+                    },
+                    StateBody::Leaves { leaves, .. } => {
+                        if leaves.is_empty() {
+                            leaves.push(random_digest(rng));
+                        } else {
+                            let k = rng.gen_range(0..leaves.len());
+                            leaves[k] = random_digest(rng);
+                        }
+                    }
+                    StateBody::Page { bytes, index } => {
+                        if bytes.is_empty() || rng.gen_bool(0.2) {
+                            bytes.push(0);
+                        } else if rng.gen_bool(0.2) {
+                            *index = index.wrapping_add(1);
+                        } else {
+                            let k = rng.gen_range(0..bytes.len());
+                            bytes[k] ^= 0x40;
+                        }
+                    }
                 }
                 o.msg = self.resign(o.msg);
             }
@@ -648,34 +669,37 @@ impl Byzantine {
         o
     }
 
-    /// The snapshot of `data` with one more key, and a checkpoint proof for
+    /// A summary of an invented one-page state, with a checkpoint proof for
     /// it that only this replica signed.
-    fn forge_state(&self, data: &StateData) -> Option<StateData> {
-        let mut snapshot = Snapshot::decode(&data.snapshot).ok()?;
+    fn forge_state(&self, data: &StateData) -> StateData {
         let mut kv = KvStore::new();
-        kv.restore(&snapshot.app).ok()?;
         kv.execute(&KvOp::Put {
             key: b"forged".to_vec(),
             value: b"state".to_vec(),
         });
-        snapshot.app = kv.snapshot();
-        let bytes = Snapshot::encode_parts(snapshot.app, &snapshot.clients);
-        let digest = Digest::of(&bytes);
-        let seq = data.proof.seq;
+        let page = kv.snapshot();
+        let groups = vec![group_digest(&[leaf_digest(&page)])];
+        let digest = tree_root(1, &groups);
+        let seq = data.seq;
         let own = self.signer.sign(Checkpoint {
             seq,
             digest,
             replica: self.id,
         });
-        Some(StateData {
-            proof: CheckpointProof {
-                seq,
-                digest,
-                checkpoints: vec![own],
+        StateData {
+            seq,
+            digest,
+            body: StateBody::Summary {
+                proof: Box::new(CheckpointProof {
+                    seq,
+                    digest,
+                    checkpoints: vec![own],
+                }),
+                count: 1,
+                groups,
             },
-            snapshot: bytes,
             replica: self.id,
-        })
+        }
     }
 
     fn view_change(&self, rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
@@ -823,7 +847,9 @@ fn bad_signature(rng: &mut ChaCha8Rng, mut o: Outgoing) -> Outgoing {
         Message::BatchData(m) => flip(&mut m.signature),
         Message::FetchState(m) => flip(&mut m.signature),
         Message::StateData(m) => flip(&mut m.signature),
-        Message::Reply(m) => flip(&mut m.signature),
+        // Unsigned: the forgery a reply allows is naming another replica,
+        // which the client's link check must refuse.
+        Message::Reply(m) => m.replica = ReplicaId(m.replica.0 ^ 1),
         Message::StatusRequest(m) => flip(&mut m.signature),
         Message::StatusReport(m) => flip(&mut m.signature),
         Message::Progress(m) => flip(&mut m.signature),

@@ -18,7 +18,9 @@
 
 use crate::checker::linearizability::{op_key, History};
 use pbft_app::kv::{KvOp, KvResult};
-use pbft_core::client_quorum::{learned_view, next_request_id, replies_needed, ReplyTally};
+use pbft_core::client_quorum::{
+    learned_view, next_request_id, replies_needed, Outcome, ReplyTally,
+};
 use pbft_core::message::{Reply, Request};
 use pbft_core::{ClientId, Message, ReadMode, ReplicaId, RequestId, View};
 use pbft_crypto::{Signed, Signer};
@@ -100,6 +102,13 @@ pub(crate) struct Client {
     current: Option<Outstanding>,
     /// What this client last saw under each key (for plausible CAS expectations).
     seen: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Requests the replicas answered as run with the result withheld.
+    pub withheld: usize,
+    /// Requests the replicas answered as expired.
+    pub expired: usize,
+    /// Writes that ended with their outcome unknown (history index, when):
+    /// open in the history (they may have taken effect), but finished.
+    pub abandoned: Vec<(usize, u64)>,
 }
 
 impl Client {
@@ -114,6 +123,9 @@ impl Client {
             ops_left: ops,
             current: None,
             seen: BTreeMap::new(),
+            withheld: 0,
+            expired: 0,
+            abandoned: Vec::new(),
         }
     }
 
@@ -168,8 +180,9 @@ impl Client {
             return Vec::new();
         }
         self.ops_left -= 1;
-        // No wall clock in the simulator: ids are simply last + 1.
-        let request_id = next_request_id(RequestId(self.last_request_id), 0);
+        // Time-based like the SDK's (the client table's floor relies on it):
+        // the virtual time in microseconds.
+        let request_id = next_request_id(RequestId(self.last_request_id), now);
         self.last_request_id = request_id.0;
         let op = self.random_op(rng, request_id.0);
         let read_only = op.is_read_only()
@@ -246,6 +259,41 @@ impl Client {
         }
     }
 
+    /// The replicas agreed the request ran without keeping its result, or
+    /// that it expired: a read is re-issued as a new request (the SDK does
+    /// the same), a write ends with its outcome unknown (its history entry
+    /// stays open: it may have taken effect).
+    fn not_answered(&mut self, now: u64, withheld: bool) -> Vec<ClientAction> {
+        let initial = self.params.initial_timeout();
+        let primary = self.primary();
+        let Some(cur) = self.current.as_mut() else {
+            return Vec::new();
+        };
+        if withheld {
+            self.withheld += 1;
+        } else {
+            self.expired += 1;
+        }
+        if !cur.op.is_read_only() {
+            self.abandoned.push((cur.history, now));
+            self.current = None;
+            return vec![ClientAction::Completed];
+        }
+        let request_id = next_request_id(RequestId(self.last_request_id), now);
+        self.last_request_id = request_id.0;
+        cur.request_id = request_id;
+        cur.mode = Mode::Ordered;
+        cur.tally = ReplyTally::new(request_id, false);
+        cur.views.clear();
+        cur.timeout = initial;
+        let op = cur.op.clone();
+        let request = self.sign(request_id, &op, false);
+        vec![
+            ClientAction::Send(primary, Message::Request(request)),
+            ClientAction::SetTimer(now + initial),
+        ]
+    }
+
     /// A verified reply arrived (from replica `from`, per its signature).
     pub fn on_reply(&mut self, now: u64, reply: Reply, history: &mut History) -> Vec<ClientAction> {
         let (n, f, read_mode) = (self.params.n, self.params.f, self.params.read_mode);
@@ -262,11 +310,16 @@ impl Client {
         cur.views.insert(reply.replica, reply.view);
         let read_only = cur.mode == Mode::ReadOnly;
         let needed = replies_needed(f, read_mode, read_only);
-        let Some(result) = cur.tally.decided(needed).map(<[u8]>::to_vec) else {
-            if read_only && cur.tally.hopeless(needed, n) {
-                return self.fall_back(now);
+        let result = match cur.tally.outcome(needed) {
+            Some(Outcome::Result(result)) => result.to_vec(),
+            Some(Outcome::Withheld) => return self.not_answered(now, true),
+            Some(Outcome::Expired) => return self.not_answered(now, false),
+            None => {
+                if read_only && cur.tally.hopeless(needed, n) {
+                    return self.fall_back(now);
+                }
+                return Vec::new();
             }
-            return Vec::new();
         };
         if let Some(v) = learned_view(&cur.views, f) {
             self.view = self.view.max(v.0);

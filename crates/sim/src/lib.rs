@@ -90,6 +90,16 @@ pub struct RunReport {
     pub torn_writes: u64,
     /// State transfers honest replicas completed.
     pub state_transfers: u64,
+    /// Those of a state of more than one page.
+    pub chunked_transfers: u64,
+    /// Pages those transfers fetched (pages already held are not fetched).
+    pub pages_fetched: u64,
+    /// Retransmitted requests the replicas answered as run with the result
+    /// not kept (the client table keeps only a digest of large results).
+    pub withheld_results: u64,
+    /// Requests the replicas answered as expired (below the client table's
+    /// floor after the client was forgotten).
+    pub expired_requests: u64,
     /// Requests a censoring replica dropped on arrival.
     pub censored_requests: u64,
     /// In `laggard` runs: how long after the heal the laggard reached the

@@ -308,7 +308,7 @@ impl Plan {
                 rng.gen_range(1..=5) * MS
             },
             in_flight_max: 2,
-            batch_bytes_max: 128 * 1024,
+            batch_bytes_max: 64 * 1024,
         };
         // Batching knobs come from a side stream of the same seed, so that
         // adding them left every other draw (and so every pinned seed's

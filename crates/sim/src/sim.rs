@@ -170,6 +170,14 @@ pub(crate) struct Sim {
     crashes: u64,
     torn_writes: u64,
     state_transfers: u64,
+    /// State transfers of more than one page.
+    chunked_transfers: u64,
+    /// The page size the replicas' stores aim at: tiny in two runs of
+    /// three, so that even the simulator's small states span several pages
+    /// and state transfer goes in chunks.
+    page_target: usize,
+    /// Pages fetched by state transfers.
+    pages_fetched: u64,
     censored_requests: u64,
     aborted: bool,
     all_done_at: Option<u64>,
@@ -205,6 +213,24 @@ impl Sim {
         config.batch_bytes_max = plan.batch_bytes_max;
         config.timeout_base = Duration::from_micros(TIMEOUT_BASE);
         config.pending_requests_max = 1000;
+        // Half the seeds keep fewer clients than the workload has, so the
+        // client table expires entries at checkpoints (and answers some
+        // retransmissions as expired); a quarter keep only tiny results
+        // whole, so retransmissions meet withheld results. Chosen from the
+        // seed without drawing from the run's generator. Not beside replicas
+        // that flood requests from made-up clients with far-future ids: once
+        // those are evicted they lift the floor above every honest id (the
+        // known limit of `client_table`; key admission prevents it).
+        let flood = plan
+            .byzantine
+            .iter()
+            .any(|(_, b)| *b == crate::byzantine::Behavior::Flood);
+        if options.seed.is_multiple_of(2) && !flood {
+            config.client_table_max = plan.clients.saturating_sub(1).max(1);
+        }
+        if options.seed.is_multiple_of(4) {
+            config.client_result_max = 8;
+        }
         // Runs that use the read-only fast path are clusters in fast mode.
         config.read_mode = if plan.read_only > 0.0 {
             pbft_core::ReadMode::Fast
@@ -237,6 +263,13 @@ impl Sim {
             crashes: 0,
             torn_writes: 0,
             state_transfers: 0,
+            chunked_transfers: 0,
+            page_target: if options.seed.is_multiple_of(3) {
+                pbft_app::PAGE_TARGET
+            } else {
+                32
+            },
+            pages_fetched: 0,
             censored_requests: 0,
             aborted: false,
             all_done_at: None,
@@ -264,7 +297,7 @@ impl Sim {
                 sim.config.clone(),
                 ReplicaId(i as u32),
                 signer.clone(),
-                Box::new(KvStore::new()),
+                Box::new(KvStore::with_page_target(sim.page_target)),
             );
             let replica = match replica {
                 Ok(mut r) => {
@@ -606,6 +639,14 @@ impl Sim {
                     }
                 };
                 if let Message::Reply(reply) = verified.into_inner() {
+                    // Replies are unsigned: the link names the sender.
+                    if from != Endpoint::Replica(reply.replica.index()) {
+                        self.rejected += 1;
+                        self.log(|| {
+                            format!("{from} -> c{c} reply naming {} refused", reply.replica)
+                        });
+                        return;
+                    }
                     self.log(|| {
                         format!(
                             "{from} -> c{c} reply t{} view {} ro={} {}",
@@ -620,7 +661,7 @@ impl Sim {
                     let actions =
                         self.clients[c]
                             .client
-                            .on_reply(self.now, reply.value, &mut self.history);
+                            .on_reply(self.now, reply, &mut self.history);
                     self.client_actions(c, actions);
                 }
             }
@@ -858,9 +899,20 @@ impl Sim {
                         self.agreement.checkpointed(i, seq.0, digest);
                     }
                 }
-                Output::StateTransferred { seq, digest } => {
-                    self.log(|| format!("r{i} state transfer to {seq} {digest}"));
+                Output::StateTransferred {
+                    seq,
+                    digest,
+                    pages,
+                    fetched,
+                } => {
+                    self.log(|| {
+                        format!("r{i} state transfer to {seq} {digest} ({fetched} of {pages} pages fetched)")
+                    });
                     self.state_transfers += 1;
+                    if pages > 1 {
+                        self.chunked_transfers += 1;
+                    }
+                    self.pages_fetched += fetched as u64;
                     if honest {
                         self.agreement.state_transferred(i, seq.0, digest);
                     }
@@ -1055,12 +1107,13 @@ impl Sim {
             Instant(node.local(self.now)),
         );
         let storage = &node.storage;
+        let page_target = self.page_target;
         let result = catch_unwind(AssertUnwindSafe(|| {
             Replica::restore(
                 config,
                 ReplicaId(i as u32),
                 signer,
-                Box::new(KvStore::new()),
+                Box::new(KvStore::with_page_target(page_target)),
                 storage,
                 now,
             )
@@ -1094,8 +1147,19 @@ impl Sim {
         violations.extend(self.agreement.violations().iter().cloned());
         violations.extend(linearizability::check(&self.history));
         if !self.aborted {
+            // A write the replicas answered as expired ended with its outcome
+            // unknown: open for linearizability, finished for liveness.
+            let mut finished = self.history.clone();
+            for (index, at) in self.clients.iter().flat_map(|c| &c.client.abandoned) {
+                if let Some(op) = finished.ops.get_mut(*index) {
+                    op.response = Some(pbft_history::linearizability::Response {
+                        at: *at,
+                        result: Err("outcome unknown (expired)".into()),
+                    });
+                }
+            }
             let live = liveness::check(&LivenessInput {
-                history: &self.history,
+                history: &finished,
                 not_issued: self.clients.iter().map(|c| c.client.ops_left).collect(),
                 heal_at: self.plan.stable_at(),
                 end,
@@ -1146,6 +1210,10 @@ impl Sim {
             crashes: self.crashes,
             torn_writes: self.torn_writes,
             state_transfers: self.state_transfers,
+            chunked_transfers: self.chunked_transfers,
+            pages_fetched: self.pages_fetched,
+            withheld_results: self.clients.iter().map(|c| c.client.withheld as u64).sum(),
+            expired_requests: self.clients.iter().map(|c| c.client.expired as u64).sum(),
             censored_requests: self.censored_requests,
             rejoin_us: self
                 .rejoined_at

@@ -81,11 +81,20 @@ pub(crate) fn describe(m: &Message) -> String {
         ),
         Message::FetchBatch(m) => format!("FETCH-BATCH {} from r{}", m.digest, m.replica.0),
         Message::BatchData(m) => format!("BATCH-DATA {} from r{}", m.batch.digest(), m.replica.0),
-        Message::FetchState(m) => format!("FETCH-STATE {} from r{}", m.seq, m.replica.0),
+        Message::FetchState(m) => {
+            format!("FETCH-STATE {} {:?} from r{}", m.seq, m.part, m.replica.0)
+        }
         Message::StateData(m) => format!(
-            "STATE-DATA {} ({} bytes) from r{}",
-            m.proof.seq,
-            m.snapshot.len(),
+            "STATE-DATA {} {} from r{}",
+            m.seq,
+            match &m.body {
+                pbft_core::message::StateBody::Summary { count, .. } =>
+                    format!("summary ({count} pages)"),
+                pbft_core::message::StateBody::Leaves { group, leaves } =>
+                    format!("leaves of group {group} ({})", leaves.len()),
+                pbft_core::message::StateBody::Page { index, bytes } =>
+                    format!("page {index} ({} bytes)", bytes.len()),
+            },
             m.replica.0
         ),
         Message::Reply(r) => format!("REPLY t{} {} from r{}", r.request_id.0, r.view, r.replica.0),

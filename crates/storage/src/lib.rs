@@ -2,86 +2,156 @@
 //!
 //! The core says what must survive a crash ([`pbft_core::Record`]) and when
 //! (before the messages that follow it leave the node). This crate makes it
-//! so: [`Storage::append`] writes a group of records and fsyncs once (group
-//! commit: one fsync per `handle` call, not per message), and
-//! [`Storage::open`] reads them back for [`pbft_core::Replica::restore`].
+//! so. [`Storage::append`] writes one group of records and makes it durable
+//! with one `fdatasync`; a [`LogWriter`] does the same on a thread of its
+//! own, for every group queued while the previous write ran (pipelined group
+//! commit: the caller goes on and learns by a callback how far the log is
+//! durable). [`Storage::open`] reads the records back for
+//! [`pbft_core::Replica::restore`].
 //!
 //! # The data directory
 //! ```text
-//! <data dir>/            mode 0700 when this crate creates it
-//!   PBFT-INIT            the init marker (mode 0600): "pbft data directory v2\ncluster <id>\nreplica <id>\n"
-//!   records.log          the record log (mode 0600)
-//!   records.log.tmp      a compacted log being written (renamed over records.log)
-//!   LOCK                 held (flock) by the process that has the directory open
+//! <data dir>/                   mode 0700 when this crate creates it
+//!   PBFT-INIT                   the init marker (mode 0600): "pbft data directory v2\ncluster <id>\nreplica <id>\n"
+//!   log-<20 digit id>.seg       the log's segments, read in id order (mode 0600)
+//!   log-<20 digit id>.seg.tmp   a segment being made (removed at open: a crash left it)
+//!   LOCK                        held (flock) by the process that has the directory open
 //! ```
 //! A data directory is made once, explicitly, by [`Storage::init`] (`pbft
-//! testnet` and `pbft-node --init` call it): it writes an empty log and then
-//! the marker. [`Storage::open`] never creates one. A replica that restarted
-//! with an empty log could vote against what it voted before (amnesia), so:
-//! * no marker and no log: [`StorageError::NotInitialised`];
-//! * a marker but no log: [`StorageError::Corrupted`] (the log was lost);
-//! * a log but no marker (a crash inside `init`, between the two writes): the
-//!   log's header names the cluster and replica, so it is opened and the
-//!   marker written.
+//! testnet` and `pbft-node --init` call it): it writes an empty first segment
+//! and then the marker. [`Storage::open`] never creates one. A replica that
+//! restarted with an empty log could vote against what it voted before
+//! (amnesia), so:
+//! * no marker and no segment: [`StorageError::NotInitialised`];
+//! * a marker but no segment: [`StorageError::Corrupted`] (the log was lost);
+//! * a segment but no marker (a crash inside `init`, between the two
+//!   writes): the segment's header names the cluster and replica, so it is
+//!   opened and the marker written.
 //!
-//! # File format (`records.log`)
+//! A `records.log` (the single-file log of older versions, `PBFTLOG1` or
+//! `PBFTLOG2`) is refused with [`StorageError::Corrupted`] naming its format.
+//!
+//! # File format (one segment)
 //! ```text
-//! header:  "PBFTLOG2" | cluster id (u64 LE) | replica id (u32 LE)
+//! header:  "PBFTLOG3" | cluster id (u64 LE) | replica id (u32 LE) | segment id (u64 LE)
+//!          | covers_from (u64 LE) | crc32 of the 36 bytes before (u32 LE)
 //! entry*:  length (u32 LE) | crc32 of payload (u32 LE) | crc32 of the 8 bytes before (u32 LE)
 //!          | payload (postcard Record, `length` bytes)
+//! zeros:   up to the preallocated size
 //! ```
 //! The entry header carries its own checksum so that a damaged length is
 //! recognised as damaged rather than trusted (a flipped high bit would
 //! otherwise make a mid-file entry look like one that runs past the end of the
 //! file, and the reader would cut every record after it as "torn").
 //!
+//! # Segments and preallocation
+//! A segment is made at its full size ([`Options::segment_bytes`]) before
+//! the first record goes in: written with zeros under a `.tmp` name, synced,
+//! renamed into place, directory synced. Appends then overwrite zeros inside
+//! a file whose size and blocks are already durable, so the `fdatasync`
+//! after each append has no metadata to write (zeros are written rather than
+//! `fallocate`d: an allocated-but-unwritten extent turns into a written one
+//! on the first write, which is a metadata change). When a group does not
+//! fit in what is left, the writer starts the next segment (id + 1). A group
+//! larger than a whole segment goes alone into a fresh segment, which grows
+//! past its preallocated size.
+//!
+//! # Compaction: deleting segments
+//! After a group that moves the stable checkpoint ([`pbft_core::io::compacts`])
+//! the log drops what a restart no longer needs ([`pbft_core::io::retained`],
+//! the records [`pbft_core::io::compact`] keeps), without rewriting the log:
+//! * the newest segment (still appended to) is left as it is;
+//! * if no older segment holds a retained record, the older segments are
+//!   deleted, oldest first;
+//! * otherwise their retained records (typically the last view change and
+//!   new view, and a snapshot written before the last rollover) are written,
+//!   in order, into a *compacted* segment whose id is the highest older id
+//!   `y` and whose header says `covers_from = x`, the lowest older id: it
+//!   replaces segments `x..=y`. It is made under a `.tmp` name, synced and
+//!   renamed over segment `y`; then segments `x..y` are deleted, oldest
+//!   first;
+//! * nothing is done while every older segment holds only retained records
+//!   (a compacted segment is not rewritten just to write it again).
+//!
+//! The records in the directory are then always the records ever appended
+//! minus some that `compact` drops, in order: restoring from them gives the
+//! same replica as restoring from all of them (`compact` keeps, of any such
+//! subsequence, exactly what it keeps of the whole; so the simulator, which
+//! models a node's log with `compact`, restarts replicas as a node would).
+//!
+//! A crash in compaction leaves one of: the `.tmp` segment (removed at
+//! open); the compacted segment beside some of the segments it replaces
+//! (open deletes the segments `covers_from..id` of every compacted segment:
+//! no record is read twice); or some of the deleted older segments still
+//! there, holding only records `compact` drops. Ids are contiguous from the
+//! oldest segment on (a compacted segment counts for the ids it covers): a
+//! missing id is [`StorageError::Corrupted`], not a shorter log.
+//!
 //! # Entry size limit
-//! One limit, [`ENTRY_LEN_MAX`], binds the writer and the reader: `append`
+//! One limit, [`ENTRY_LEN_MAX`], binds the writer and the reader: an append
 //! refuses (with [`StorageError::EntryTooLarge`], before writing anything) a
 //! record the reader would refuse, so the log can always be read back. It is
 //! the largest length the u32 field holds, 4 GiB − 1: a checkpoint record
 //! holds the whole snapshot (application state and client table), and the
 //! service is meant to hold more than 1 GiB of data. Reading it back costs
-//! about twice the log's size in memory at start (the file, then the decoded
+//! about twice the log's size in memory at start (the files, then the decoded
 //! records); larger states need the paged snapshot of ARCHITECTURE.md §6.
 //!
 //! # Integrity
-//! * A torn last entry (a crash during the write; its records were never
-//!   acknowledged, so nothing that depended on them was sent) is cut off with
-//!   a warning. Torn means one of: fewer bytes left than an entry header; an
-//!   intact entry header whose payload runs past the end of the file; or a
-//!   damaged entry (bad header checksum, or bad payload checksum) with no
-//!   valid entry anywhere after it (a torn sector, or the zeros a file system
-//!   leaves in blocks it allocated but never wrote).
+//! * Only one write is ever unsynced: the writer syncs a group (or a batch
+//!   of groups) before it writes the next, and syncs a segment before it
+//!   starts the next. So only the newest segment may end torn.
+//! * A torn last entry of the newest segment (a crash during the write; its
+//!   records were never acknowledged, so nothing that depended on them was
+//!   sent) is cleared (overwritten with zeros) with a warning. Torn means
+//!   one of: fewer bytes left than an entry header; an intact entry header
+//!   whose payload runs past the end of the file; or a damaged entry (bad
+//!   header checksum, or bad payload checksum) with no valid entry anywhere
+//!   after it (a torn sector, or zeros).
 //! * A damaged entry followed by a valid one, an entry whose checksum holds
-//!   but which does not decode, a wrong file header, or a log written for
-//!   another cluster or replica is corruption: `open` fails with
-//!   [`StorageError::Corrupted`] and the node stops rather than join with
-//!   invented state.
-//! * Compaction (after each stable checkpoint, see [`pbft_core::io::compact`])
-//!   writes a new file beside the old one, fsyncs it and renames it over the
-//!   old one, so a crash leaves either the old or the new log, never a mix.
+//!   but which does not decode, anything but zeros after the last entry of a
+//!   segment older than the newest, a wrong or damaged segment header, a
+//!   segment written for another cluster or replica, or a missing segment is
+//!   corruption: `open` fails with [`StorageError::Corrupted`] and the node
+//!   stops rather than join with invented state.
 //! * A lock file keeps two nodes from sharing one data directory.
+//!
+//! # Durability
+//! [`Options::sync`] (the default) syncs every append before it counts as
+//! durable. Without it appends are only written (to the page cache): a
+//! process crash loses nothing, but an OS crash or power loss can lose the
+//! last records or leave the log unreadable; if more than f replicas lose
+//! theirs at once, agreement can be lost. For benchmarks only. Segment
+//! creation and compaction sync either way.
 
-use pbft_core::io::compact;
+mod segment;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+pub use segment::segment_file_name;
+pub use writer::{LogWriter, Notify, Progress};
+
+use pbft_core::io::{compacts, retained};
 use pbft_core::{Record, ReplicaId};
+use segment::{Header, HEADER_LEN};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"PBFTLOG2";
-const MAGIC_V1: &[u8; 8] = b"PBFTLOG1";
-const HEADER_LEN: usize = 8 + 8 + 4;
-const ENTRY_HEADER_LEN: usize = 12;
 /// Largest payload of one log entry, in bytes, for the writer and the reader
 /// alike (see the [crate docs](crate#entry-size-limit) for why this value).
 pub const ENTRY_LEN_MAX: usize = u32::MAX as usize;
 // A checkpoint snapshot of more than 1 GiB fits.
 const _: () = assert!(ENTRY_LEN_MAX > 1 << 30);
-const LOG_FILE: &str = "records.log";
 const LOCK_FILE: &str = "LOCK";
+/// The single-file log of older versions, refused.
+const OLD_LOG_FILE: &str = "records.log";
 /// The init marker's file name.
 pub const INIT_MARKER: &str = "PBFT-INIT";
+/// Zeros are written in chunks of this size when a segment is made.
+const ZERO_CHUNK: usize = 1 << 20;
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -112,9 +182,10 @@ pub enum StorageError {
     },
     /// The directory was never initialised (no marker, no log).
     #[error(
-        "{dir}: not an initialised data directory (no {INIT_MARKER} marker and no {LOG_FILE}); \
-         initialise it once with `pbft-node --init --config <node file>` (or `pbft testnet`); \
-         if this replica ran before, its log is lost and it must not rejoin with an empty one"
+        "{dir}: not an initialised data directory (no {INIT_MARKER} marker and no log \
+         segment); initialise it once with `pbft-node --init --config <node file>` (or `pbft \
+         testnet`); if this replica ran before, its log is lost and it must not rejoin with an \
+         empty one"
     )]
     NotInitialised {
         /// The data directory.
@@ -137,16 +208,67 @@ pub enum StorageError {
         /// The limit.
         max: usize,
     },
+    /// The [`LogWriter`] stopped after an earlier failure (reported then).
+    #[error("the record log writer stopped after an earlier failure")]
+    WriterStopped,
+}
+
+/// How a log is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Sync (`fdatasync`) every append before it counts as durable. See the
+    /// [crate docs](crate#durability) before turning it off.
+    pub sync: bool,
+    /// The preallocated size of a segment, in bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sync: true,
+            segment_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Counters of one log since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Groups of records appended.
+    pub groups: u64,
+    /// Writes (one per append, or per batch of groups of a [`LogWriter`]).
+    pub writes: u64,
+    /// `fdatasync`s of appended records (0 without [`Options::sync`]).
+    pub syncs: u64,
+    /// Bytes of entries appended.
+    pub bytes: u64,
+    /// Segments made (rollovers and compacted segments).
+    pub segments_created: u64,
+    /// Segments deleted by compaction.
+    pub segments_deleted: u64,
+}
+
+/// The segment being appended to.
+struct Active {
+    id: u64,
+    file: File,
+    /// Where the next entry goes.
+    len: u64,
 }
 
 /// The record log of one replica.
 pub struct Storage {
     dir: PathBuf,
-    file: File,
     cluster: u64,
     replica: ReplicaId,
-    /// The records a restart needs (compacted).
-    live: Vec<Record>,
+    options: Options,
+    active: Active,
+    /// Every segment in the directory, by id: how many records it holds.
+    segments: BTreeMap<u64, usize>,
+    /// The records a restart needs (compacted), with the segment each is in.
+    live: Vec<(u64, Record)>,
+    stats: Stats,
     /// [`ENTRY_LEN_MAX`], lowered by tests.
     entry_len_max: usize,
     _lock: File,
@@ -157,14 +279,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn header(cluster: u64, replica: ReplicaId) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER_LEN);
-    h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&cluster.to_le_bytes());
-    h.extend_from_slice(&replica.0.to_le_bytes());
-    h
 }
 
 fn marker_text(cluster: u64, replica: ReplicaId) -> String {
@@ -197,25 +311,10 @@ fn create_dir(dir: &Path) -> Result<(), StorageError> {
     builder.create(dir).map_err(io_err(dir))
 }
 
-/// Appends one entry for `record` to `out`, or refuses a payload above `max`.
-fn encode_entry(record: &Record, out: &mut Vec<u8>, max: usize) -> Result<(), StorageError> {
-    // Plain data into a Vec cannot fail.
-    let payload = postcard::to_stdvec(record).unwrap_or_default();
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|_| payload.len() <= max)
-        .ok_or(StorageError::EntryTooLarge {
-            len: payload.len(),
-            max,
-        })?;
-    let mut head = [0u8; ENTRY_HEADER_LEN];
-    head[..4].copy_from_slice(&len.to_le_bytes());
-    head[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    let head_crc = crc32fast::hash(&head[..8]);
-    head[8..].copy_from_slice(&head_crc.to_le_bytes());
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&payload);
-    Ok(())
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Takes the lock of `dir`'s data directory.
@@ -233,38 +332,156 @@ fn lock(dir: &Path) -> Result<File, StorageError> {
     Ok(lock)
 }
 
+/// Makes a segment durably: `header`, then `body`, then zeros up to
+/// `size` bytes, under a `.tmp` name, synced, renamed into place (over a
+/// segment of the same id, if there is one), directory synced. Returns the
+/// file, open for writing.
+fn make_segment(dir: &Path, header: &Header, body: &[u8], size: u64) -> Result<File, StorageError> {
+    let tmp = segment::temporary_path(dir, header.id);
+    let path = segment::path(dir, header.id);
+    let mut file = private_file()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    file.write_all(&header.encode()).map_err(io_err(&tmp))?;
+    file.write_all(body).map_err(io_err(&tmp))?;
+    let mut written = (HEADER_LEN + body.len()) as u64;
+    let zeros = vec![0u8; ZERO_CHUNK];
+    while written < size {
+        let n = (size - written).min(ZERO_CHUNK as u64) as usize;
+        file.write_all(&zeros[..n]).map_err(io_err(&tmp))?;
+        written += n as u64;
+    }
+    file.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Encodes `records` as entries, or refuses (writing nothing) one above `max`.
+fn encode(records: &[Record], out: &mut Vec<u8>, max: usize) -> Result<(), StorageError> {
+    for r in records {
+        segment::encode_entry(r, out, max)?;
+    }
+    Ok(())
+}
+
+/// What the directory holds, by name.
+#[derive(Default)]
+struct Listing {
+    segments: Vec<u64>,
+    temporaries: Vec<PathBuf>,
+    old_log: bool,
+}
+
+fn list(dir: &Path) -> Result<Listing, StorageError> {
+    let mut listing = Listing::default();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = segment::parse_file_name(name) {
+            listing.segments.push(id);
+        } else if segment::is_temporary(name) {
+            listing.temporaries.push(entry.path());
+        } else if name == OLD_LOG_FILE {
+            listing.old_log = true;
+        }
+    }
+    listing.segments.sort_unstable();
+    Ok(listing)
+}
+
+/// Refuses the single-file log of an older version.
+fn refuse_old_log(dir: &Path) -> StorageError {
+    let path = dir.join(OLD_LOG_FILE);
+    let mut magic = Vec::new();
+    let read = File::open(&path).and_then(|f| f.take(8).read_to_end(&mut magic));
+    let reason = match magic.get(..7) {
+        Some(b"PBFTLOG") if read.is_ok() => segment::old_format(magic[7]),
+        _ => format!(
+            "{OLD_LOG_FILE} (the file name of older versions' log) is here but is not a PBFT \
+             record log"
+        ),
+    };
+    StorageError::Corrupted {
+        path,
+        offset: 0,
+        reason,
+    }
+}
+
 impl Storage {
-    /// Makes `dir` the data directory of `replica` of `cluster`: creates it
-    /// if needed, writes an empty log and then the init marker, each durably.
-    /// Refuses a directory that already holds a marker or a log.
+    /// Makes `dir` the data directory of `replica` of `cluster` with the
+    /// default [`Options`]: creates it if needed, writes an empty first
+    /// segment and then the init marker, each durably. Refuses a directory
+    /// that already holds a marker or a log.
     pub fn init(dir: &Path, cluster: u64, replica: ReplicaId) -> Result<(), StorageError> {
+        Storage::init_with(dir, cluster, replica, &Options::default())
+    }
+
+    /// [`Storage::init`] with `options` (the first segment's size).
+    pub fn init_with(
+        dir: &Path,
+        cluster: u64,
+        replica: ReplicaId,
+        options: &Options,
+    ) -> Result<(), StorageError> {
         create_dir(dir)?;
         let _lock = lock(dir)?;
-        for name in [INIT_MARKER, LOG_FILE] {
-            let path = dir.join(name);
-            if path.exists() {
-                return Err(StorageError::AlreadyInitialised { path });
-            }
+        let marker = dir.join(INIT_MARKER);
+        if marker.exists() {
+            return Err(StorageError::AlreadyInitialised { path: marker });
         }
-        write_file(dir, LOG_FILE, &header(cluster, replica), &[], ENTRY_LEN_MAX)?;
+        let listing = list(dir)?;
+        if let Some(id) = listing.segments.first() {
+            return Err(StorageError::AlreadyInitialised {
+                path: segment::path(dir, *id),
+            });
+        }
+        if listing.old_log {
+            return Err(StorageError::AlreadyInitialised {
+                path: dir.join(OLD_LOG_FILE),
+            });
+        }
+        let header = Header {
+            cluster,
+            replica,
+            id: 1,
+            covers_from: 1,
+        };
+        make_segment(dir, &header, &[], options.segment_bytes)?;
         write_marker(dir, cluster, replica)
     }
 
     /// Opens the log in the initialised data directory `dir` (see
-    /// [`Storage::init`]) for `replica` of `cluster`, and returns the records
-    /// to restore from.
+    /// [`Storage::init`]) for `replica` of `cluster` with the default
+    /// [`Options`], and returns the records to restore from.
     pub fn open(
         dir: &Path,
         cluster: u64,
         replica: ReplicaId,
     ) -> Result<(Storage, Vec<Record>), StorageError> {
-        Storage::open_with_limit(dir, cluster, replica, ENTRY_LEN_MAX)
+        Storage::open_with(dir, cluster, replica, Options::default())
+    }
+
+    /// [`Storage::open`] with `options`.
+    pub fn open_with(
+        dir: &Path,
+        cluster: u64,
+        replica: ReplicaId,
+        options: Options,
+    ) -> Result<(Storage, Vec<Record>), StorageError> {
+        Storage::open_with_limit(dir, cluster, replica, options, ENTRY_LEN_MAX)
     }
 
     fn open_with_limit(
         dir: &Path,
         cluster: u64,
         replica: ReplicaId,
+        options: Options,
         entry_len_max: usize,
     ) -> Result<(Storage, Vec<Record>), StorageError> {
         if !dir.is_dir() {
@@ -273,17 +490,21 @@ impl Storage {
             });
         }
         let lock = lock(dir)?;
-        let path = dir.join(LOG_FILE);
+        let listing = list(dir)?;
+        if listing.old_log {
+            return Err(refuse_old_log(dir));
+        }
         let marker = dir.join(INIT_MARKER);
         let has_marker = marker.exists();
-        if !path.exists() {
+        if listing.segments.is_empty() {
             if has_marker {
                 return Err(StorageError::Corrupted {
-                    path,
+                    path: dir.to_path_buf(),
                     offset: 0,
                     reason: format!(
-                        "the log is missing although {} says the directory was initialised; \
-                         starting empty could make this replica contradict what it sent before",
+                        "the log is missing (no log segment) although {} says the directory \
+                         was initialised; starting empty could make this replica contradict \
+                         what it sent before",
                         marker.display()
                     ),
                 });
@@ -295,24 +516,66 @@ impl Storage {
         if has_marker {
             check_marker(&marker, cluster, replica)?;
         }
-        let records = read_log(&path, cluster, replica, entry_len_max)?;
+        for tmp in &listing.temporaries {
+            tracing::warn!(path = %tmp.display(), "removing a segment a crash left half made");
+            fs::remove_file(tmp).map_err(io_err(tmp))?;
+        }
+        let files = read_segments(dir, &listing.segments, cluster, replica)?;
+        let files = drop_superseded(dir, files)?;
+        let newest = files.last().map_or(0, |(id, _, _)| *id);
+        let mut records = Vec::new();
+        let mut ids = Vec::new();
+        let mut segments = BTreeMap::new();
+        let mut active_len = 0;
+        for (id, bytes, _) in &files {
+            let path = segment::path(dir, *id);
+            let decoded = segment::decode(
+                &path,
+                bytes,
+                cluster,
+                replica,
+                *id,
+                *id == newest,
+                entry_len_max,
+            )?;
+            if decoded.dirty > decoded.valid {
+                clear_torn(&path, decoded.valid, decoded.dirty)?;
+            }
+            segments.insert(*id, decoded.records.len());
+            ids.extend(std::iter::repeat_n(*id, decoded.records.len()));
+            records.extend(decoded.records);
+            active_len = decoded.valid as u64;
+        }
         if !has_marker {
             tracing::warn!(dir = %dir.display(), "the data directory has a log but no init marker (interrupted init?); writing the marker");
             write_marker(dir, cluster, replica)?;
         }
+        let active_path = segment::path(dir, newest);
         let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let mut live = records.clone();
-        compact(&mut live);
+            .write(true)
+            .open(&active_path)
+            .map_err(io_err(&active_path))?;
+        let keep = retained(&records);
+        let live = ids
+            .into_iter()
+            .zip(records.iter().cloned())
+            .zip(keep)
+            .filter_map(|(entry, keep)| keep.then_some(entry))
+            .collect();
         Ok((
             Storage {
                 dir: dir.to_path_buf(),
-                file,
                 cluster,
                 replica,
+                options,
+                active: Active {
+                    id: newest,
+                    file,
+                    len: active_len,
+                },
+                segments,
                 live,
+                stats: Stats::default(),
                 entry_len_max,
                 _lock: lock,
             },
@@ -320,8 +583,10 @@ impl Storage {
         ))
     }
 
-    /// Appends `records` and makes them durable with one fsync. After a
-    /// stable checkpoint, rewrites the log without what it no longer needs.
+    /// Appends `records` and makes them durable with one `fdatasync` (unless
+    /// [`Options::sync`] is off). After a group that moves the stable
+    /// checkpoint, deletes the segments a restart no longer needs (see the
+    /// [crate docs](crate#compaction-deleting-segments)).
     ///
     /// A record above [`ENTRY_LEN_MAX`] fails with
     /// [`StorageError::EntryTooLarge`] before anything of `records` is written.
@@ -329,53 +594,267 @@ impl Storage {
         if records.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(LOG_FILE);
-        let mut bytes = Vec::new();
-        for r in records {
-            encode_entry(r, &mut bytes, self.entry_len_max)?;
-        }
-        self.file.write_all(&bytes).map_err(io_err(&path))?;
-        self.file.sync_data().map_err(io_err(&path))?;
-        self.live.extend_from_slice(records);
-        if pbft_core::io::compacts(records) {
+        self.write_groups(vec![records.to_vec()])?;
+        if compacts(records) {
             self.compact()?;
         }
         Ok(())
     }
 
-    /// How many records a restart would replay now.
+    /// How many records a restart would replay now, at least (the segments
+    /// may still hold records compaction dropped; restoring from them gives
+    /// the same replica).
     pub fn live_records(&self) -> usize {
         self.live.len()
     }
 
-    fn compact(&mut self) -> Result<(), StorageError> {
-        compact(&mut self.live);
-        let path = self.dir.join(LOG_FILE);
-        write_file(
-            &self.dir,
-            LOG_FILE,
-            &header(self.cluster, self.replica),
-            &self.live,
-            self.entry_len_max,
-        )?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&path)
+    /// How many segment files the log has.
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The counters since the log was opened.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// How the log is written.
+    pub fn options(&self) -> Options {
+        self.options
+    }
+
+    /// Writes `groups` with one write and (with [`Options::sync`]) one
+    /// `fdatasync`. Refuses them all, writing nothing, if one record is too
+    /// large.
+    fn write_groups(&mut self, groups: Vec<Vec<Record>>) -> Result<(), StorageError> {
+        let mut bytes = Vec::new();
+        for group in &groups {
+            encode(group, &mut bytes, self.entry_len_max)?;
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.active.len > HEADER_LEN as u64
+            && self.active.len + bytes.len() as u64 > self.options.segment_bytes
+        {
+            self.roll_over()?;
+        }
+        let path = segment::path(&self.dir, self.active.id);
+        let file = &mut self.active.file;
+        file.seek(SeekFrom::Start(self.active.len))
+            .and_then(|_| file.write_all(&bytes))
             .map_err(io_err(&path))?;
+        if self.options.sync {
+            file.sync_data().map_err(io_err(&path))?;
+            self.stats.syncs += 1;
+        }
+        self.active.len += bytes.len() as u64;
+        self.stats.writes += 1;
+        self.stats.bytes += bytes.len() as u64;
+        self.stats.groups += groups.len() as u64;
+        let id = self.active.id;
+        let count = groups.iter().map(Vec::len).sum::<usize>();
+        *self.segments.entry(id).or_default() += count;
+        self.live
+            .extend(groups.into_iter().flatten().map(|r| (id, r)));
+        Ok(())
+    }
+
+    /// Starts the next segment (the current one is synced first, so that
+    /// only the newest segment can ever end torn).
+    fn roll_over(&mut self) -> Result<(), StorageError> {
+        let old = segment::path(&self.dir, self.active.id);
+        self.active.file.sync_data().map_err(io_err(&old))?;
+        let id = self.active.id + 1;
+        let header = Header {
+            cluster: self.cluster,
+            replica: self.replica,
+            id,
+            covers_from: id,
+        };
+        let file = make_segment(&self.dir, &header, &[], self.options.segment_bytes)?;
+        self.stats.segments_created += 1;
+        self.segments.insert(id, 0);
+        self.active = Active {
+            id,
+            file,
+            len: HEADER_LEN as u64,
+        };
+        tracing::debug!(segment = id, "started a log segment");
+        Ok(())
+    }
+
+    /// Drops from `live` what a restart no longer needs, then deletes the
+    /// older segments (see the [crate docs](crate#compaction-deleting-segments)).
+    fn compact(&mut self) -> Result<(), StorageError> {
+        let records: Vec<Record> = self.live.iter().map(|(_, r)| r.clone()).collect();
+        let keep = retained(&records);
+        drop(records);
+        let mut i = 0;
+        self.live.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        let older: Vec<u64> = self
+            .segments
+            .range(..self.active.id)
+            .map(|(id, _)| *id)
+            .collect();
+        let (Some(&lowest), Some(&highest)) = (older.first(), older.last()) else {
+            return Ok(());
+        };
+        let mut live_in = BTreeMap::<u64, usize>::new();
+        for (id, _) in &self.live {
+            *live_in.entry(*id).or_default() += 1;
+        }
+        let nothing_to_gain = older
+            .iter()
+            .all(|id| live_in.get(id).copied().unwrap_or(0) == self.segments[id]);
+        if nothing_to_gain {
+            return Ok(());
+        }
+        let carried: Vec<Record> = self
+            .live
+            .iter()
+            .filter(|(id, _)| *id < self.active.id)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let doomed = if carried.is_empty() {
+            older.clone()
+        } else {
+            let mut body = Vec::new();
+            encode(&carried, &mut body, ENTRY_LEN_MAX)?;
+            let header = Header {
+                cluster: self.cluster,
+                replica: self.replica,
+                id: highest,
+                covers_from: lowest,
+            };
+            // Exactly its size: nothing is ever appended to it.
+            make_segment(&self.dir, &header, &body, 0)?;
+            self.stats.segments_created += 1;
+            for (id, _) in self.live.iter_mut().filter(|(id, _)| *id < highest) {
+                *id = highest;
+            }
+            self.segments.insert(highest, carried.len());
+            older[..older.len() - 1].to_vec()
+        };
+        for id in &doomed {
+            let path = segment::path(&self.dir, *id);
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            self.segments.remove(id);
+            self.stats.segments_deleted += 1;
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        tracing::debug!(
+            deleted = doomed.len(),
+            carried = carried.len(),
+            "compacted the record log"
+        );
         Ok(())
     }
 }
 
-/// Reads records from the bytes of a log file, for tools and fuzzing: the
-/// same checks as [`Storage::open`] (header for `cluster` and `replica`,
-/// checksums, torn tail), without touching any file. Returns the records and
-/// the length of the valid prefix (shorter than `bytes` if the tail was torn).
-pub fn decode_log(
+/// Reads every segment's bytes and header, in id order.
+fn read_segments(
+    dir: &Path,
+    ids: &[u64],
+    cluster: u64,
+    replica: ReplicaId,
+) -> Result<Vec<(u64, Vec<u8>, Header)>, StorageError> {
+    ids.iter()
+        .map(|&id| {
+            let path = segment::path(dir, id);
+            let bytes = fs::read(&path).map_err(io_err(&path))?;
+            let header = Header::check(&path, &bytes, cluster, replica, id)?;
+            Ok((id, bytes, header))
+        })
+        .collect()
+}
+
+/// Deletes the segments a compacted segment replaced (a crash cut its
+/// compaction short), then checks that no id is missing.
+fn drop_superseded(
+    dir: &Path,
+    files: Vec<(u64, Vec<u8>, Header)>,
+) -> Result<Vec<(u64, Vec<u8>, Header)>, StorageError> {
+    let superseded = |id: u64| {
+        files
+            .iter()
+            .any(|(_, _, h)| h.covers_from <= id && id < h.id)
+    };
+    let (gone, kept): (Vec<_>, Vec<_>) = files.iter().partition(|(id, _, _)| superseded(*id));
+    for (id, _, _) in &gone {
+        let path = segment::path(dir, *id);
+        tracing::warn!(path = %path.display(), "removing a segment a compacted one replaced (interrupted compaction)");
+        fs::remove_file(&path).map_err(io_err(&path))?;
+    }
+    if !gone.is_empty() {
+        sync_dir(dir)?;
+    }
+    for pair in kept.windows(2) {
+        let (before, after) = (pair[0].0, &pair[1].2);
+        if after.covers_from != before + 1 {
+            return Err(StorageError::Corrupted {
+                path: segment::path(dir, before + 1),
+                offset: 0,
+                reason: format!(
+                    "log segment {} is missing (segment {before} and segment {} are here)",
+                    before + 1,
+                    after.id
+                ),
+            });
+        }
+    }
+    let kept: Vec<u64> = kept.iter().map(|(id, _, _)| *id).collect();
+    Ok(files
+        .into_iter()
+        .filter(|(id, _, _)| kept.contains(id))
+        .collect())
+}
+
+/// Overwrites the torn tail `from..to` of the newest segment with zeros.
+fn clear_torn(path: &Path, from: usize, to: usize) -> Result<(), StorageError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.seek(SeekFrom::Start(from as u64))
+        .and_then(|_| file.write_all(&vec![0; to - from]))
+        .and_then(|_| file.sync_data())
+        .map_err(io_err(path))
+}
+
+/// Reads the records of one segment from its bytes, as the newest segment
+/// of a log (a torn tail allowed), for tools and fuzzing: the same checks as
+/// [`Storage::open`] (header for `cluster`, `replica` and segment `id`,
+/// checksums, torn tail), without touching any file. Returns the records
+/// and the length of the valid prefix (shorter than `bytes` if the tail was
+/// torn or preallocated).
+pub fn decode_segment(
     bytes: &[u8],
     cluster: u64,
     replica: ReplicaId,
+    id: u64,
 ) -> Result<(Vec<Record>, usize), StorageError> {
-    decode(Path::new(LOG_FILE), bytes, cluster, replica, ENTRY_LEN_MAX)
+    let path = PathBuf::from(segment_file_name(id));
+    segment::decode(&path, bytes, cluster, replica, id, true, ENTRY_LEN_MAX)
+        .map(|d| (d.records, d.valid))
+}
+
+/// The header of segment `id` of a log (for tools and fuzzing: put in front
+/// of entries, it makes a segment [`decode_segment`] reads).
+pub fn segment_header(cluster: u64, replica: ReplicaId, id: u64) -> Vec<u8> {
+    Header {
+        cluster,
+        replica,
+        id,
+        covers_from: id,
+    }
+    .encode()
+    .to_vec()
 }
 
 fn write_marker(dir: &Path, cluster: u64, replica: ReplicaId) -> Result<(), StorageError> {
@@ -393,9 +872,7 @@ fn write_marker(dir: &Path, cluster: u64, replica: ReplicaId) -> Result<(), Stor
         file.sync_all().map_err(io_err(&tmp))?;
     }
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    sync_dir(dir)
 }
 
 fn check_marker(path: &Path, cluster: u64, replica: ReplicaId) -> Result<(), StorageError> {
@@ -414,563 +891,4 @@ fn check_marker(path: &Path, cluster: u64, replica: ReplicaId) -> Result<(), Sto
         });
     }
     Ok(())
-}
-
-/// Writes a whole log atomically: temporary file, fsync, rename, fsync the
-/// directory. Nothing is renamed if a record is refused.
-fn write_file(
-    dir: &Path,
-    name: &str,
-    header: &[u8],
-    records: &[Record],
-    entry_len_max: usize,
-) -> Result<(), StorageError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    {
-        let file = private_file()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        let mut w = BufWriter::new(file);
-        w.write_all(header).map_err(io_err(&tmp))?;
-        let mut bytes = Vec::new();
-        for r in records {
-            bytes.clear();
-            encode_entry(r, &mut bytes, entry_len_max)?;
-            w.write_all(&bytes).map_err(io_err(&tmp))?;
-        }
-        let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(())
-}
-
-fn read_log(
-    path: &Path,
-    cluster: u64,
-    replica: ReplicaId,
-    entry_len_max: usize,
-) -> Result<Vec<Record>, StorageError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_err(path))?;
-    let (records, valid) = decode(path, &bytes, cluster, replica, entry_len_max)?;
-    if valid < bytes.len() {
-        truncate_torn(path, valid)?;
-    }
-    Ok(records)
-}
-
-/// One entry's header, checked.
-struct EntryHeader {
-    len: usize,
-    crc: u32,
-}
-
-/// The header of the entry at the start of `rest`, if its checksum holds.
-fn entry_header(rest: &[u8]) -> Option<EntryHeader> {
-    let head = rest.get(..ENTRY_HEADER_LEN)?;
-    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    if crc32fast::hash(&head[..8]) != word(8) {
-        return None;
-    }
-    Some(EntryHeader {
-        len: word(0) as usize,
-        crc: word(4),
-    })
-}
-
-/// Whether a whole valid entry (header and payload checksums) starts at any
-/// offset of `rest`.
-fn valid_entry_follows(rest: &[u8], entry_len_max: usize) -> bool {
-    (0..rest.len()).any(|i| {
-        let Some(h) = entry_header(&rest[i..]) else {
-            return false;
-        };
-        h.len <= entry_len_max
-            && rest.len() - i - ENTRY_HEADER_LEN >= h.len
-            && crc32fast::hash(&rest[i + ENTRY_HEADER_LEN..i + ENTRY_HEADER_LEN + h.len]) == h.crc
-    })
-}
-
-fn decode(
-    path: &Path,
-    bytes: &[u8],
-    cluster: u64,
-    replica: ReplicaId,
-    entry_len_max: usize,
-) -> Result<(Vec<Record>, usize), StorageError> {
-    let corrupted = |offset: usize, reason: String| StorageError::Corrupted {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        reason,
-    };
-    if bytes.len() >= 8 && &bytes[..8] == MAGIC_V1 {
-        return Err(corrupted(
-            0,
-            "record log format v1 (PBFTLOG1), written by an older version; this version \
-             reads PBFTLOG2 only"
-                .into(),
-        ));
-    }
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return Err(corrupted(0, "not a PBFT record log (bad header)".into()));
-    }
-    if bytes[..HEADER_LEN] != header(cluster, replica)[..] {
-        return Err(corrupted(
-            8,
-            format!("written for another cluster or replica (expected cluster {cluster}, replica {replica})"),
-        ));
-    }
-    let mut records = Vec::new();
-    let mut at = HEADER_LEN;
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        if rest.len() < ENTRY_HEADER_LEN {
-            return Ok(torn(path, at, records, "a partial entry header"));
-        }
-        let Some(h) = entry_header(rest) else {
-            if valid_entry_follows(&rest[1..], entry_len_max) {
-                return Err(corrupted(
-                    at,
-                    "damaged entry header followed by valid entries".into(),
-                ));
-            }
-            return Ok(torn(path, at, records, "a damaged last entry header"));
-        };
-        if h.len > entry_len_max {
-            return Err(corrupted(
-                at,
-                format!(
-                    "entry of {} bytes exceeds the limit of {entry_len_max} bytes",
-                    h.len
-                ),
-            ));
-        }
-        let end = ENTRY_HEADER_LEN + h.len;
-        if rest.len() < end {
-            return Ok(torn(path, at, records, "a partial last entry"));
-        }
-        let payload = &rest[ENTRY_HEADER_LEN..end];
-        if crc32fast::hash(payload) != h.crc {
-            if valid_entry_follows(&rest[end..], entry_len_max) {
-                return Err(corrupted(
-                    at,
-                    "checksum mismatch, and valid entries follow".into(),
-                ));
-            }
-            return Ok(torn(path, at, records, "a last entry with a bad checksum"));
-        }
-        let record: Record = postcard::from_bytes(payload)
-            .map_err(|e| corrupted(at, format!("undecodable record: {e}")))?;
-        records.push(record);
-        at += end;
-    }
-    Ok((records, at))
-}
-
-fn torn(path: &Path, at: usize, records: Vec<Record>, what: &str) -> (Vec<Record>, usize) {
-    tracing::warn!(path = %path.display(), offset = at, what, "discarding a torn last record (crash during write)");
-    (records, at)
-}
-
-/// Cuts off a last entry torn by a crash.
-fn truncate_torn(path: &Path, at: usize) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    file.set_len(at as u64).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pbft_core::message::{CheckpointProof, PrePrepare};
-    use pbft_core::{SeqNum, View};
-    use pbft_crypto::{ClusterId, Digest, KeyPair, Signer};
-
-    fn pre_prepare(seq: u64) -> Record {
-        let signer = Signer::new(KeyPair::from_seed([1; 32]), ClusterId(1));
-        Record::PrePrepare(
-            signer.sign(PrePrepare {
-                view: View(0),
-                seq: SeqNum(seq),
-                digest: Digest::of(&seq.to_le_bytes()),
-                replica: ReplicaId(0),
-            }),
-            None,
-        )
-    }
-
-    fn checkpoint_of(seq: u64, len: usize) -> Record {
-        let snapshot = vec![seq as u8; len];
-        Record::Checkpoint(
-            CheckpointProof {
-                seq: SeqNum(seq),
-                digest: Digest::of(&snapshot),
-                checkpoints: vec![],
-            },
-            snapshot,
-        )
-    }
-
-    fn checkpoint(seq: u64) -> Record {
-        checkpoint_of(seq, 10)
-    }
-
-    /// An initialised, opened data directory.
-    fn fresh() -> (tempfile::TempDir, Storage) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Storage::init(dir.path(), 1, ReplicaId(0)).expect("init");
-        let (s, records) = Storage::open(dir.path(), 1, ReplicaId(0)).expect("open");
-        assert!(records.is_empty());
-        (dir, s)
-    }
-
-    fn log_path(dir: &tempfile::TempDir) -> PathBuf {
-        dir.path().join(LOG_FILE)
-    }
-
-    fn reopen(dir: &tempfile::TempDir) -> Result<Vec<Record>, StorageError> {
-        Storage::open(dir.path(), 1, ReplicaId(0)).map(|(_, r)| r)
-    }
-
-    /// The byte offsets at which each entry of the log starts.
-    fn entry_offsets(bytes: &[u8]) -> Vec<usize> {
-        let mut at = HEADER_LEN;
-        let mut out = Vec::new();
-        while at < bytes.len() {
-            out.push(at);
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-            at += ENTRY_HEADER_LEN + len as usize;
-        }
-        out
-    }
-
-    #[test]
-    fn round_trip() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), pre_prepare(2)]).expect("append");
-        s.append(&[pre_prepare(3)]).expect("append");
-        drop(s);
-        assert_eq!(
-            reopen(&dir).expect("reopen"),
-            vec![pre_prepare(1), pre_prepare(2), pre_prepare(3)]
-        );
-    }
-
-    #[test]
-    fn compaction_keeps_what_restart_needs() {
-        let (dir, mut s) = fresh();
-        for seq in 1..=5 {
-            s.append(&[pre_prepare(seq)]).expect("append");
-        }
-        s.append(&[checkpoint(4)]).expect("append");
-        assert_eq!(s.live_records(), 2);
-        drop(s);
-        assert_eq!(
-            reopen(&dir).expect("reopen"),
-            vec![pre_prepare(5), checkpoint(4)]
-        );
-    }
-
-    #[test]
-    fn torn_tail_is_cut_off() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), pre_prepare(2)]).expect("append");
-        drop(s);
-        let path = log_path(&dir);
-        let len = fs::metadata(&path).expect("meta").len();
-        let f = OpenOptions::new().write(true).open(&path).expect("open");
-        f.set_len(len - 3).expect("truncate");
-        assert_eq!(reopen(&dir).expect("reopen"), vec![pre_prepare(1)]);
-        // The torn bytes are gone for good: the next append follows the valid prefix.
-        let (mut s, _) = Storage::open(dir.path(), 1, ReplicaId(0)).expect("open");
-        s.append(&[pre_prepare(3)]).expect("append");
-        drop(s);
-        assert_eq!(
-            reopen(&dir).expect("reopen"),
-            vec![pre_prepare(1), pre_prepare(3)]
-        );
-    }
-
-    #[test]
-    fn full_length_last_entry_with_bad_checksum_is_torn() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), pre_prepare(2)]).expect("append");
-        drop(s);
-        let path = log_path(&dir);
-        let mut bytes = fs::read(&path).expect("read");
-        let last = *entry_offsets(&bytes).last().expect("entries");
-        // A torn sector inside the last entry's payload: full length, bad checksum.
-        let n = bytes.len();
-        bytes[last + ENTRY_HEADER_LEN + 3..n].fill(0);
-        fs::write(&path, &bytes).expect("write");
-        assert_eq!(
-            reopen(&dir).expect("torn, not corrupted"),
-            vec![pre_prepare(1)]
-        );
-        assert_eq!(fs::metadata(&path).expect("meta").len(), last as u64);
-    }
-
-    #[test]
-    fn zero_filled_tail_is_torn() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1)]).expect("append");
-        drop(s);
-        let path = log_path(&dir);
-        let mut bytes = fs::read(&path).expect("read");
-        let valid = bytes.len();
-        // Blocks the file system allocated for an append but never wrote.
-        bytes.extend_from_slice(&[0; 4096]);
-        fs::write(&path, &bytes).expect("write");
-        assert_eq!(reopen(&dir).expect("torn"), vec![pre_prepare(1)]);
-        assert_eq!(fs::metadata(&path).expect("meta").len(), valid as u64);
-    }
-
-    #[test]
-    fn bad_checksum_followed_by_valid_entries_is_corruption() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), pre_prepare(2), pre_prepare(3)])
-            .expect("append");
-        drop(s);
-        let path = log_path(&dir);
-        let mut bytes = fs::read(&path).expect("read");
-        let second = entry_offsets(&bytes)[1];
-        bytes[second + ENTRY_HEADER_LEN + 5] ^= 0x10;
-        fs::write(&path, &bytes).expect("write");
-        let err = reopen(&dir).expect_err("must fail");
-        assert!(matches!(err, StorageError::Corrupted { .. }), "{err}");
-        assert!(err.to_string().contains("checksum"), "{err}");
-        // Nothing was cut.
-        assert_eq!(fs::read(&path).expect("read"), bytes);
-    }
-
-    #[test]
-    fn flipped_bit_in_a_length_is_corruption_not_a_torn_tail() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), pre_prepare(2), pre_prepare(3)])
-            .expect("append");
-        drop(s);
-        let path = log_path(&dir);
-        let mut bytes = fs::read(&path).expect("read");
-        let second = entry_offsets(&bytes)[1];
-        // The length now points far past the end of the file.
-        bytes[second + 2] ^= 0x01;
-        fs::write(&path, &bytes).expect("write");
-        let err = reopen(&dir).expect_err("must fail");
-        assert!(
-            matches!(err, StorageError::Corrupted { offset, .. } if offset == second as u64),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn checksummed_but_undecodable_entry_is_corruption() {
-        let (dir, s) = fresh();
-        drop(s);
-        let path = log_path(&dir);
-        let mut bytes = fs::read(&path).expect("read");
-        let payload = [0xffu8; 7];
-        let mut head = [0u8; ENTRY_HEADER_LEN];
-        head[..4].copy_from_slice(&7u32.to_le_bytes());
-        head[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        let head_crc = crc32fast::hash(&head[..8]);
-        head[8..].copy_from_slice(&head_crc.to_le_bytes());
-        bytes.extend_from_slice(&head);
-        bytes.extend_from_slice(&payload);
-        fs::write(&path, &bytes).expect("write");
-        let err = reopen(&dir).expect_err("must fail");
-        assert!(err.to_string().contains("undecodable"), "{err}");
-    }
-
-    #[test]
-    fn writer_refuses_what_the_reader_would_refuse() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Storage::init(dir.path(), 1, ReplicaId(0)).expect("init");
-        let limit = 200;
-        let (mut s, _) =
-            Storage::open_with_limit(dir.path(), 1, ReplicaId(0), limit).expect("open");
-        s.append(&[pre_prepare(1)]).expect("small record");
-        let big = checkpoint_of(2, limit + 1);
-        let err = s
-            .append(&[pre_prepare(2), big.clone()])
-            .expect_err("above the limit");
-        assert!(
-            matches!(err, StorageError::EntryTooLarge { max, .. } if max == limit),
-            "{err}"
-        );
-        drop(s);
-        // Nothing of the refused group was written; the log still opens.
-        let (_, records) =
-            Storage::open_with_limit(dir.path(), 1, ReplicaId(0), limit).expect("reopen");
-        assert_eq!(records, vec![pre_prepare(1)]);
-
-        // The reader, with the same limit, refuses such an entry.
-        let (mut s, _) = Storage::open(dir.path(), 1, ReplicaId(0)).expect("open");
-        s.append(&[pre_prepare(3)]).expect("small");
-        let mut bytes = Vec::new();
-        encode_entry(&big, &mut bytes, ENTRY_LEN_MAX).expect("encodes under the real limit");
-        s.file.write_all(&bytes).expect("raw write");
-        s.append(&[pre_prepare(4)]).expect("small");
-        drop(s);
-        let err = Storage::open_with_limit(dir.path(), 1, ReplicaId(0), limit)
-            .err()
-            .expect("must fail");
-        assert!(err.to_string().contains("exceeds the limit"), "{err}");
-    }
-
-    #[test]
-    fn writer_refusal_holds_for_compaction_too() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Storage::init(dir.path(), 1, ReplicaId(0)).expect("init");
-        let (mut s, _) = Storage::open_with_limit(dir.path(), 1, ReplicaId(0), 100).expect("open");
-        let err = s.append(&[checkpoint_of(4, 500)]).expect_err("too large");
-        assert!(matches!(err, StorageError::EntryTooLarge { .. }), "{err}");
-        assert!(!dir.path().join(format!("{LOG_FILE}.tmp")).exists());
-    }
-
-    #[test]
-    fn flipped_bit_is_corruption() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), pre_prepare(2)]).expect("append");
-        drop(s);
-        let path = log_path(&dir);
-        let mut bytes = fs::read(&path).expect("read");
-        bytes[HEADER_LEN + ENTRY_HEADER_LEN + 5] ^= 0x10;
-        fs::write(&path, bytes).expect("write");
-        let err = reopen(&dir).expect_err("must fail");
-        assert!(matches!(err, StorageError::Corrupted { .. }), "{err}");
-        assert!(err.to_string().contains("checksum"));
-    }
-
-    #[test]
-    fn other_replica_or_garbage_is_refused() {
-        let (dir, s) = fresh();
-        drop(s);
-        let err = Storage::open(dir.path(), 1, ReplicaId(2))
-            .err()
-            .expect("other replica");
-        assert!(matches!(err, StorageError::Corrupted { .. }), "{err}");
-        fs::write(log_path(&dir), b"hello").expect("write");
-        assert!(matches!(reopen(&dir), Err(StorageError::Corrupted { .. })));
-        let mut v1 = b"PBFTLOG1".to_vec();
-        v1.extend_from_slice(&[0; 12]);
-        fs::write(log_path(&dir), v1).expect("write");
-        let err = reopen(&dir).expect_err("v1");
-        assert!(err.to_string().contains("older version"), "{err}");
-    }
-
-    #[test]
-    fn second_opener_is_locked_out() {
-        let (dir, _first) = fresh();
-        assert!(matches!(
-            Storage::open(dir.path(), 1, ReplicaId(0)),
-            Err(StorageError::Locked { .. })
-        ));
-    }
-
-    #[test]
-    fn uninitialised_directory_is_refused_and_left_alone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let err = Storage::open(dir.path(), 1, ReplicaId(0))
-            .err()
-            .expect("empty dir");
-        assert!(matches!(err, StorageError::NotInitialised { .. }), "{err}");
-        assert!(err.to_string().contains("--init"), "{err}");
-        assert!(!log_path(&dir).exists(), "open must not create a log");
-        let missing = dir.path().join("nope");
-        let err = Storage::open(&missing, 1, ReplicaId(0))
-            .err()
-            .expect("no dir");
-        assert!(matches!(err, StorageError::NotInitialised { .. }), "{err}");
-        assert!(!missing.exists(), "open must not create the directory");
-    }
-
-    #[test]
-    fn marker_without_log_is_corruption() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1)]).expect("append");
-        drop(s);
-        fs::remove_file(log_path(&dir)).expect("lose the log");
-        let err = reopen(&dir).expect_err("must fail");
-        assert!(matches!(err, StorageError::Corrupted { .. }), "{err}");
-        assert!(err.to_string().contains("missing"), "{err}");
-    }
-
-    #[test]
-    fn log_without_marker_is_accepted_and_the_marker_written() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1)]).expect("append");
-        drop(s);
-        fs::remove_file(dir.path().join(INIT_MARKER)).expect("as if init was cut short");
-        assert_eq!(reopen(&dir).expect("open"), vec![pre_prepare(1)]);
-        assert!(dir.path().join(INIT_MARKER).exists());
-    }
-
-    #[test]
-    fn marker_of_another_replica_is_refused() {
-        let (dir, s) = fresh();
-        drop(s);
-        fs::write(dir.path().join(INIT_MARKER), marker_text(1, ReplicaId(3))).expect("write");
-        let err = reopen(&dir).expect_err("must fail");
-        assert!(err.to_string().contains("init marker"), "{err}");
-    }
-
-    #[test]
-    fn init_twice_is_refused() {
-        let (dir, s) = fresh();
-        drop(s);
-        let err = Storage::init(dir.path(), 1, ReplicaId(0)).expect_err("twice");
-        assert!(
-            matches!(err, StorageError::AlreadyInitialised { .. }),
-            "{err}"
-        );
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn data_files_are_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), checkpoint(1)])
-            .expect("append and compact");
-        for name in [LOG_FILE, INIT_MARKER, LOCK_FILE] {
-            let mode = fs::metadata(dir.path().join(name))
-                .expect("meta")
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
-        }
-        let nested = dir.path().join("a/b");
-        Storage::init(&nested, 1, ReplicaId(0)).expect("init");
-        let mode = fs::metadata(&nested).expect("meta").permissions().mode();
-        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
-    }
-
-    #[test]
-    fn decode_log_matches_open() {
-        let (dir, mut s) = fresh();
-        s.append(&[pre_prepare(1), pre_prepare(2)]).expect("append");
-        drop(s);
-        let bytes = fs::read(log_path(&dir)).expect("read");
-        let (records, valid) = decode_log(&bytes, 1, ReplicaId(0)).expect("decode");
-        assert_eq!(records, vec![pre_prepare(1), pre_prepare(2)]);
-        assert_eq!(valid, bytes.len());
-        let (records, valid) =
-            decode_log(&bytes[..bytes.len() - 1], 1, ReplicaId(0)).expect("torn");
-        assert_eq!(records, vec![pre_prepare(1)]);
-        assert!(valid < bytes.len() - 1);
-    }
 }

@@ -30,12 +30,16 @@ pub struct Cluster {
     pub isolated: BTreeSet<ReplicaId>,
     /// Replicas whose outputs are all dropped (silent Byzantine).
     pub silent: BTreeSet<ReplicaId>,
-    pub replies: BTreeMap<ClientId, Vec<Signed<Reply>>>,
+    pub replies: BTreeMap<ClientId, Vec<Reply>>,
     pub executed: BTreeMap<ReplicaId, BTreeMap<SeqNum, Digest>>,
     pub verifier: Verifier,
     pub entered_views: Vec<(ReplicaId, pbft_core::View)>,
     /// Sequence numbers each replica executed with phase times.
     pub timed: BTreeMap<ReplicaId, BTreeSet<SeqNum>>,
+    /// State transfers: (replica, seq, pages, pages fetched).
+    pub transfers: Vec<(ReplicaId, SeqNum, usize, usize)>,
+    /// The page size the replicas' stores aim at.
+    pub page_target: usize,
 }
 
 pub fn config(n: usize) -> (Config, Vec<Signer>) {
@@ -62,6 +66,11 @@ impl Cluster {
     }
 
     pub fn with_config(config: Config, signers: Vec<Signer>) -> Self {
+        Self::with_pages(config, signers, pbft_app::PAGE_TARGET)
+    }
+
+    /// A cluster whose stores cut their state into pages of about `page_target` bytes.
+    pub fn with_pages(config: Config, signers: Vec<Signer>, page_target: usize) -> Self {
         let n = config.n();
         let replicas = (0..n)
             .map(|i| {
@@ -70,7 +79,7 @@ impl Cluster {
                         config.clone(),
                         ReplicaId(i as u32),
                         signers[i].clone(),
-                        Box::new(KvStore::new()),
+                        Box::new(KvStore::with_page_target(page_target)),
                     )
                     .expect("valid config"),
                 )
@@ -90,6 +99,8 @@ impl Cluster {
             executed: BTreeMap::new(),
             entered_views: Vec::new(),
             timed: BTreeMap::new(),
+            transfers: Vec::new(),
+            page_target,
         }
     }
 
@@ -144,9 +155,13 @@ impl Cluster {
                     }
                 }
                 Output::EnteredView(v) => self.entered_views.push((id, v)),
-                Output::Checkpointed { .. }
-                | Output::StateTransferred { .. }
-                | Output::Status(..) => {}
+                Output::StateTransferred {
+                    seq,
+                    pages,
+                    fetched,
+                    ..
+                } => self.transfers.push((id, seq, pages, fetched)),
+                Output::Checkpointed { .. } | Output::Status(..) => {}
             }
         }
     }
@@ -228,6 +243,27 @@ impl Cluster {
         self.input(ReplicaId(id), Input::Tick);
     }
 
+    /// Fires the earliest timer due within `d` (moving time to it) without
+    /// delivering what it sends; otherwise moves time on by `d`.
+    pub fn fire_next_timer(&mut self, d: Duration) {
+        let end = self.now + d;
+        let next = (0..self.replicas.len())
+            .filter_map(|i| {
+                self.replicas[i]
+                    .as_ref()
+                    .and_then(|r| r.poll_timeout())
+                    .map(|t| (t, i))
+            })
+            .min();
+        match next {
+            Some((t, i)) if t <= end => {
+                self.now = self.now.max(t);
+                self.input(ReplicaId(i as u32), Input::Tick);
+            }
+            _ => self.now = end,
+        }
+    }
+
     /// Injects a message as if `from` had sent it to `to`.
     pub fn deliver(&mut self, to: ReplicaId, message: Message) {
         let verified = self
@@ -247,7 +283,7 @@ impl Cluster {
             self.config.clone(),
             ReplicaId(id),
             self.signers[i].clone(),
-            Box::new(KvStore::new()),
+            Box::new(KvStore::with_page_target(self.page_target)),
             &self.storage[i],
             self.now,
         )

@@ -199,35 +199,56 @@ fn good(count: u8) -> Vec<Item> {
         .collect()
 }
 
+/// A verifier that decodes every key at first use, and one that holds the
+/// vectors' and the good signatures' keys decoded from the start.
+fn verifiers() -> [Verifier; 2] {
+    let known = CASES
+        .iter()
+        .map(|c| decode(c).0)
+        .chain(good(6).into_iter().map(|g| g.0));
+    [
+        Verifier::new(ClusterId(0)),
+        Verifier::new(ClusterId(0)).with_known_keys(known),
+    ]
+}
+
 #[test]
 fn each_vector_gets_its_zip215_verdict_alone_and_in_any_batch() {
-    let verifier = Verifier::new(ClusterId(0));
-    assert!(verifier.check_all(&good(6)), "the good signatures verify");
-    for (i, case) in CASES.iter().enumerate() {
-        let item = decode(case);
-        let alone = verifier.check_all(std::slice::from_ref(&item));
-        assert_eq!(alone, case.zip215, "case {i} alone");
-        for position in [0, 3, 6] {
-            let mut batch = good(6);
-            batch.insert(position, item.clone());
-            assert_eq!(
-                verifier.check_all(&batch),
-                case.zip215,
-                "case {i} at position {position} in a batch of good signatures"
-            );
+    for (v, verifier) in verifiers().iter().enumerate() {
+        assert!(verifier.check_all(&good(6)), "the good signatures verify");
+        // Twice: the second round finds every key in the cache.
+        for round in 0..2 {
+            for (i, case) in CASES.iter().enumerate() {
+                let item = decode(case);
+                let alone = verifier.check_all(std::slice::from_ref(&item));
+                assert_eq!(
+                    alone, case.zip215,
+                    "case {i} alone (verifier {v}, round {round})"
+                );
+                for position in [0, 3, 6] {
+                    let mut batch = good(6);
+                    batch.insert(position, item.clone());
+                    assert_eq!(
+                        verifier.check_all(&batch),
+                        case.zip215,
+                        "case {i} at position {position} in a batch of good signatures (verifier {v}, round {round})"
+                    );
+                }
+            }
         }
     }
 }
 
 #[test]
 fn accepted_vectors_verify_together_and_any_rejected_one_fails_the_batch() {
-    let verifier = Verifier::new(ClusterId(0));
-    let mut batch: Vec<Item> = CASES.iter().filter(|c| c.zip215).map(decode).collect();
-    batch.extend(good(3));
-    assert!(verifier.check_all(&batch));
-    for (i, case) in CASES.iter().enumerate().filter(|(_, c)| !c.zip215) {
-        let mut with_one = batch.clone();
-        with_one.push(decode(case));
-        assert!(!verifier.check_all(&with_one), "case {i} fails the batch");
+    for verifier in verifiers() {
+        let mut batch: Vec<Item> = CASES.iter().filter(|c| c.zip215).map(decode).collect();
+        batch.extend(good(3));
+        assert!(verifier.check_all(&batch));
+        for (i, case) in CASES.iter().enumerate().filter(|(_, c)| !c.zip215) {
+            let mut with_one = batch.clone();
+            with_one.push(decode(case));
+            assert!(!verifier.check_all(&with_one), "case {i} fails the batch");
+        }
     }
 }

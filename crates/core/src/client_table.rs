@@ -1,0 +1,331 @@
+//! The client table: what exactly-once execution needs of each client, and
+//! no more.
+//!
+//! # What is kept
+//! Per client, the id of its last executed request and that request's result
+//! ([`ClientEntry`]). A result of at most [`Config::client_result_max`] bytes
+//! is kept whole; a larger one (a long scan) only as its digest, so one
+//! request can no longer add megabytes to every replica's memory, checkpoint
+//! and log for good. The default (66 KiB) keeps every result the key-value
+//! store's writes can produce (a replaced value is at most 64 KiB), so only
+//! reads lose their results.
+//!
+//! # Expiry, at checkpoints
+//! Before each checkpoint's snapshot, [`ClientTable::expire`] removes entries
+//! until the table holds at most [`Config::client_table_max`] entries and
+//! [`Config::client_table_bytes_max`] bytes: lowest request id first (ties by
+//! client id). Request ids are time-based (the SDK makes every id at least the
+//! UNIX time in microseconds), so these are the clients that were idle
+//! longest. The table then raises its *floor* to the highest id it removed: a
+//! request from a client the table does not know is refused if its id is at
+//! or below the floor, because it may be the retransmission of a request that
+//! already ran and was forgotten. Every id above the floor is new (each kept
+//! entry's id is at least the floor, and a forgotten client's ids were all at
+//! most the floor), so exactly-once holds for every request.
+//!
+//! The table and its floor are part of every checkpoint's state and digest,
+//! and expiry depends only on the table, so every honest replica makes the
+//! same decisions.
+//!
+//! # What a client sees
+//! * A retransmission of its last request whose result was kept: the result
+//!   again ([`ReplyStatus::Result`]).
+//! * One whose result was not kept: [`ReplyStatus::Withheld`], carrying the
+//!   result's digest. The request ran exactly once; the SDK re-issues a read
+//!   as a new request and reports a write as executed with its result lost.
+//! * A request at or below the floor from a forgotten client:
+//!   [`ReplyStatus::Expired`], no result. Whether it ran is unknown; the SDK
+//!   re-issues a read as a new request and reports a write's outcome as
+//!   unknown (it never re-issues a write: it may have run).
+//!
+//! # A known limit
+//! Request ids are chosen by clients. In a cluster that admits any client
+//! key, an attacker that executes more than `client_table_max` requests under
+//! distinct keys with ids far in the future fills the table and, once those
+//! entries are evicted, lifts the floor above every honest id: forgotten
+//! honest clients are then refused until wall time passes those ids. Key
+//! admission (the default) rules that out; a cure needs an agreed clock (a
+//! primary timestamp in the pre-prepare, checked against local clocks).
+
+use crate::config::Config;
+use crate::ids::{ClientId, RequestId};
+use crate::message::ReplyStatus;
+use pbft_crypto::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bytes an entry costs beyond its kept result (key, id, digest, map node).
+pub const ENTRY_OVERHEAD: usize = 96;
+
+/// A result as the table keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeptResult {
+    /// The whole result.
+    Full(Vec<u8>),
+    /// Only the digest of a result larger than the cap.
+    Digest(Digest),
+}
+
+/// What a replica remembers of a client: its last executed request and result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientEntry {
+    /// The last executed request id.
+    pub request_id: RequestId,
+    /// Its result (or its digest), re-sent when the request is retransmitted.
+    pub result: KeptResult,
+}
+
+impl ClientEntry {
+    /// The bytes this entry counts against the table's budget.
+    pub fn cost(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match &self.result {
+                KeptResult::Full(r) => r.len(),
+                KeptResult::Digest(_) => 0,
+            }
+    }
+
+    /// The reply to a retransmission of the request: its status and bytes.
+    pub fn retransmission(&self) -> (ReplyStatus, Vec<u8>) {
+        match &self.result {
+            KeptResult::Full(r) => (ReplyStatus::Result, r.clone()),
+            KeptResult::Digest(d) => (ReplyStatus::Withheld, d.0.to_vec()),
+        }
+    }
+}
+
+/// How the table classifies a request (see [`ClientTable::admit`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission<'a> {
+    /// Never executed: may run.
+    New,
+    /// The client's last executed request: answer from the entry.
+    Last(&'a ClientEntry),
+    /// Older than the client's last executed request: ignore.
+    Old,
+    /// From a client the table forgot, at or below the floor: refuse.
+    Expired,
+}
+
+/// The client table (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTable {
+    entries: BTreeMap<ClientId, ClientEntry>,
+    floor: RequestId,
+}
+
+impl ClientTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The entry of `client`, if the table knows it.
+    pub fn get(&self, client: &ClientId) -> Option<&ClientEntry> {
+        self.entries.get(client)
+    }
+
+    /// Requests from forgotten clients at or below this id are refused.
+    pub fn floor(&self) -> RequestId {
+        self.floor
+    }
+
+    /// The number of clients known.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no client is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries, in client order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ClientId, &ClientEntry)> {
+        self.entries.iter()
+    }
+
+    /// The bytes the table counts against its budget.
+    pub fn bytes(&self) -> usize {
+        self.entries.values().map(ClientEntry::cost).sum()
+    }
+
+    /// A table of `entries` under `floor`, checked like [`ClientTable::check`].
+    pub fn from_entries(
+        entries: BTreeMap<ClientId, ClientEntry>,
+        floor: RequestId,
+    ) -> Result<ClientTable, String> {
+        let table = ClientTable { entries, floor };
+        table.check()?;
+        Ok(table)
+    }
+
+    /// Checks what a peer could get wrong in a (certified) snapshot's
+    /// table: every entry is at or above the floor.
+    pub fn check(&self) -> Result<(), String> {
+        match self.entries.iter().find(|(_, e)| e.request_id < self.floor) {
+            Some((c, _)) => Err(format!("client {c:?} is below the client table's floor")),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `request_id` from `client` may run (see [`Admission`]).
+    pub fn admit(&self, client: &ClientId, request_id: RequestId) -> Admission<'_> {
+        match self.entries.get(client) {
+            Some(e) if request_id < e.request_id => Admission::Old,
+            Some(e) if request_id == e.request_id => Admission::Last(e),
+            Some(_) => Admission::New,
+            None if request_id <= self.floor => Admission::Expired,
+            None => Admission::New,
+        }
+    }
+
+    /// Whether `request_id` from `client` has already been decided here:
+    /// executed, or refused for good (old or expired).
+    pub fn settled(&self, client: &ClientId, request_id: RequestId) -> bool {
+        !matches!(self.admit(client, request_id), Admission::New)
+    }
+
+    /// Records that `request_id` of `client` executed with `result`; a result
+    /// above `result_max` bytes is kept as its digest.
+    pub fn record(
+        &mut self,
+        client: ClientId,
+        request_id: RequestId,
+        result: &[u8],
+        result_max: usize,
+    ) {
+        let result = if result.len() <= result_max {
+            KeptResult::Full(result.to_vec())
+        } else {
+            KeptResult::Digest(Digest::of(result))
+        };
+        self.entries
+            .insert(client, ClientEntry { request_id, result });
+    }
+
+    /// Expires entries until the table fits `config`'s budgets, lowest
+    /// request id first, raising the floor to the highest id removed.
+    /// Returns how many entries it removed.
+    pub fn expire(&mut self, config: &Config) -> usize {
+        let mut bytes = self.bytes();
+        let (max, bytes_max) = (config.client_table_max, config.client_table_bytes_max);
+        if self.entries.len() <= max && bytes <= bytes_max {
+            return 0;
+        }
+        let mut order: Vec<(RequestId, ClientId)> = self
+            .entries
+            .iter()
+            .map(|(c, e)| (e.request_id, *c))
+            .collect();
+        order.sort_unstable();
+        let mut removed = 0;
+        for (id, client) in order {
+            if self.entries.len() <= max && bytes <= bytes_max {
+                break;
+            }
+            if let Some(e) = self.entries.remove(&client) {
+                bytes -= e.cost();
+                self.floor = self.floor.max(id);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbft_crypto::{ClusterId, PublicKey};
+
+    fn client(i: u8) -> ClientId {
+        ClientId(PublicKey([i; 32]))
+    }
+
+    fn config(max: usize, bytes: usize) -> Config {
+        let keys = (0..4).map(|i| PublicKey([100 + i; 32])).collect();
+        let mut c = Config::new(ClusterId(0), keys);
+        c.client_table_max = max;
+        c.client_table_bytes_max = bytes;
+        c
+    }
+
+    #[test]
+    fn large_results_are_kept_as_digests() {
+        let mut t = ClientTable::new();
+        t.record(client(1), RequestId(5), &[7; 10], 10);
+        t.record(client(2), RequestId(5), &[7; 11], 10);
+        assert_eq!(
+            t.get(&client(1)).map(|e| e.retransmission()),
+            Some((ReplyStatus::Result, vec![7; 10]))
+        );
+        assert_eq!(
+            t.get(&client(2)).map(|e| e.retransmission()),
+            Some((ReplyStatus::Withheld, Digest::of(&[7; 11]).0.to_vec()))
+        );
+        assert_eq!(t.bytes(), 2 * ENTRY_OVERHEAD + 10);
+    }
+
+    #[test]
+    fn expiry_removes_the_oldest_ids_and_raises_the_floor() {
+        let mut t = ClientTable::new();
+        for i in 1..=5u8 {
+            t.record(client(i), RequestId(u64::from(i) * 10), b"ok", 100);
+        }
+        assert_eq!(t.expire(&config(5, usize::MAX)), 0);
+        assert_eq!(t.expire(&config(3, usize::MAX)), 2);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.floor(), RequestId(20));
+        // A forgotten client at or below the floor is refused; above, new.
+        assert_eq!(t.admit(&client(1), RequestId(10)), Admission::Expired);
+        assert_eq!(t.admit(&client(2), RequestId(20)), Admission::Expired);
+        assert_eq!(t.admit(&client(2), RequestId(21)), Admission::New);
+        assert_eq!(t.admit(&client(9), RequestId(21)), Admission::New);
+        // Known clients keep their own exactly-once check.
+        assert_eq!(t.admit(&client(3), RequestId(29)), Admission::Old);
+        assert!(matches!(
+            t.admit(&client(3), RequestId(30)),
+            Admission::Last(_)
+        ));
+        assert_eq!(t.admit(&client(3), RequestId(31)), Admission::New);
+        assert!(t.settled(&client(1), RequestId(10)));
+        assert!(!t.settled(&client(3), RequestId(31)));
+    }
+
+    #[test]
+    fn expiry_keeps_the_byte_budget() {
+        let mut t = ClientTable::new();
+        for i in 1..=4u8 {
+            t.record(client(i), RequestId(u64::from(i)), &[0; 1000], 2000);
+        }
+        let budget = 2 * (ENTRY_OVERHEAD + 1000);
+        assert_eq!(t.expire(&config(100, budget)), 2);
+        assert!(t.bytes() <= budget);
+        assert_eq!(t.floor(), RequestId(2));
+    }
+
+    #[test]
+    fn expiry_is_a_function_of_the_table_alone() {
+        let build = |order: &[u8]| {
+            let mut t = ClientTable::new();
+            for &i in order {
+                t.record(client(i), RequestId(7), b"same id", 100);
+            }
+            t.expire(&config(2, usize::MAX));
+            t
+        };
+        assert_eq!(build(&[1, 2, 3, 4]), build(&[4, 2, 3, 1]));
+        assert!(build(&[1, 2, 3, 4]).get(&client(4)).is_some());
+    }
+
+    #[test]
+    fn entries_below_the_floor_are_refused() {
+        let mut t = ClientTable::new();
+        t.record(client(1), RequestId(3), b"", 10);
+        t.floor = RequestId(3);
+        assert!(t.check().is_ok());
+        t.floor = RequestId(4);
+        assert!(t.check().is_err());
+    }
+}
