@@ -12,9 +12,9 @@ use pbft_client::{Client, ReplicaStatus};
 use pbft_config::{ClientFile, ClientSettings};
 use pbft_core::message::StatusReport;
 use pbft_crypto::Digest;
+use pbft_node::process::{NodeCommand, NodeProcesses};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,99 +47,6 @@ pub struct DemoArgs {
     pub rejoin_max: u64,
 }
 
-/// The replica processes; killed (SIGKILL) and reaped when dropped, so they
-/// never outlive the demo, whether it ends normally, on an error or on Ctrl-C.
-struct Replicas {
-    exe: PathBuf,
-    nodes: Vec<PathBuf>,
-    children: Vec<Option<Child>>,
-    logs: Vec<PathBuf>,
-}
-
-impl Replicas {
-    fn spawn(nodes: &[PathBuf], dir: &Path) -> anyhow::Result<Replicas> {
-        let mut replicas = Replicas {
-            exe: std::env::current_exe().context("cannot find this executable")?,
-            nodes: nodes.to_vec(),
-            children: nodes.iter().map(|_| None).collect(),
-            logs: (0..nodes.len())
-                .map(|i| dir.join(format!("node-{i}.log")))
-                .collect(),
-        };
-        for i in 0..nodes.len() {
-            replicas.start(i)?;
-        }
-        Ok(replicas)
-    }
-
-    /// Starts replica `i` (again) from its node file, so with its data
-    /// directory; its log is appended to.
-    fn start(&mut self, i: usize) -> anyhow::Result<()> {
-        let (Some(node), Some(log_path)) = (self.nodes.get(i), self.logs.get(i)) else {
-            anyhow::bail!("no replica {i}");
-        };
-        if self.alive(i) {
-            anyhow::bail!("replica {i} is already running");
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
-        let log2 = log.try_clone().context("cannot duplicate a log file")?;
-        let child = Command::new(&self.exe)
-            .arg("node")
-            .arg("--config")
-            .arg(node)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .with_context(|| format!("cannot start replica {i}"))?;
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    /// Kills replica `i` with SIGKILL.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children.get_mut(i).and_then(Option::take) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn alive(&self, i: usize) -> bool {
-        self.children.get(i).is_some_and(Option::is_some)
-    }
-
-    /// An error if a replica that should run has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        for (i, slot) in self.children.iter_mut().enumerate() {
-            if let Some(child) = slot {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(&self.logs[i]).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    anyhow::bail!(
-                        "replica {i} exited ({status}); last lines of {}:\n{}",
-                        self.logs[i].display(),
-                        tail.join("\n")
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-    }
-}
-
 /// The view and primary most live replicas report.
 fn consensus_view(statuses: &[ReplicaStatus]) -> Option<(u64, u32, usize)> {
     let mut counts: BTreeMap<(u64, u32), usize> = BTreeMap::new();
@@ -154,7 +61,7 @@ fn consensus_view(statuses: &[ReplicaStatus]) -> Option<(u64, u32, usize)> {
         .map(|((v, p), c)| (v, p, c))
 }
 
-async fn wait_ready(status: &Client, replicas: &mut Replicas, limit: Duration) -> CmdResult {
+async fn wait_ready(status: &Client, replicas: &mut NodeProcesses, limit: Duration) -> CmdResult {
     let until = Instant::now() + limit;
     loop {
         replicas.check_running()?;
@@ -174,7 +81,7 @@ async fn wait_ready(status: &Client, replicas: &mut Replicas, limit: Duration) -
 /// Final state of the live replicas: equal (last_executed, digest)?
 async fn converge(
     status: &Client,
-    replicas: &Replicas,
+    replicas: &NodeProcesses,
     limit: Duration,
 ) -> (bool, Vec<ReplicaStatus>) {
     let until = Instant::now() + limit;
@@ -182,7 +89,7 @@ async fn converge(
         let all = status.status().await;
         let live: Vec<&ReplicaStatus> = all
             .iter()
-            .filter(|s| replicas.alive(s.id.index()))
+            .filter(|s| replicas.is_running(s.id.index()))
             .collect();
         let states: Vec<_> = live
             .iter()
@@ -254,7 +161,7 @@ impl Events {
 /// and replaces the status client (the old one would redial the restarted
 /// replica only after its reconnect backoff).
 fn restart(
-    replicas: &mut Replicas,
+    replicas: &mut NodeProcesses,
     events: &mut Events,
     status: &mut Client,
     settings: &ClientSettings,
@@ -294,7 +201,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
     let f = settings.cluster.f();
     let quorum = 2 * f + 1;
     let rejoin_max = Duration::from_secs(args.rejoin_max);
-    let mut replicas = Replicas::spawn(&nodes, dir)?;
+    let mut replicas = NodeProcesses::start_all(
+        &NodeCommand::with_arg(
+            &std::env::current_exe().context("cannot find this executable")?,
+            "node",
+        ),
+        &nodes,
+        dir,
+    )?;
     println!(
         "started {n} replica processes (logs: {}/node-*.log)",
         dir.display()
@@ -532,7 +446,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> CmdResult {
             None => println!("  replica {}      unreachable", s.id.0),
         }
     }
-    let live = (0..n).filter(|i| replicas.alive(*i)).count();
+    let live = (0..n).filter(|i| replicas.is_running(*i)).count();
     println!(
         "digests equal     {} ({live} of {n} replicas running)",
         if equal { "yes" } else { "no" }

@@ -25,14 +25,23 @@ pub struct Snapshot {
 
 /// What a report is made from.
 pub struct Inputs<'a> {
+    /// The bench's arguments.
     pub args: &'a BenchArgs,
+    /// Replicas.
     pub n: usize,
+    /// What the clients measured.
     pub load: LoadReport,
+    /// Open loop: operations due but not issued.
     pub missed: u64,
+    /// At the start of the measured interval.
     pub before: Snapshot,
+    /// At its end.
     pub after: Snapshot,
+    /// Signature-check costs on this machine.
     pub cost: CryptoCost,
+    /// `openssl speed` verifications per second, if asked for and available.
     pub openssl: Option<f64>,
+    /// Cores of this machine.
     pub cores: usize,
 }
 
