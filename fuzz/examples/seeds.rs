@@ -74,7 +74,7 @@ fn main() {
     write(
         "kv",
         "checkpoint-snapshot",
-        &pbft_core::checkpoint::Snapshot::encode_parts(store.snapshot(), &Default::default()),
+        &pbft_core::checkpoint::StateImage::build(&store, &Default::default()).encode(),
     );
 
     // A record log with one record of each kind the core persists.

@@ -42,5 +42,5 @@ fuzz_target!(|data: &[u8]| {
             .expect("a snapshot restores");
         assert_eq!(again.digest(), store.digest());
     }
-    let _ = pbft_core::checkpoint::Snapshot::decode(data);
+    let _ = pbft_core::checkpoint::StateImage::decode(data);
 });

@@ -4,8 +4,8 @@
 
 use pbft_core::message::{
     Batch, BatchData, Checkpoint, CheckpointProof, Commit, CommitCertificate, FetchBatch,
-    FetchState, NewView, PrePrepare, Prepare, PreparedProof, Progress, Reply, Request, StateData,
-    StatusReport, StatusRequest, ViewChange,
+    FetchState, NewView, PrePrepare, Prepare, PreparedProof, Progress, Reply, Request, StateBody,
+    StateData, StatePart, StatusReport, StatusRequest, ViewChange,
 };
 use pbft_core::{ClientId, Config, Message, ReplicaId, RequestId, SeqNum, View};
 use pbft_crypto::{ClusterId, Digest, KeyPair, Signer};
@@ -154,21 +154,37 @@ pub fn seed_messages(ops: &[Vec<u8>]) -> Vec<Message> {
         })),
         Message::FetchState(replica(3).sign(FetchState {
             seq: SeqNum(64),
+            part: StatePart::Summary,
             replica: ReplicaId(3),
         })),
         Message::StateData(replica(0).sign(StateData {
-            proof: checkpoint_proof,
-            snapshot: vec![0, 0],
+            seq: checkpoint_proof.seq,
+            digest: checkpoint_proof.digest,
+            body: StateBody::Summary {
+                proof: Box::new(checkpoint_proof.clone()),
+                count: 1,
+                groups: vec![Digest::of(b"group")],
+            },
             replica: ReplicaId(0),
         })),
-        Message::Reply(replica(2).sign(Reply {
+        Message::StateData(replica(0).sign(StateData {
+            seq: checkpoint_proof.seq,
+            digest: checkpoint_proof.digest,
+            body: StateBody::Page {
+                index: 0,
+                bytes: vec![0, 0],
+            },
+            replica: ReplicaId(0),
+        })),
+        Message::Reply(Reply {
             view: View(0),
             client: ClientId(c.public_key()),
             request_id: RequestId(1),
             result: vec![0],
+            status: Default::default(),
             read_only: false,
             replica: ReplicaId(2),
-        })),
+        }),
         Message::StatusRequest(c.sign(StatusRequest {
             client: ClientId(c.public_key()),
             nonce: 1,

@@ -227,7 +227,7 @@ fn testnet_files_load_and_bad_sizes_are_refused() {
         assert_eq!(node.data_dir, out.join(format!("data/node-{i}")));
         // Initialised: a replica refuses a data directory that never was.
         assert!(node.data_dir.join("PBFT-INIT").is_file());
-        assert!(node.data_dir.join("records.log").is_file());
+        assert!(node.data_dir.join("log-00000000000000000001.seg").is_file());
         let key = pbft_crypto::keyfile::read_secret(&node.key).expect("node key (0600)");
         assert_eq!(key.public(), node.cluster.keys[i]);
     }

@@ -116,11 +116,17 @@ fn uninitialised_data_dir_is_refused_until_init() {
         line.contains("not an initialised data directory") && line.contains("--init"),
         "{line}"
     );
-    assert!(!dir.path().join("data/0/records.log").exists());
+    assert!(!dir
+        .path()
+        .join("data/0/log-00000000000000000001.seg")
+        .exists());
 
     let out = run_bounded(&["--config", config, "--init"], Duration::from_secs(20));
     assert!(out.status.success(), "{}", last_line(&out.stderr));
-    assert!(dir.path().join("data/0/records.log").exists());
+    assert!(dir
+        .path()
+        .join("data/0/log-00000000000000000001.seg")
+        .exists());
     assert!(dir.path().join("data/0/PBFT-INIT").exists());
     // A second init is refused: it would wipe what the replica voted.
     let out = run_bounded(&["--config", config, "--init"], Duration::from_secs(20));
@@ -132,7 +138,7 @@ fn uninitialised_data_dir_is_refused_until_init() {
     );
 
     // A lost log under a marker is corruption, not a fresh start.
-    std::fs::remove_file(dir.path().join("data/0/records.log")).expect("rm log");
+    std::fs::remove_file(dir.path().join("data/0/log-00000000000000000001.seg")).expect("rm log");
     let out = run_bounded(&["--config", config], Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(1));
     let line = last_line(&out.stderr);

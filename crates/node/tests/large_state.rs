@@ -12,7 +12,7 @@ use pbft_core::message::StatusReport;
 use pbft_core::ReplicaId;
 use pbft_crypto::KeyPair;
 use pbft_net::NetConfig;
-use pbft_node::testkit::{generate, NodeProcesses, Spec, TestClient, TestCluster};
+use pbft_node::testkit::{generate, start_all, Spec, TestClient, TestCluster};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -69,7 +69,7 @@ async fn scenario() {
         ..Spec::default()
     };
     let cluster = generate(dir.path(), &spec).expect("generate cluster");
-    let mut nodes = NodeProcesses::start_all(BIN.as_ref(), &cluster).expect("start replicas");
+    let mut nodes = start_all(BIN.as_ref(), &cluster).expect("start replicas");
     let status = client(&cluster);
     assert!(
         status.wait_connected(Duration::from_secs(20)).await,
