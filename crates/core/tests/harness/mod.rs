@@ -199,15 +199,9 @@ impl Cluster {
             if self.step() {
                 continue;
             }
-            let due = (0..self.replicas.len()).find(|&i| {
-                self.replicas[i]
-                    .as_ref()
-                    .and_then(|r| r.poll_timeout())
-                    .is_some_and(|t| t <= self.now)
-            });
-            match due {
-                Some(i) => self.input(ReplicaId(i as u32), Input::Tick),
-                None => return,
+            match self.next_timer() {
+                Some((t, i)) if t <= self.now => self.input(ReplicaId(i as u32), Input::Tick),
+                _ => return,
             }
         }
         panic!("message storm: the queue never drained");
@@ -218,14 +212,7 @@ impl Cluster {
         let end = self.now + d;
         loop {
             self.run();
-            let next = (0..self.replicas.len())
-                .filter_map(|i| {
-                    self.replicas[i]
-                        .as_ref()
-                        .and_then(|r| r.poll_timeout())
-                        .map(|t| (t, i))
-                })
-                .min();
+            let next = self.next_timer();
             match next {
                 Some((t, i)) if t <= end => {
                     self.now = self.now.max(t);
@@ -238,6 +225,18 @@ impl Cluster {
         self.run();
     }
 
+    /// The earliest timer of any running replica, and whose it is.
+    fn next_timer(&self) -> Option<(Instant, usize)> {
+        (0..self.replicas.len())
+            .filter_map(|i| {
+                self.replicas[i]
+                    .as_ref()
+                    .and_then(|r| r.poll_timeout())
+                    .map(|t| (t, i))
+            })
+            .min()
+    }
+
     /// Delivers a timer tick to replica `id` now (whether or not one is due).
     pub fn tick(&mut self, id: u32) {
         self.input(ReplicaId(id), Input::Tick);
@@ -247,14 +246,7 @@ impl Cluster {
     /// delivering what it sends; otherwise moves time on by `d`.
     pub fn fire_next_timer(&mut self, d: Duration) {
         let end = self.now + d;
-        let next = (0..self.replicas.len())
-            .filter_map(|i| {
-                self.replicas[i]
-                    .as_ref()
-                    .and_then(|r| r.poll_timeout())
-                    .map(|t| (t, i))
-            })
-            .min();
+        let next = self.next_timer();
         match next {
             Some((t, i)) if t <= end => {
                 self.now = self.now.max(t);

@@ -13,23 +13,8 @@ use crate::{ClusterId, PublicKey, Signature};
 use ed25519_dalek::Signer as _;
 use std::time::{Duration, Instant};
 
-fn old_one((key, message, sig): &Item) -> bool {
-    ed25519_consensus::VerificationKey::try_from(key.0)
-        .and_then(|vk| vk.verify(&ed25519_consensus::Signature::from(sig.0), message))
-        .is_ok()
-}
-
-fn old_batch(items: &[Item]) -> bool {
-    let mut batch = ed25519_consensus::batch::Verifier::new();
-    for (key, message, sig) in items {
-        batch.queue((
-            ed25519_consensus::VerificationKeyBytes::from(key.0),
-            ed25519_consensus::Signature::from(sig.0),
-            message,
-        ));
-    }
-    batch.verify(rand::rngs::OsRng).is_ok()
-}
+// The previous verifier (ed25519-consensus), shared with zip215's tests.
+use super::zip215::tests::{consensus_batch as old_batch, consensus_one as old_one};
 
 /// `count` signatures over 150-byte messages by `keys` distinct signers.
 fn items(count: usize, keys: usize) -> Vec<Item> {

@@ -115,19 +115,20 @@ pub(crate) fn verify_batch(keys: &KeyCache, items: &[Item]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use ed25519_dalek::Signer as _;
     use rand::{RngCore, SeedableRng};
 
     /// The previous verifier (ed25519-consensus, ZIP-215 on curve25519-dalek-ng).
-    fn consensus_one((key, message, sig): &Item) -> bool {
+    pub(in crate::sign) fn consensus_one((key, message, sig): &Item) -> bool {
         ed25519_consensus::VerificationKey::try_from(key.0)
             .and_then(|vk| vk.verify(&ed25519_consensus::Signature::from(sig.0), message))
             .is_ok()
     }
 
-    fn consensus_batch(items: &[Item]) -> bool {
+    /// The previous verifier's batch check.
+    pub(in crate::sign) fn consensus_batch(items: &[Item]) -> bool {
         let mut batch = ed25519_consensus::batch::Verifier::new();
         for (key, message, sig) in items {
             batch.queue((
