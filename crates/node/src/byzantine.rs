@@ -17,75 +17,59 @@
 //! | `slow-primary` | as primary, delays pre-prepares to just under the timeout | simulator |
 //! | `checkpoint`, `viewchange`, `forget` | wrong checkpoint digests / forged view-change proofs / view changes that hide prepared certificates | simulator |
 //! | `censor` | as primary, never orders one client's requests (`--censor-client`, default: the first client it hears from): its REQUESTs never reach the core | simulator ([`Byzantine::admits`]) |
-//! | `flood` | many valid-looking, signed but useless messages: fetches of batches nobody has, state fetches, copies of its own votes | here, bounded per second |
+//! | `flood` | far-view votes, stale view changes, fetches, PROGRESS, requests of made-up clients | simulator ([`Behavior::Flood`]), bounded here to [`FLOOD_PER_SECOND`] extra messages a second |
 //! | `wrong-state` | applies writes wrongly (every stored value altered) and reports a wrong state digest | here: [`WrongState`] wraps the store |
+//!
+//! The names are [`crate::behaviours::BEHAVIOURS`] (compiled without the
+//! feature too, for `pbft chaos`); the simulator's behaviours are found by
+//! their simulator name ([`Behavior`]'s `Display`).
 //!
 //! Randomness comes from a ChaCha8 stream seeded from the replica id, so a
 //! run's lies are the same every time given the same inputs.
 
+use crate::behaviours;
 use anyhow::{bail, Context};
 use pbft_app::kv::{KvOp, KvStore};
 use pbft_app::{SnapshotError, StateMachine};
-use pbft_core::message::{FetchBatch, FetchState};
-use pbft_core::{ClientId, Config, Message, Output, ReplicaId, SeqNum};
+use pbft_core::{ClientId, Config, Message, Output, ReplicaId};
 use pbft_crypto::{Digest, PublicKey, Signer};
 use pbft_sim::byzantine::{Behavior, Byzantine};
 use pbft_sim::network::{Dest, Outgoing};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
 
-/// The behaviours `--byzantine` accepts.
-pub const BEHAVIOURS: [&str; 12] = [
-    "silent",
-    "equivocate",
-    "conflict",
-    "badsig",
-    "replay",
-    "slow-primary",
-    "checkpoint",
-    "viewchange",
-    "forget",
-    "censor",
-    "flood",
-    "wrong-state",
-];
-
-/// Most flood messages a replica sends per second (to each peer, about a
-/// quarter of it).
-const FLOOD_PER_SECOND: u32 = 2000;
+/// Most messages a flooding replica adds per second, over all its peers
+/// (the simulator's flood adds a few on one step in ten, which on a busy
+/// real replica can be thousands of steps a second).
+pub const FLOOD_PER_SECOND: u32 = 2000;
 
 /// What `--byzantine` asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Spec {
-    /// One of the simulator's behaviours.
+    /// One of the simulator's behaviours (a flood is rate-bounded here).
     Sim(Behavior),
     /// The simulator's censor: never order the given client's requests
     /// (`None`: the first client heard).
     Censor(Option<ClientId>),
-    /// Useless traffic.
-    Flood,
     /// A wrong application state.
     WrongState,
 }
 
 impl Spec {
-    /// Parses a behaviour name and its `--censor-client` key (hex).
+    /// Parses a behaviour name (one of [`behaviours::BEHAVIOURS`]) and its
+    /// `--censor-client` key (hex).
     pub fn parse(name: &str, censor_client: Option<&str>) -> anyhow::Result<Spec> {
-        let sim = |b| Ok(Spec::Sim(b));
         if censor_client.is_some() && name != "censor" {
             bail!("--censor-client goes with --byzantine censor only");
         }
+        if behaviours::find(name).is_none() {
+            bail!(
+                "unknown Byzantine behaviour {name:?}; known: {}",
+                behaviours::names()
+            );
+        }
         match name {
-            "silent" => sim(Behavior::Silent),
-            "equivocate" => sim(Behavior::Equivocate),
-            "conflict" => sim(Behavior::Conflict),
-            "badsig" => sim(Behavior::BadSig),
-            "replay" => sim(Behavior::Replay),
-            "slow-primary" => sim(Behavior::SlowPrimary),
-            "checkpoint" => sim(Behavior::Checkpoint),
-            "viewchange" => sim(Behavior::ViewChange),
-            "forget" => sim(Behavior::Forget),
             "censor" => {
                 let client = censor_client
                     .map(|hex| {
@@ -96,12 +80,12 @@ impl Spec {
                     .transpose()?;
                 Ok(Spec::Censor(client))
             }
-            "flood" => Ok(Spec::Flood),
             "wrong-state" => Ok(Spec::WrongState),
-            other => bail!(
-                "unknown Byzantine behaviour {other:?}; known: {}",
-                BEHAVIOURS.join(", ")
-            ),
+            _ => Behavior::MIXED
+                .into_iter()
+                .find(|b| b.to_string() == name)
+                .map(Spec::Sim)
+                .with_context(|| format!("{name:?}: no such simulator behaviour")),
         }
     }
 
@@ -121,11 +105,8 @@ pub struct Tamper {
     rng: ChaCha8Rng,
     id: ReplicaId,
     n: usize,
-    signer: Signer,
     flood_window: Instant,
     flood_sent: u32,
-    /// Own votes recently sent, re-sent by a flooding replica.
-    recent: Vec<Message>,
 }
 
 impl Tamper {
@@ -147,10 +128,8 @@ impl Tamper {
             rng: ChaCha8Rng::seed_from_u64(0xb12a_0000 + u64::from(id.0)),
             id,
             n: config.n(),
-            signer,
             flood_window: Instant::now(),
             flood_sent: 0,
-            recent: Vec::new(),
         }
     }
 
@@ -197,63 +176,31 @@ impl Tamper {
                 other => others.push(other),
             }
         }
-        let sends = match (&self.spec, &mut self.sim) {
-            (Spec::Sim(_) | Spec::Censor(_), Some(sim)) => sim.transform(&mut self.rng, sends),
-            (Spec::Flood, _) => {
-                let mut sends = sends;
-                self.flood(&mut sends);
-                sends
-            }
-            _ => sends,
+        let honest = sends.len();
+        let mut sends = match &mut self.sim {
+            Some(sim) => sim.transform(&mut self.rng, sends),
+            None => sends,
         };
+        if self.spec == Spec::Sim(Behavior::Flood) {
+            // The simulator's flood only appends to the honest sends.
+            let extra = sends.len().saturating_sub(honest);
+            let allowed = self.flood_budget(extra);
+            sends.truncate(honest + allowed);
+        }
         (others, sends)
     }
 
-    /// Adds useless but well-signed messages to `sends`, within the budget.
-    fn flood(&mut self, sends: &mut Vec<Outgoing>) {
-        for o in sends.iter() {
-            if matches!(
-                o.msg,
-                Message::Prepare(_) | Message::Commit(_) | Message::Checkpoint(_)
-            ) {
-                if self.recent.len() >= 64 {
-                    self.recent.remove(0);
-                }
-                self.recent.push(o.msg.clone());
-            }
-        }
+    /// How many of `extra` flood messages may go out now: at most
+    /// [`FLOOD_PER_SECOND`] in each one-second window.
+    fn flood_budget(&mut self, extra: usize) -> usize {
         if self.flood_window.elapsed() >= Duration::from_secs(1) {
             self.flood_window = Instant::now();
             self.flood_sent = 0;
         }
-        let burst = 32u32.min(FLOOD_PER_SECOND.saturating_sub(self.flood_sent));
-        for _ in 0..burst {
-            let to = self.rng.gen_range(0..self.n);
-            if to == self.id.index() {
-                continue;
-            }
-            let msg = match self.rng.gen_range(0..3) {
-                0 => Message::FetchBatch(self.signer.sign(FetchBatch {
-                    digest: Digest(self.rng.gen()),
-                    replica: self.id,
-                })),
-                1 => Message::FetchState(self.signer.sign(FetchState {
-                    seq: SeqNum(self.rng.gen_range(0..1_000_000)),
-                    part: pbft_core::message::StatePart::Summary,
-                    replica: self.id,
-                })),
-                _ if !self.recent.is_empty() => {
-                    self.recent[self.rng.gen_range(0..self.recent.len())].clone()
-                }
-                _ => continue,
-            };
-            sends.push(Outgoing {
-                to: Dest::Replica(to),
-                msg,
-                extra_delay: 0,
-            });
-            self.flood_sent += 1;
-        }
+        let left = FLOOD_PER_SECOND.saturating_sub(self.flood_sent) as usize;
+        let allowed = extra.min(left);
+        self.flood_sent += allowed as u32;
+        allowed
     }
 }
 
@@ -319,13 +266,37 @@ mod tests {
 
     #[test]
     fn names_parse_and_unknown_ones_are_refused() {
-        for name in BEHAVIOURS {
-            assert!(Spec::parse(name, None).is_ok(), "{name}");
+        for b in &behaviours::BEHAVIOURS {
+            assert!(Spec::parse(b.name, None).is_ok(), "{}", b.name);
         }
+        assert_eq!(
+            Spec::parse("flood", None).expect("flood"),
+            Spec::Sim(Behavior::Flood)
+        );
+        assert_eq!(
+            Spec::parse("slow-primary", None).expect("slow"),
+            Spec::Sim(Behavior::SlowPrimary)
+        );
+        // The simulator's, but not one a real replica takes.
+        assert!(Spec::parse("forge", None).is_err());
         let e = Spec::parse("nice", None).expect_err("unknown");
         assert!(e.to_string().contains("known: silent"), "{e}");
         assert!(Spec::parse("silent", Some("00")).is_err());
         assert!(Spec::parse("censor", Some("zz")).is_err());
+    }
+
+    #[test]
+    fn the_flood_is_bounded_per_second() {
+        let keys = pbft_crypto::KeyPair::generate();
+        let cluster = pbft_crypto::ClusterId(7);
+        let config = Config::new(cluster, vec![keys.public(); 4]);
+        let signer = Signer::new(keys, cluster);
+        let mut t = Tamper::new(Spec::Sim(Behavior::Flood), ReplicaId(1), signer, config);
+        assert_eq!(t.flood_budget(1500), 1500);
+        assert_eq!(t.flood_budget(1500), (FLOOD_PER_SECOND - 1500) as usize);
+        assert_eq!(t.flood_budget(10), 0);
+        t.flood_window = Instant::now() - Duration::from_secs(2);
+        assert_eq!(t.flood_budget(10), 10);
     }
 
     #[test]

@@ -61,6 +61,7 @@
 //! ([`Endpoint::shutdown`](pbft_net::Endpoint::shutdown): connections closed,
 //! UDP port released) and [`run`] returns `Ok(())`.
 
+pub mod behaviours;
 #[cfg(feature = "byzantine")]
 pub mod byzantine;
 mod inbound;

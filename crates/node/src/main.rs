@@ -48,7 +48,8 @@ struct Args {
     verify_threads: Option<NonZeroUsize>,
     /// Run as a BYZANTINE replica, for fault injection: silent, equivocate,
     /// conflict, badsig, replay, slow-primary, checkpoint, viewchange,
-    /// censor, flood or wrong-state (see the `pbft_node::byzantine` docs).
+    /// forget, censor, flood or wrong-state (`pbft_node::behaviours`; what
+    /// each does: the `pbft_node::byzantine` docs).
     #[cfg(feature = "byzantine")]
     #[arg(long, value_name = "BEHAVIOUR")]
     byzantine: Option<String>,

@@ -13,7 +13,7 @@
 //! too), then the namespaces or the docker network go too.
 
 use super::docker::Docker;
-use super::net::{self, DelayMethod, Net};
+use super::net::{self, Net, Shaping};
 use crate::testnet::{generate, TestnetArgs};
 use anyhow::{bail, Context};
 use pbft_client::{Client, ClientOptions, KeyPair, ReplicaStatus};
@@ -289,14 +289,15 @@ impl Cluster {
         net::mute(&self.ns_prefix(i)?)
     }
 
-    /// Drops `percent`% of replica `i`'s packets each way.
-    pub fn loss(&self, i: usize, percent: u8) -> anyhow::Result<()> {
-        net::loss(&self.ns_prefix(i)?, percent)
-    }
-
-    /// Delays replica `i`'s packets.
-    pub fn delay(&self, i: usize, delay_ms: u32, jitter_ms: u32) -> anyhow::Result<DelayMethod> {
-        net::delay(&self.ns_prefix(i)?, delay_ms, jitter_ms)
+    /// Delay, jitter and loss on what replica `i` sends ([`net::shape`]).
+    pub fn shape(
+        &self,
+        i: usize,
+        delay_ms: u32,
+        jitter_ms: u32,
+        loss: u8,
+    ) -> anyhow::Result<Shaping> {
+        net::shape(&self.ns_prefix(i)?, delay_ms, jitter_ms, loss)
     }
 
     /// Removes the network faults of replica `i`.

@@ -46,18 +46,8 @@ use std::time::{Duration, Instant};
 use workload::{own_key, shared_key, Plan, Recorder};
 
 /// The Byzantine behaviours of `pbft-node --byzantine` (built with the
-/// `byzantine` feature).
-pub const BEHAVIOURS: [&str; 9] = [
-    "silent",
-    "equivocate",
-    "conflict",
-    "badsig",
-    "replay",
-    "slow-primary",
-    "censor",
-    "flood",
-    "wrong-state",
-];
+/// `byzantine` feature): the node's own list, one scenario each.
+pub use pbft_node::behaviours::BEHAVIOURS;
 
 /// The scenarios `.ci/run` runs (`--ci`).
 pub const CI_SUBSET: [&str; 5] = [
@@ -140,7 +130,7 @@ enum Kind {
     Asymmetric,
     IsolateMinute,
     LatencyLoss,
-    Byzantine(&'static str),
+    Byzantine(&'static pbft_node::behaviours::Behaviour),
     FDown,
     BeyondF,
     Churn,
@@ -197,20 +187,23 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         s(
             "latency-loss",
-            "every replica: 40 ms +- 20 ms delay (netem, or a tbf rate limit without netem) and 5% loss for 10 s",
+            "every replica, 10 s: netem delay 40 ms +- 20 ms and 5% loss; a kernel without sch_netem gets NO delay, only a tbf rate limit and 5% nftables loss (the report says which)",
             20,
             Kind::LatencyLoss,
         ),
     ];
-    for b in BEHAVIOURS {
-        let who = if matches!(b, "conflict" | "replay" | "flood" | "wrong-state") {
-            "a backup"
-        } else {
+    for b in BEHAVIOURS.iter() {
+        let who = if b.as_primary {
             "the primary"
+        } else {
+            "a backup"
         };
         all.push(s(
-            &format!("byz-{b}"),
-            &format!("restart {who} as `pbft-node --byzantine {b}` for the rest of the run"),
+            &format!("byz-{}", b.name),
+            &format!(
+                "restart {who} as `pbft-node --byzantine {}` ({}) for the rest of the run",
+                b.name, b.what
+            ),
             20,
             Kind::Byzantine(b),
         ));
@@ -243,6 +236,10 @@ pub fn scenarios() -> Vec<Scenario> {
 /// What happened during the fault, as the scenario saw it.
 #[derive(Default)]
 struct Timeline {
+    /// When the injection began (before the fault is in place: a `docker
+    /// kill` or a restart takes a while): the throughput baseline is the
+    /// few seconds before this.
+    baseline_end: Option<Instant>,
     fault_start: Option<Instant>,
     fault_end: Option<Instant>,
     /// Replicas that are Byzantine at the end (left out of the digest check).
@@ -256,6 +253,9 @@ struct Timeline {
 }
 
 impl Timeline {
+    fn mark(&mut self) {
+        self.baseline_end = Some(Instant::now());
+    }
     fn start(&mut self) {
         self.fault_start = Some(Instant::now());
     }
@@ -291,6 +291,7 @@ async fn inject(
     let n = c.n();
     let f = c.f();
     let limit = Duration::from_secs(15);
+    t.mark();
     match kind {
         Kind::KillPrimary => {
             let (_, p) = c.primary(limit).await?;
@@ -366,14 +367,13 @@ async fn inject(
             t.end();
         }
         Kind::LatencyLoss => {
-            let mut method = net::DelayMethod::Netem;
+            let mut shapings = BTreeSet::new();
             for i in 0..n {
-                c.loss(i, 5)?;
-                method = c.delay(i, 40, 20)?;
+                shapings.insert(c.shape(i, 40, 20, 5)?.describe());
             }
             t.start();
-            if method == net::DelayMethod::Tbf {
-                t.notes.push("kernel has no sch_netem: delay by a tbf rate limit (4 mbit/s), loss by nftables".into());
+            for what in shapings {
+                t.notes.push(format!("injected: {what}"));
             }
             sleep(10.0).await;
             for i in 0..n {
@@ -381,15 +381,13 @@ async fn inject(
             }
             t.end();
         }
-        Kind::Byzantine(b) => {
+        Kind::Byzantine(behaviour) => {
+            let b = behaviour.name;
             let (_, p) = c.primary(limit).await?;
-            let target = if matches!(*b, "conflict" | "replay" | "flood" | "wrong-state") {
-                (p + 1) % n
-            } else {
-                p
-            };
+            let target = if behaviour.as_primary { p } else { (p + 1) % n };
+            t.mark();
             c.kill(target);
-            let extra: Vec<String> = if *b == "censor" {
+            let extra: Vec<String> = if b == "censor" {
                 vec!["--censor-client".into(), censored.to_string()]
             } else {
                 Vec::new()
@@ -650,29 +648,19 @@ fn acked_writes_present(
     problems
 }
 
-/// Waits until every honest replica reports the same executed sequence
-/// number and state digest; returns whether they did and what they said.
+/// Waits until every honest replica reports the same last executed
+/// sequence number, then compares their state digests there; returns
+/// whether they agree and what each replica said.
 ///
-/// An honest replica can be left alone in a higher view (after a pause, a
-/// partition) and rejoin only through the next stable checkpoint, which it
-/// then fetches: so while the states differ, `nudger` writes (recorded in
-/// the history like the rest) until the cluster reaches the next
-/// checkpoint boundary, at most two checkpoint intervals of them.
-async fn converge(
-    c: &mut Cluster,
-    byzantine: &BTreeSet<usize>,
-    limit: Duration,
-    recorder: &Recorder,
-) -> anyhow::Result<(bool, String)> {
-    let interval = c.settings.cluster.checkpoint_interval.max(1);
-    let nudger = Client::with_key(
-        &c.settings.cluster,
-        KeyPair::generate(),
-        ClientOptions::with_timeout(Duration::from_secs(10)),
-    )?;
-    let mut nudges = 0;
+/// No writes are needed to get there: once the workload stops, a replica
+/// that lags (restarted, cut off, left alone in a higher view) has
+/// executed nothing for half a timeout base and sends PROGRESS, and its
+/// peers answer with the commit certificates (or the checkpoint proof) it
+/// lacks (`crates/core/src/retransmit.rs`), so every honest replica
+/// reaches the same last executed sequence number on its own.
+async fn converge(c: &mut Cluster, byzantine: &BTreeSet<usize>, limit: Duration) -> (bool, String) {
     let until = Instant::now() + limit;
-    let result = loop {
+    loop {
         c.poll_exits();
         let statuses = c.statuses().await;
         let honest: Vec<_> = statuses
@@ -684,8 +672,11 @@ async fn converge(
                     .map(|r| (r.last_executed.0, r.state_digest))
             })
             .collect();
-        let equal = honest.iter().all(|s| s.is_some() && *s == honest[0]);
-        if equal || Instant::now() >= until {
+        let same_seq = honest
+            .iter()
+            .all(|s| s.is_some() && s.map(|x| x.0) == honest[0].map(|x| x.0));
+        if same_seq || Instant::now() >= until {
+            let equal = same_seq && honest.iter().all(|s| *s == honest[0]);
             let what = statuses
                 .iter()
                 .map(|s| match &s.report {
@@ -700,22 +691,10 @@ async fn converge(
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            break (equal, what);
+            return (equal, what);
         }
-        let top = honest.iter().flatten().map(|s| s.0).max().unwrap_or(0);
-        if top % interval != 0 && nudges < 2 * interval {
-            nudges += 1;
-            let op = KvOp::Put {
-                key: b"nudge".to_vec(),
-                value: nudges.to_string().into_bytes(),
-            };
-            recorder.run(1_000_001, &nudger, op).await;
-        } else {
-            sleep(0.5).await;
-        }
-    };
-    nudger.close().await;
-    Ok(result)
+        sleep(0.5).await;
+    }
 }
 
 async fn run_scenario(
@@ -754,6 +733,7 @@ async fn scenario_body(
     let load = workload::start(&c.settings, &plan, &keys, &recorder, hard_stop)?;
     sleep(5.0).await;
     let injected = inject(&s.kind, c, t, &censored).await;
+    let baseline_end = t.baseline_end.map(|a| recorder.micros(a));
     let fault_start = t.fault_start.map(|a| recorder.micros(a));
     let fault_end = t.fault_end.map(|a| recorder.micros(a));
     // Run on until an operation invoked after the fault ended completes
@@ -793,8 +773,7 @@ async fn scenario_body(
     }
     reader.close().await;
 
-    let (digests_equal, states) =
-        converge(c, &t.byzantine, Duration::from_secs(40), &recorder).await?;
+    let (digests_equal, states) = converge(c, &t.byzantine, Duration::from_secs(40)).await;
     let entries = recorder.entries();
     let history = dir.join("history.jsonl");
     let lines: Vec<String> = entries
@@ -847,11 +826,12 @@ async fn scenario_body(
             s.bound.as_secs()
         )),
     }
-    let throughput_share = match (fault_start, fault_end) {
-        (Some(a), Some(b)) => {
-            // The last 3 s before the fault (the first 2 s of the warm-up
-            // are connection set-up).
-            let before = rate(&entries, a.saturating_sub(3_000_000), a);
+    let throughput_share = match (baseline_end, fault_start, fault_end) {
+        (Some(m), Some(a), Some(b)) => {
+            // The last 3 s before the injection began (the first 2 s of
+            // the 5 s warm-up are connection set-up), against the time the
+            // fault was in place.
+            let before = rate(&entries, m.saturating_sub(3_000_000), m);
             let during = rate(&entries, a, b);
             match (before, during) {
                 (Some(x), Some(y)) if x > 0.0 => Some(y / x),
@@ -1156,9 +1136,14 @@ mod tests {
         for name in CI_SUBSET {
             assert!(names.contains(name), "{name}");
         }
-        for b in BEHAVIOURS {
-            assert!(names.contains(format!("byz-{b}").as_str()), "{b}");
+        for b in BEHAVIOURS.iter() {
+            assert!(
+                names.contains(format!("byz-{}", b.name).as_str()),
+                "{}",
+                b.name
+            );
         }
+        assert_eq!(all.len(), 14 + BEHAVIOURS.len());
     }
 
     #[test]

@@ -16,10 +16,12 @@
 //! * **isolate**: an nftables table (`inet chaos`) drops everything in and
 //!   out of `eth0`; **mute** drops only what the replica sends (an
 //!   asymmetric partition: it hears everyone, nobody hears it).
-//! * **loss**: nftables `numgen random` drops a share of packets both ways.
-//! * **latency/jitter**: `tc qdisc netem` when the kernel has it; kernels
-//!   without `sch_netem` (such as the CI machine's) get a `tbf` rate limit
-//!   instead, whose queue delays packets under load; the report says which.
+//! * **latency, jitter, loss** ([`shape`]): `tc qdisc netem delay D J loss
+//!   L%` on what the replica sends, when the kernel has `sch_netem`. A
+//!   kernel without it (such as the CI machine's) gets no added delay at
+//!   all: a `tbf` rate limit on what the replica sends (which only queues
+//!   packets beyond the rate) and the same loss by nftables `numgen
+//!   random`; [`Shaping::describe`] says exactly which, for the report.
 //!
 //! [`Net`]'s `Drop` deletes the namespaces (which removes every veth, qdisc
 //! and nftables table with them), so a run cleans up after itself even on
@@ -66,13 +68,46 @@ pub fn cleanup_leftovers() -> anyhow::Result<usize> {
     Ok(removed)
 }
 
-/// How latency is injected.
+/// What [`shape`] put on a replica's outgoing packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DelayMethod {
-    /// `tc netem delay`.
-    Netem,
-    /// The kernel has no netem: a `tbf` rate limit.
-    Tbf,
+pub enum Shaping {
+    /// `tc qdisc netem`: delay ± jitter (ms) and loss (%).
+    Netem {
+        /// Mean added delay.
+        delay_ms: u32,
+        /// Uniform jitter around it.
+        jitter_ms: u32,
+        /// Share dropped.
+        loss: u8,
+    },
+    /// No netem in the kernel: no added delay, a tbf rate limit and
+    /// nftables loss.
+    TbfAndLoss {
+        /// Share dropped.
+        loss: u8,
+    },
+}
+
+/// The tbf fallback's rate, burst and queue limit.
+const TBF: [&str; 6] = ["rate", "4mbit", "burst", "16kb", "latency", "200ms"];
+
+impl Shaping {
+    /// Exactly what was injected, for the report.
+    pub fn describe(&self) -> String {
+        match self {
+            Shaping::Netem {
+                delay_ms,
+                jitter_ms,
+                loss,
+            } => format!(
+                "netem on every replica's eth0: delay {delay_ms} ms +- {jitter_ms} ms, loss {loss}% of what it sends"
+            ),
+            Shaping::TbfAndLoss { loss } => format!(
+                "the kernel has no sch_netem, so NO delay or jitter was added: a tbf rate limit ({}) on every replica's eth0 and nftables dropping {loss}% of what it sends",
+                TBF.join(" ")
+            ),
+        }
+    }
 }
 
 /// The namespaces of one cluster.
@@ -210,28 +245,46 @@ pub fn mute(prefix: &[String]) -> anyhow::Result<()> {
     nft(prefix, "", "drop")
 }
 
-/// Drops `percent`% of the namespace's packets, each way.
-pub fn loss(prefix: &[String], percent: u8) -> anyhow::Result<()> {
-    let rule = format!("numgen random mod 100 < {percent} drop");
-    nft(prefix, &rule, &rule)
+/// Whether `err` (of a `tc qdisc ... netem` command) says the kernel has
+/// no netem qdisc.
+fn netem_missing(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    text.contains("unknown") || text.contains("Unknown") || text.contains("not supported")
 }
 
-/// Delays what the namespace sends: netem `delay_ms` ± `jitter_ms` if the
-/// kernel has it, otherwise a tbf rate limit.
-pub fn delay(prefix: &[String], delay_ms: u32, jitter_ms: u32) -> anyhow::Result<DelayMethod> {
-    let (d, j) = (format!("{delay_ms}ms"), format!("{jitter_ms}ms"));
+/// Delay ± jitter and loss on what the namespace sends: netem if the
+/// kernel has it, otherwise no delay, a tbf rate limit and nftables loss
+/// (see [`Shaping`]).
+pub fn shape(
+    prefix: &[String],
+    delay_ms: u32,
+    jitter_ms: u32,
+    loss: u8,
+) -> anyhow::Result<Shaping> {
+    let (d, j, l) = (
+        format!("{delay_ms}ms"),
+        format!("{jitter_ms}ms"),
+        format!("{loss}%"),
+    );
     let netem = [
-        "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &d, &j,
+        "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &d, &j, "loss", &l,
     ];
-    if in_ns(prefix, &netem).is_ok() {
-        return Ok(DelayMethod::Netem);
+    match in_ns(prefix, &netem) {
+        Ok(_) => {
+            return Ok(Shaping::Netem {
+                delay_ms,
+                jitter_ms,
+                loss,
+            })
+        }
+        Err(e) if netem_missing(&e) => {}
+        Err(e) => return Err(e),
     }
-    let tbf = [
-        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "4mbit", "burst", "16kb",
-        "latency", "200ms",
-    ];
-    in_ns(prefix, &tbf).context("neither netem nor tbf is available")?;
-    Ok(DelayMethod::Tbf)
+    let mut tbf = vec!["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf"];
+    tbf.extend(TBF);
+    in_ns(prefix, &tbf).context("no netem, and no tbf either")?;
+    nft(prefix, "", &format!("numgen random mod 100 < {loss} drop"))?;
+    Ok(Shaping::TbfAndLoss { loss })
 }
 
 /// Removes every fault from the namespace.
