@@ -262,6 +262,7 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
             metrics: metrics_ports
                 .get(i)
                 .map(|p| SocketAddr::from(([127, 0, 0, 1], *p))),
+            segment_bytes: None,
         };
         let path = out.join(format!("node-{i}.toml"));
         write_toml(&path, &node)?;

@@ -291,6 +291,11 @@ pub struct NodeFile {
     /// not authenticated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
+    /// The record log's segment size in bytes, preallocated before the
+    /// first record goes in (default: the storage default, 8 MiB). Smaller
+    /// segments roll over, and so allocate disk space, more often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
 }
 
 /// A checked `node-<i>.toml` with its cluster file.
@@ -314,6 +319,8 @@ pub struct Node {
     pub log_format: LogFormat,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The record log's segment size, if not the storage default.
+    pub segment_bytes: Option<u64>,
 }
 
 impl NodeFile {
@@ -357,6 +364,7 @@ impl NodeFile {
             allowed_clients,
             log_format: file.log_format,
             metrics: file.metrics,
+            segment_bytes: file.segment_bytes,
             cluster,
         })
     }

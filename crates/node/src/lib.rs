@@ -290,8 +290,12 @@ async fn run_inner(
 
     let data_dir = node.data_dir.clone();
     let cluster_id = cluster.id.0;
+    let mut options = pbft_storage::Options::default();
+    if let Some(bytes) = node.segment_bytes {
+        options.segment_bytes = bytes;
+    }
     let (storage, records) =
-        tokio::task::spawn_blocking(move || Storage::open(&data_dir, cluster_id, id))
+        tokio::task::spawn_blocking(move || Storage::open_with(&data_dir, cluster_id, id, options))
             .await
             .context("the record log reader failed")?
             .with_context(|| format!("replica {}: cannot open its data directory", id.0))?;

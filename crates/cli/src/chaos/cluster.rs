@@ -155,6 +155,18 @@ impl Cluster {
         self.dir.join("data").join(format!("node-{i}"))
     }
 
+    /// Sets replica `i`'s record log segment size (`segment_bytes` in its
+    /// node file), from its next start on.
+    pub fn set_segment_bytes(&self, i: usize, bytes: u64) -> anyhow::Result<()> {
+        let path = &self.nodes[i];
+        let text = std::fs::read_to_string(path).context("cannot read a node file")?;
+        let mut file: pbft_config::NodeFile =
+            toml::from_str(&text).context("cannot parse a node file")?;
+        file.segment_bytes = Some(bytes);
+        std::fs::write(path, toml::to_string(&file).context("node file")?)
+            .context("cannot write a node file")
+    }
+
     /// Starts replica `i` (if it is not running), honest or with a
     /// Byzantine behaviour (`extra` are more node arguments).
     pub fn start_replica_with(

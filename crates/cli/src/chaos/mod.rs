@@ -458,6 +458,9 @@ async fn inject(
     Ok(())
 }
 
+/// The log segment size of the replica on a full disk.
+const DISK_FULL_SEGMENT_BYTES: u64 = 256 << 10;
+
 async fn disk_full(c: &mut Cluster, t: &mut Timeline) -> anyhow::Result<()> {
     let (_, p) = c.primary(Duration::from_secs(15)).await?;
     let b = (p + 1) % c.n();
@@ -471,25 +474,39 @@ async fn disk_full(c: &mut Cluster, t: &mut Timeline) -> anyhow::Result<()> {
         .context("cannot mount a tmpfs for the data dir")?;
     t.mounts.push(dir.clone());
     net::sh(&["cp", "-a", &format!("{}/.", saved.to_string_lossy()), &d])?;
+    // Segments are preallocated (8 MiB by default, more than a whole run
+    // writes): with small ones the replica allocates disk space every few
+    // hundred records, so it meets the full disk within seconds.
+    c.set_segment_bytes(b, DISK_FULL_SEGMENT_BYTES)?;
     c.start_replica(b, None)?;
     sleep(2.0).await;
     t.start();
-    // Fill what is left of the tmpfs.
+    t.notes.push(format!(
+        "r{b}: data dir on a 16 MiB tmpfs, log segments of {} KiB, the rest of the tmpfs filled (and refilled as segments are deleted)",
+        DISK_FULL_SEGMENT_BYTES >> 10
+    ));
+    // Fill what is left of the tmpfs, and keep it full: the replica
+    // deletes old segments after a checkpoint, and the filler takes what
+    // that frees before the replica's next segment can.
     let filler = dir.join("filler");
-    {
+    let mut file = std::fs::File::create(&filler).context("cannot create the filler")?;
+    let fill = |file: &mut std::fs::File| {
         use std::io::Write;
-        let mut file = std::fs::File::create(&filler).context("cannot create the filler")?;
-        let chunk = vec![0u8; 1 << 16];
-        for _ in 0..1024 {
+        let chunk = vec![0u8; 1 << 12];
+        for _ in 0..(16 << 8) {
             if file.write_all(&chunk).is_err() {
                 break;
             }
         }
-    }
+        let _ = file.flush();
+    };
+    fill(&mut file);
     let until = Instant::now() + Duration::from_secs(30);
     while c.running(b) && Instant::now() < until {
         sleep(0.2).await;
+        fill(&mut file);
     }
+    drop(file);
     if c.running(b) {
         t.failures
             .push(format!("r{b} kept running for 30 s on a full disk"));
