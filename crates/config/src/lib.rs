@@ -455,6 +455,16 @@ mod tests {
         assert_eq!(node.tuning.timeout_base_ms, 500);
         assert_eq!(node.tuning.batch_size_max, 1024);
         assert_eq!(node.tuning.in_flight_max, 2);
+        assert_eq!(node.segment_bytes, None);
+        let small = write(
+            dir.path(),
+            "node-2.toml",
+            "id = 2\ncluster = \"cluster.toml\"\nkey = \"node-2.key\"\ndata_dir = \"data/2\"\nsegment_bytes = 262144\n",
+        );
+        assert_eq!(
+            NodeFile::load(&small).expect("node file").segment_bytes,
+            Some(256 << 10)
+        );
         let config = node.cluster.core_config(&node.tuning);
         assert_eq!(
             (config.n(), config.checkpoint_interval, config.cluster),

@@ -1204,6 +1204,27 @@ mod tests {
     }
 
     #[test]
+    fn the_report_says_whether_latency_was_added() {
+        let netem = net::Shaping::Netem {
+            delay_ms: 40,
+            jitter_ms: 20,
+            loss: 5,
+        }
+        .describe();
+        assert!(
+            netem.contains("delay 40 ms +- 20 ms") && netem.contains("loss 5%"),
+            "{netem}"
+        );
+        let fallback = net::Shaping::TbfAndLoss { loss: 5 }.describe();
+        assert!(
+            fallback.contains("NO delay or jitter")
+                && fallback.contains("tbf")
+                && fallback.contains("5%"),
+            "{fallback}"
+        );
+    }
+
+    #[test]
     fn unknown_scenarios_are_usage_errors() {
         let args = ChaosArgs {
             scenarios: vec!["nope".into()],
