@@ -15,6 +15,7 @@ use pbft_core::{ClientId, Config, Input, Instant, Message, Output, Record, Repli
 use pbft_crypto::{ClusterId, KeyPair, Scheme, Signer, Verifier};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::cell::OnceCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,7 +33,7 @@ enum Event {
     Deliver {
         from: Endpoint,
         to: Endpoint,
-        bytes: Rc<Vec<u8>>,
+        frame: Rc<Frame>,
     },
     ReplicaTimer {
         replica: usize,
@@ -55,6 +56,49 @@ enum Event {
         replica: usize,
     },
     Heal,
+}
+
+/// One encoded message on the network. A broadcast (and every duplicate the
+/// network makes) shares one frame, so its decoding and signature check run
+/// once, at its first delivery, and every other delivery takes a copy of
+/// the result. Both are pure functions of the bytes (one verifier and one
+/// configuration serve the whole run), so this changes no verdict and no
+/// run: it only saves the simulator n-2 decodings and checks per broadcast.
+struct Frame {
+    bytes: Vec<u8>,
+    checked: OnceCell<Checked>,
+}
+
+/// A frame's bytes, decoded and verified.
+enum Checked {
+    Undecodable(String),
+    /// The decoded message, and why its signatures did not verify.
+    Rejected(Message, String),
+    Verified(pbft_crypto::Verified<Message>),
+}
+
+impl Frame {
+    fn new(msg: &Message) -> Rc<Frame> {
+        Rc::new(Frame {
+            bytes: msg.encode(),
+            checked: OnceCell::new(),
+        })
+    }
+
+    fn check(&self, verifier: &Verifier, config: &Config) -> &Checked {
+        self.checked
+            .get_or_init(|| match Message::decode(&self.bytes) {
+                Err(e) => Checked::Undecodable(e.to_string()),
+                Ok(m) => match verifier.verify(m, config) {
+                    Ok(v) => Checked::Verified(v),
+                    // Rare: decode again rather than copy every message.
+                    Err(e) => match Message::decode(&self.bytes) {
+                        Ok(m) => Checked::Rejected(m, e.to_string()),
+                        Err(d) => Checked::Undecodable(d.to_string()),
+                    },
+                },
+            })
+    }
 }
 
 struct Queued {
@@ -469,7 +513,7 @@ impl Sim {
 
     fn dispatch(&mut self, event: Event) {
         match event {
-            Event::Deliver { from, to, bytes } => self.deliver(from, to, &bytes),
+            Event::Deliver { from, to, frame } => self.deliver(from, to, &frame),
             Event::ReplicaTimer {
                 replica,
                 generation,
@@ -535,8 +579,8 @@ impl Sim {
         for action in actions {
             match action {
                 ClientAction::Send(r, msg) => {
-                    let bytes = Rc::new(msg.encode());
-                    self.transmit(Endpoint::Client(client), Endpoint::Replica(r), bytes, 0);
+                    let frame = Frame::new(&msg);
+                    self.transmit(Endpoint::Client(client), Endpoint::Replica(r), frame, 0);
                 }
                 ClientAction::SetTimer(at) => {
                     let slot = &mut self.clients[client];
@@ -572,7 +616,7 @@ impl Sim {
     }
 
     /// Puts a message on the network.
-    fn transmit(&mut self, from: Endpoint, to: Endpoint, bytes: Rc<Vec<u8>>, extra_delay: u64) {
+    fn transmit(&mut self, from: Endpoint, to: Endpoint, frame: Rc<Frame>, extra_delay: u64) {
         self.messages += 1;
         let delays = self.network.fate(&mut self.rng, self.now, from, to);
         if delays.is_empty() && self.verbose {
@@ -584,37 +628,38 @@ impl Sim {
                 Event::Deliver {
                     from,
                     to,
-                    bytes: Rc::clone(&bytes),
+                    frame: Rc::clone(&frame),
                 },
             );
         }
     }
 
-    fn deliver(&mut self, from: Endpoint, to: Endpoint, bytes: &[u8]) {
-        let message = match Message::decode(bytes) {
-            Ok(m) => m,
-            Err(e) => {
+    fn deliver(&mut self, from: Endpoint, to: Endpoint, frame: &Frame) {
+        let (message, verdict) = match frame.check(&self.verifier, &self.config) {
+            Checked::Undecodable(e) => {
                 self.violations.push(format!(
                     "codec: a message from {from} to {to} does not decode: {e}"
                 ));
                 return;
             }
+            Checked::Rejected(message, e) => (message, Err(e)),
+            Checked::Verified(v) => (&**v, Ok(v)),
         };
         self.trace.add(&[
             3,
             endpoint_code(from),
             endpoint_code(to),
             self.now,
-            bytes.len() as u64,
+            frame.bytes.len() as u64,
         ]);
         match to {
             Endpoint::Replica(r) => {
                 if self.nodes[r].replica.is_none() {
                     return;
                 }
-                self.log(|| format!("{from} -> r{r} {}", describe(&message)));
-                let verified = match self.verifier.verify(message, &self.config) {
-                    Ok(v) => v,
+                self.log(|| format!("{from} -> r{r} {}", describe(message)));
+                let verified = match verdict {
+                    Ok(v) => v.clone(),
                     Err(e) => {
                         self.rejected += 1;
                         self.log(|| format!("r{r} rejects a message from {from}: {e}"));
@@ -631,8 +676,8 @@ impl Sim {
                 self.step(r, Input::Message(verified), false);
             }
             Endpoint::Client(c) => {
-                let verified = match self.verifier.verify(message, &self.config) {
-                    Ok(v) => v,
+                let verified = match verdict {
+                    Ok(v) => v.clone(),
                     Err(_) => {
                         self.rejected += 1;
                         return;
@@ -847,13 +892,13 @@ impl Sim {
                 Output::Broadcast(msg) => {
                     if honest {
                         // Encode once for every destination.
-                        let bytes = Rc::new(msg.encode());
+                        let frame = Frame::new(&msg);
                         self.log(|| format!("r{i} broadcasts {}", describe(&msg)));
                         for j in (0..n).filter(|&j| j != i) {
                             self.transmit(
                                 Endpoint::Replica(i),
                                 Endpoint::Replica(j),
-                                Rc::clone(&bytes),
+                                Rc::clone(&frame),
                                 0,
                             );
                         }
@@ -942,8 +987,8 @@ impl Sim {
             if !matches!(o.msg, Message::Reply(_)) {
                 self.log(|| format!("r{i} -> {to} {}", describe(&o.msg)));
             }
-            let bytes = Rc::new(o.msg.encode());
-            self.transmit(Endpoint::Replica(i), to, bytes, o.extra_delay);
+            let frame = Frame::new(&o.msg);
+            self.transmit(Endpoint::Replica(i), to, frame, o.extra_delay);
         }
     }
 
