@@ -61,8 +61,8 @@ MUTATIONS = [
      "byz-equivocate", "batch_digest"),
     ("M7", "exactly-once check at execution removed",
      "crates/core/src/normal.rs",
-     "                continue; // duplicate: executed at most once per (client, id)",
-     "                // mutated: duplicates execute again",
+     "                Admission::Old | Admission::Last(_) => continue,",
+     "                Admission::Old | Admission::Last(_) => {}",
      "lossy,crash", "exactly_once"),
     ("M8", "checkpoint-proof quorum 2f+1 -> 1",
      "crates/core/src/checkpoint.rs",
@@ -82,7 +82,7 @@ MUTATIONS = [
     ("M11", "the stable checkpoint is persisted only with its state (the window moves in memory alone)",
      "crates/core/src/checkpoint.rs",
      "        out.push(Output::Persist(Record::Stable(proof.clone())));\n        // Serve",
-     "        if self.own_checkpoints.get(&seq).is_some_and(|(d, _)| *d == proof.digest) {\n"
+     "        if self.own_checkpoints.get(&seq).is_some_and(|image| image.digest() == proof.digest) {\n"
      "            out.push(Output::Persist(Record::Stable(proof.clone())));\n        }\n        // Serve",
      "crash-byz", "persisted_window"),
     ("M12", "compaction keeps the latest Executed record instead of the highest",
@@ -103,6 +103,11 @@ MUTATIONS = [
      "        if self.last_executed == self.progress_mark {",
      "        if self.last_executed == self.progress_mark && self.id.0 == u32::MAX {",
      "laggard", "retransmission"),
+    ("M15", "client requests nested in a batch are not signature-checked",
+     "crates/core/src/message.rs",
+     "    for request in &batch.requests {\n        checks.add(request.client.0, request);",
+     "    for request in batch.requests.iter().filter(|_| false) {\n        checks.add(request.client.0, request);",
+     "byz-forge", "nested_request_signatures"),
 ]
 
 
