@@ -3,11 +3,12 @@
 
 use crate::byzantine::Byzantine;
 use crate::checker::agreement::Agreement;
+use crate::checker::certificates::Certificates;
 use crate::checker::linearizability::{self, History};
 use crate::checker::liveness::{self, LivenessInput};
 use crate::client::{Client, ClientAction, ClientParams};
 use crate::network::{Dest, Endpoint, Network, Outgoing};
-use crate::scenario::{Plan, MS, TIMEOUT_BASE};
+use crate::scenario::{Plan, Scenario, MS, TIMEOUT_BASE};
 use crate::trace::{describe, TraceHash};
 use crate::{RunOptions, RunReport};
 use pbft_app::kv::KvStore;
@@ -203,6 +204,7 @@ pub(crate) struct Sim {
     verifier: Verifier,
     history: History,
     agreement: Agreement,
+    certificates: Certificates,
     violations: Vec<String>,
     verbose: bool,
     trace: TraceHash,
@@ -282,6 +284,8 @@ impl Sim {
             pbft_core::ReadMode::Ordered
         };
 
+        // The Byzantine replicas are known once the nodes are made.
+        let certificates = Certificates::new(&config, Vec::new());
         let mut sim = Sim {
             network: Network::new(plan.network.clone(), n),
             verifier: Verifier::with_scheme(cluster, Scheme::InsecureSim),
@@ -296,6 +300,7 @@ impl Sim {
             client_index: BTreeMap::new(),
             history: History::new(),
             agreement: Agreement::new(),
+            certificates,
             violations: Vec::new(),
             verbose: options.verbose,
             trace: TraceHash::new(),
@@ -329,13 +334,15 @@ impl Sim {
                     .iter()
                     .find(|(b, _)| *b == i)
                     .map(|(_, behavior)| {
-                        Byzantine::new(
+                        let mut b = Byzantine::new(
                             *behavior,
                             ReplicaId(i as u32),
                             signer.clone(),
                             sim.config.clone(),
                             sim.plan.network.muted.map(|v| ReplicaId(v as u32)),
-                        )
+                        );
+                        b.forge_checkpoint_proofs = sim.plan.scenario == Scenario::ByzCheckpoint;
+                        b
                     });
             let replica = Replica::new(
                 sim.config.clone(),
@@ -387,6 +394,10 @@ impl Sim {
             let start = sim.rng.gen_range(0..=50 * MS);
             sim.schedule(start, Event::ClientIssue { client: c });
         }
+        sim.certificates = Certificates::new(
+            &sim.config,
+            sim.nodes.iter().map(|node| !node.honest()).collect(),
+        );
         if sim.plan.censored {
             let censored = sim.clients.first().map(|c| c.client.id);
             for node in &mut sim.nodes {
@@ -869,6 +880,9 @@ impl Sim {
         if crash.is_none() && (compacted || fetches) {
             self.maybe_crash_soon(i);
         }
+        if honest {
+            self.check_certificates(i, &out);
+        }
         let mut sends_left = crash.map_or(usize::MAX, |(kept, _)| kept);
         let mut outgoing = Vec::new();
         for output in out {
@@ -975,6 +989,9 @@ impl Sim {
         }
         if let Some(b) = self.nodes[i].byzantine.as_mut() {
             outgoing = b.transform(&mut self.rng, outgoing);
+            for o in &outgoing {
+                self.certificates.signed(i, &o.msg);
+            }
         }
         for o in outgoing {
             let to = match o.to {
@@ -989,6 +1006,31 @@ impl Sim {
             }
             let frame = Frame::new(&o.msg);
             self.transmit(Endpoint::Replica(i), to, frame, o.extra_delay);
+        }
+    }
+
+    /// Honest replica `i`'s step produced `out`: first what it signed goes
+    /// into the ledger, then every certificate it acted on is checked
+    /// against it (see [`Certificates`]).
+    fn check_certificates(&mut self, i: usize, out: &[Output]) {
+        for o in out {
+            if let Output::Send(_, m) | Output::Broadcast(m) = o {
+                self.certificates.signed(i, m);
+            }
+        }
+        for o in out {
+            match o {
+                Output::Send(_, m) | Output::Broadcast(m) => {
+                    self.certificates.emitted_by_honest(i, m);
+                }
+                Output::Executed { seq, digest, .. } => {
+                    self.certificates.executed(i, *seq, *digest);
+                }
+                Output::Persist(Record::Stable(proof)) => self.certificates.stable(i, proof),
+                Output::Persist(Record::NewView(nv)) => self.certificates.new_view(i, nv),
+                Output::EnteredView(view) => self.certificates.entered_view(i, *view),
+                _ => {}
+            }
         }
     }
 
@@ -1190,6 +1232,7 @@ impl Sim {
         let end = self.now;
         let mut violations = std::mem::take(&mut self.violations);
         violations.extend(self.agreement.violations().iter().cloned());
+        violations.extend(self.certificates.violations().iter().cloned());
         violations.extend(linearizability::check(&self.history));
         if !self.aborted {
             // A write the replicas answered as expired ended with its outcome
