@@ -105,3 +105,63 @@ sweeps! {
     mixed => Scenario::Mixed,
     long => Scenario::Long,
 }
+
+/// Completions per simulated second over the run's completions after `from`
+/// (microseconds): (count, span).
+fn rate_after(report: &RunReport, from: u64) -> Option<(u64, u64)> {
+    let after: Vec<u64> = report
+        .completions_us
+        .iter()
+        .copied()
+        .filter(|&t| t >= from)
+        .collect();
+    let (first, last) = (*after.first()?, *after.last()?);
+    (after.len() >= 10 && last > first).then(|| (after.len() as u64, last - first))
+}
+
+/// Once a slow or censoring primary has been replaced for good, the
+/// cluster completes operations at no less than half the rate of the same
+/// plan with every replica honest (its fault-free twin). Printed with
+/// `--nocapture`.
+fn throughput_after_replacement(scenario: Scenario) {
+    let (mut ops, mut span, mut twin_ops, mut twin_span) = (0u64, 0u64, 0u64, 0u64);
+    for f in 1..=3 {
+        for seed in 0..seeds() {
+            let report = run(scenario, f, seed);
+            let Some(from) = report.honest_primary_from_us.filter(|&t| t > 0) else {
+                continue;
+            };
+            let (Some((n, s)), Some((tn, ts))) = (
+                rate_after(&report, from),
+                rate_after(&pbft_sim::run_honest_twin(scenario, f, seed), 0),
+            ) else {
+                continue;
+            };
+            (ops, span, twin_ops, twin_span) = (ops + n, span + s, twin_ops + tn, twin_span + ts);
+        }
+    }
+    assert!(
+        ops > 0 && twin_ops > 0,
+        "{scenario}: no run replaced its primary"
+    );
+    let rate = ops as f64 / (span as f64 / 1e6);
+    let twin = twin_ops as f64 / (twin_span as f64 / 1e6);
+    println!(
+        "{scenario}: {rate:.0} ops/s once the faulty primary was replaced, {twin:.0} ops/s fault-free: {:.0}%",
+        100.0 * rate / twin
+    );
+    assert!(
+        rate >= 0.5 * twin,
+        "{scenario}: {rate:.0} ops/s after the replacement, below half of {twin:.0} fault-free"
+    );
+}
+
+#[test]
+fn throughput_after_a_slow_primary_is_replaced() {
+    throughput_after_replacement(Scenario::ByzSlowPrimary);
+}
+
+#[test]
+fn throughput_after_a_censoring_primary_is_replaced() {
+    throughput_after_replacement(Scenario::ByzCensor);
+}
