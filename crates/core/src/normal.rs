@@ -256,7 +256,9 @@ impl Replica {
             .iter_mut()
             .map(|(c, p)| {
                 p.proposed = false;
-                if p.relayed_by.is_none() {
+                // Whatever waits (not a request known only as relayed)
+                // waits one full timeout in the new view.
+                if p.deadline.is_some() {
                     p.deadline = Some(deadline);
                 }
                 (p.arrived, *c, p.request.request_id)

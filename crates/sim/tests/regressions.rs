@@ -160,3 +160,15 @@ fn laggard_f1_seed_20023() {
 fn byz_flood_f3_seed_20018() {
     check(Scenario::ByzFlood, 3, 20018);
 }
+
+/// A request a backup knew only as relayed got its deadline when it showed
+/// up in a batch; at the next view change only requests from clients' own
+/// links had their deadlines renewed, so this one kept its old, expired
+/// deadline and the backup left the new view the moment it entered it. With
+/// one replica silent that left two active replicas, and the cluster stopped
+/// for good. Fixed: every request that has a deadline gets a fresh one in a
+/// new view.
+#[test]
+fn mixed_f1_seed_30191() {
+    check(Scenario::Mixed, 1, 30191);
+}
