@@ -583,7 +583,9 @@ mod tests {
             let path = write(
                 dir.path(),
                 "node.toml",
-                &format!("id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n{text}"),
+                &format!(
+                    "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n{text}"
+                ),
             );
             let node = NodeFile::load(&path).expect("node file");
             assert_eq!(node.durability, expected, "{text:?}");
@@ -594,7 +596,10 @@ mod tests {
             "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n[storage]\nsync = false\n",
         );
         let e = NodeFile::load(&typo).expect_err("unknown storage field");
-        assert!(e.to_string().contains("st.toml") && e.to_string().contains("sync"), "{e}");
+        assert!(
+            e.to_string().contains("st.toml") && e.to_string().contains("sync"),
+            "{e}"
+        );
     }
 
     #[test]
