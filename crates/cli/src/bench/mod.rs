@@ -562,6 +562,8 @@ mod tests {
         a.validate().map_err(|f| f.into_error()).expect("valid");
         assert_eq!((a.replicas, a.clients, a.payload), (4, 10, 128));
         assert!(a.rate.is_none());
+        assert_eq!(a.durability, DurabilityArg::Fsync);
+        assert!(parse(&["--durability", "fsnyc"]).is_err());
     }
 
     #[test]
@@ -580,6 +582,10 @@ mod tests {
         rejected(&["--duration", "601"], "--duration");
         rejected(&["--ops-max", "0"], "--ops-max");
         rejected(&["--config", "c.toml", "--keep"], "--keep");
+        rejected(
+            &["--config", "c.toml", "--durability", "none"],
+            "--durability",
+        );
         rejected(
             &["--config", "c.toml", "--read-mode", "fast"],
             "--read-mode",
