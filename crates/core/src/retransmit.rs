@@ -5,7 +5,7 @@
 //! ```text
 //! no execution for base/2       -> PROGRESS(v, active, h, last executed) to all
 //!                                  (again every base/2 while nothing executes)
-//! PROGRESS from p, at most one answer per p per base/2:
+//! PROGRESS from p, at most one answer per p per base/4:
 //!   p in an older view, or not yet in ours   -> our NEW-VIEW (no batches; p fetches)
 //!   p's checkpoint below our stable one      -> the 2f+1 CHECKPOINTs of our proof
 //!   for n in (p's last executed, ...]  (at most RETRANSMIT_MAX of them):
@@ -110,14 +110,18 @@ impl Replica {
     }
 
     /// Whether this replica may answer `peer`'s request of this `kind` now:
-    /// at most once per retry interval per peer and kind, so what a faulty
+    /// at most twice per retry interval per peer and kind, so what a faulty
     /// peer can make it send (NEW-VIEWs, certificates, snapshots) is bounded.
+    /// Not once: an honest peer asks once per retry interval of its own
+    /// clock, and with drift and network jitter its next PROGRESS can come
+    /// a little early; refusing it would leave the peer without an answer
+    /// for two intervals, long enough for its request timers to fire.
     pub(crate) fn may_help(&mut self, peer: ReplicaId, kind: &'static str) -> bool {
-        let (now, retry) = (self.now, self.retry_interval());
+        let (now, window) = (self.now, self.retry_interval() / 2);
         if self
             .helped
             .get(&(peer, kind))
-            .is_some_and(|last| now < *last + retry)
+            .is_some_and(|last| now < *last + window)
         {
             return false;
         }

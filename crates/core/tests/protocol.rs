@@ -782,3 +782,66 @@ fn restarted_replica_answers_reads_only_after_catching_up() {
     cluster.deliver(ReplicaId(2), Message::Request(read));
     assert_eq!(cluster.queue.len(), 1, "answered once caught up");
 }
+
+/// 5.2 (status and retransmission): answers to a peer's PROGRESS are
+/// rate-limited, so a faulty peer cannot make a replica send without bound,
+/// but not so tightly that an honest peer's next PROGRESS (one retry
+/// interval later on its own, drifting clock, plus network jitter) can be
+/// refused: that left a peer without an answer for two intervals, long
+/// enough for its request timers to force a group view change
+/// (`laggard` f=1 seed 20023).
+#[test]
+fn progress_is_answered_at_most_twice_per_retry_interval() {
+    use harness::To;
+    use pbft_core::message::Progress;
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    for i in 0..3 {
+        submit(&mut cluster, &mut client, 0, put(&format!("k{i}"), "v"));
+    }
+    cluster.queue.clear();
+    let retry = cluster.config.timeout_base / 2;
+    let progress = cluster.signers[3].sign(Progress {
+        view: View(0),
+        active: true,
+        stable: SeqNum(0),
+        last_executed: SeqNum(0),
+        replica: ReplicaId(3),
+    });
+    let answers = |cluster: &mut Cluster| {
+        let sent = cluster
+            .queue
+            .iter()
+            .filter(|(from, to, _)| {
+                *from == ReplicaId(0) && matches!(to, To::Replica(r) if *r == ReplicaId(3))
+            })
+            .count();
+        cluster.queue.clear();
+        sent
+    };
+    let refused = |cluster: &Cluster| {
+        cluster
+            .replica(0)
+            .dropped()
+            .get("progress answered too recently")
+            .copied()
+            .unwrap_or(0)
+    };
+    cluster.deliver(ReplicaId(0), Message::Progress(progress.clone()));
+    assert!(answers(&mut cluster) > 0, "the first PROGRESS is answered");
+    cluster.now = cluster.now + retry / 4;
+    cluster.deliver(ReplicaId(0), Message::Progress(progress.clone()));
+    assert_eq!(
+        answers(&mut cluster),
+        0,
+        "a quarter interval later: refused"
+    );
+    assert_eq!(refused(&cluster), 1);
+    cluster.now = cluster.now + (retry * 3 / 4 - retry / 10);
+    cluster.deliver(ReplicaId(0), Message::Progress(progress));
+    assert!(
+        answers(&mut cluster) > 0,
+        "a PROGRESS a little less than one interval after the first is answered"
+    );
+    assert_eq!(refused(&cluster), 1);
+}

@@ -137,6 +137,44 @@ fn sim_tag(key: &PublicKey, bytes: &[u8]) -> Signature {
     Signature(sig)
 }
 
+/// The tags an [`Scheme::InsecureSim`] verifier found good, with the bytes
+/// they were good for. The simulator checks the same signed message many
+/// times (by every receiver, and again nested in VIEW-CHANGEs, NEW-VIEWs and
+/// certificates); a tag seen before is good again only for the very same
+/// bytes, which a comparison decides faster than the hash. A verdict never
+/// depends on what the memo holds, so forgetting it all when it is full
+/// changes nothing but time.
+#[cfg(feature = "insecure-sim")]
+#[derive(Debug, Default)]
+struct SimTagMemo {
+    good: std::sync::Mutex<std::collections::HashMap<Signature, (PublicKey, Vec<u8>)>>,
+}
+
+#[cfg(feature = "insecure-sim")]
+impl SimTagMemo {
+    /// Most bytes remembered before the memo starts again.
+    const ENTRIES_MAX: usize = 1 << 16;
+
+    fn check(&self, key: &PublicKey, msg: &[u8], sig: &Signature) -> bool {
+        let Ok(mut good) = self.good.lock() else {
+            return sim_tag(key, msg) == *sig;
+        };
+        if let Some((k, m)) = good.get(sig) {
+            if k == key && m.as_slice() == msg {
+                return true;
+            }
+        }
+        let ok = sim_tag(key, msg) == *sig;
+        if ok {
+            if good.len() >= Self::ENTRIES_MAX {
+                good.clear();
+            }
+            good.insert(*sig, (*key, msg.to_vec()));
+        }
+        ok
+    }
+}
+
 /// A signer id that the configuration does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown signer: {0}")]
@@ -218,6 +256,8 @@ pub struct Verifier {
     cluster: ClusterId,
     scheme: Scheme,
     keys: Arc<KeyCache>,
+    #[cfg(feature = "insecure-sim")]
+    tags: Arc<SimTagMemo>,
 }
 
 impl Verifier {
@@ -232,6 +272,8 @@ impl Verifier {
             cluster,
             scheme,
             keys: Arc::new(KeyCache::default()),
+            #[cfg(feature = "insecure-sim")]
+            tags: Arc::default(),
         }
     }
 
@@ -321,7 +363,7 @@ impl Verifier {
             #[cfg(feature = "insecure-sim")]
             Scheme::InsecureSim => items
                 .iter()
-                .all(|(key, msg, sig)| sim_tag(key, msg) == *sig),
+                .all(|(key, msg, sig)| self.tags.check(key, msg, sig)),
         }
     }
 }
@@ -544,5 +586,38 @@ mod tests {
             .verify(signed.clone(), &keys)
             .is_ok());
         assert!(Verifier::new(ClusterId(7)).verify(signed, &keys).is_err());
+    }
+
+    /// The simulator's memo of good tags: a tag seen good before is good
+    /// again only for the same signer and the same bytes (a signature
+    /// spliced onto altered fields, or claimed by another signer, fails
+    /// however often the original was checked).
+    #[cfg(feature = "insecure-sim")]
+    #[test]
+    fn sim_tag_memo_does_not_lend_a_good_tag_to_other_bytes() {
+        let (_, keys) = setup();
+        let sim = |i: u8| {
+            Signer::with_scheme(
+                KeyPair::from_seed([i + 1; 32]),
+                ClusterId(7),
+                Scheme::InsecureSim,
+            )
+        };
+        let verifier = Verifier::with_scheme(ClusterId(7), Scheme::InsecureSim);
+        let good = sim(0).sign(note(0, "x"));
+        for _ in 0..3 {
+            assert!(verifier.verify(good.clone(), &keys).is_ok());
+        }
+        let spliced = Signed {
+            value: note(0, "y"),
+            signature: good.signature,
+        };
+        assert!(verifier.verify(spliced, &keys).is_err());
+        let other_signer = Signed {
+            value: note(1, "x"),
+            signature: good.signature,
+        };
+        assert!(verifier.verify(other_signer, &keys).is_err());
+        assert!(verifier.clone().verify(good, &keys).is_ok());
     }
 }

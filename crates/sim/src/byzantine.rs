@@ -139,6 +139,11 @@ pub struct Byzantine {
     view_changes: BTreeMap<ReplicaId, Signed<ViewChange>>,
     /// The client a censor never serves.
     pub censored: Option<ClientId>,
+    /// A checkpoint liar also claims, in half its VIEW-CHANGEs, a stable
+    /// checkpoint above the real one that only it signed (set in the
+    /// `byz-checkpoint` scenario only, so that other scenarios' runs stay
+    /// as they were).
+    pub forge_checkpoint_proofs: bool,
 }
 
 fn random_digest(rng: &mut ChaCha8Rng) -> Digest {
@@ -164,6 +169,7 @@ impl Byzantine {
             seen: VecDeque::new(),
             view_changes: BTreeMap::new(),
             censored: None,
+            forge_checkpoint_proofs: false,
         }
     }
 
@@ -662,6 +668,25 @@ impl Byzantine {
                         }
                     }
                 }
+                o.msg = self.resign(o.msg);
+            }
+            Message::ViewChange(vc) if self.forge_checkpoint_proofs && rng.gen_bool(0.5) => {
+                // A stable checkpoint one interval above the real one, for
+                // a state nobody has, "certified" by this replica alone.
+                let vc = &mut vc.value;
+                let seq = SeqNum(vc.checkpoint.seq.0 + self.config.checkpoint_interval);
+                let digest = random_digest(rng);
+                let own = self.signer.sign(Checkpoint {
+                    seq,
+                    digest,
+                    replica: self.id,
+                });
+                vc.checkpoint = CheckpointProof {
+                    seq,
+                    digest,
+                    checkpoints: vec![own],
+                };
+                vc.prepared.retain(|p| p.pre_prepare.seq > seq);
                 o.msg = self.resign(o.msg);
             }
             _ => {}

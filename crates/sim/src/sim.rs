@@ -3,11 +3,12 @@
 
 use crate::byzantine::Byzantine;
 use crate::checker::agreement::Agreement;
+use crate::checker::certificates::Certificates;
 use crate::checker::linearizability::{self, History};
 use crate::checker::liveness::{self, LivenessInput};
 use crate::client::{Client, ClientAction, ClientParams};
 use crate::network::{Dest, Endpoint, Network, Outgoing};
-use crate::scenario::{Plan, MS, TIMEOUT_BASE};
+use crate::scenario::{Plan, Scenario, MS, TIMEOUT_BASE};
 use crate::trace::{describe, TraceHash};
 use crate::{RunOptions, RunReport};
 use pbft_app::kv::KvStore;
@@ -15,6 +16,7 @@ use pbft_core::{ClientId, Config, Input, Instant, Message, Output, Record, Repli
 use pbft_crypto::{ClusterId, KeyPair, Scheme, Signer, Verifier};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::cell::OnceCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,7 +34,7 @@ enum Event {
     Deliver {
         from: Endpoint,
         to: Endpoint,
-        bytes: Rc<Vec<u8>>,
+        frame: Rc<Frame>,
     },
     ReplicaTimer {
         replica: usize,
@@ -55,6 +57,49 @@ enum Event {
         replica: usize,
     },
     Heal,
+}
+
+/// One encoded message on the network. A broadcast (and every duplicate the
+/// network makes) shares one frame, so its decoding and signature check run
+/// once, at its first delivery, and every other delivery takes a copy of
+/// the result. Both are pure functions of the bytes (one verifier and one
+/// configuration serve the whole run), so this changes no verdict and no
+/// run: it only saves the simulator n-2 decodings and checks per broadcast.
+struct Frame {
+    bytes: Vec<u8>,
+    checked: OnceCell<Checked>,
+}
+
+/// A frame's bytes, decoded and verified.
+enum Checked {
+    Undecodable(String),
+    /// The decoded message, and why its signatures did not verify.
+    Rejected(Message, String),
+    Verified(pbft_crypto::Verified<Message>),
+}
+
+impl Frame {
+    fn new(msg: &Message) -> Rc<Frame> {
+        Rc::new(Frame {
+            bytes: msg.encode(),
+            checked: OnceCell::new(),
+        })
+    }
+
+    fn check(&self, verifier: &Verifier, config: &Config) -> &Checked {
+        self.checked
+            .get_or_init(|| match Message::decode(&self.bytes) {
+                Err(e) => Checked::Undecodable(e.to_string()),
+                Ok(m) => match verifier.verify(m, config) {
+                    Ok(v) => Checked::Verified(v),
+                    // Rare: decode again rather than copy every message.
+                    Err(e) => match Message::decode(&self.bytes) {
+                        Ok(m) => Checked::Rejected(m, e.to_string()),
+                        Err(d) => Checked::Undecodable(d.to_string()),
+                    },
+                },
+            })
+    }
 }
 
 struct Queued {
@@ -159,6 +204,7 @@ pub(crate) struct Sim {
     verifier: Verifier,
     history: History,
     agreement: Agreement,
+    certificates: Certificates,
     violations: Vec<String>,
     verbose: bool,
     trace: TraceHash,
@@ -238,6 +284,8 @@ impl Sim {
             pbft_core::ReadMode::Ordered
         };
 
+        // The Byzantine replicas are known once the nodes are made.
+        let certificates = Certificates::new(&config, Vec::new());
         let mut sim = Sim {
             network: Network::new(plan.network.clone(), n),
             verifier: Verifier::with_scheme(cluster, Scheme::InsecureSim),
@@ -252,6 +300,7 @@ impl Sim {
             client_index: BTreeMap::new(),
             history: History::new(),
             agreement: Agreement::new(),
+            certificates,
             violations: Vec::new(),
             verbose: options.verbose,
             trace: TraceHash::new(),
@@ -285,13 +334,15 @@ impl Sim {
                     .iter()
                     .find(|(b, _)| *b == i)
                     .map(|(_, behavior)| {
-                        Byzantine::new(
+                        let mut b = Byzantine::new(
                             *behavior,
                             ReplicaId(i as u32),
                             signer.clone(),
                             sim.config.clone(),
                             sim.plan.network.muted.map(|v| ReplicaId(v as u32)),
-                        )
+                        );
+                        b.forge_checkpoint_proofs = sim.plan.scenario == Scenario::ByzCheckpoint;
+                        b
                     });
             let replica = Replica::new(
                 sim.config.clone(),
@@ -343,6 +394,10 @@ impl Sim {
             let start = sim.rng.gen_range(0..=50 * MS);
             sim.schedule(start, Event::ClientIssue { client: c });
         }
+        sim.certificates = Certificates::new(
+            &sim.config,
+            sim.nodes.iter().map(|node| !node.honest()).collect(),
+        );
         if sim.plan.censored {
             let censored = sim.clients.first().map(|c| c.client.id);
             for node in &mut sim.nodes {
@@ -469,7 +524,7 @@ impl Sim {
 
     fn dispatch(&mut self, event: Event) {
         match event {
-            Event::Deliver { from, to, bytes } => self.deliver(from, to, &bytes),
+            Event::Deliver { from, to, frame } => self.deliver(from, to, &frame),
             Event::ReplicaTimer {
                 replica,
                 generation,
@@ -535,8 +590,8 @@ impl Sim {
         for action in actions {
             match action {
                 ClientAction::Send(r, msg) => {
-                    let bytes = Rc::new(msg.encode());
-                    self.transmit(Endpoint::Client(client), Endpoint::Replica(r), bytes, 0);
+                    let frame = Frame::new(&msg);
+                    self.transmit(Endpoint::Client(client), Endpoint::Replica(r), frame, 0);
                 }
                 ClientAction::SetTimer(at) => {
                     let slot = &mut self.clients[client];
@@ -572,7 +627,7 @@ impl Sim {
     }
 
     /// Puts a message on the network.
-    fn transmit(&mut self, from: Endpoint, to: Endpoint, bytes: Rc<Vec<u8>>, extra_delay: u64) {
+    fn transmit(&mut self, from: Endpoint, to: Endpoint, frame: Rc<Frame>, extra_delay: u64) {
         self.messages += 1;
         let delays = self.network.fate(&mut self.rng, self.now, from, to);
         if delays.is_empty() && self.verbose {
@@ -584,37 +639,38 @@ impl Sim {
                 Event::Deliver {
                     from,
                     to,
-                    bytes: Rc::clone(&bytes),
+                    frame: Rc::clone(&frame),
                 },
             );
         }
     }
 
-    fn deliver(&mut self, from: Endpoint, to: Endpoint, bytes: &[u8]) {
-        let message = match Message::decode(bytes) {
-            Ok(m) => m,
-            Err(e) => {
+    fn deliver(&mut self, from: Endpoint, to: Endpoint, frame: &Frame) {
+        let (message, verdict) = match frame.check(&self.verifier, &self.config) {
+            Checked::Undecodable(e) => {
                 self.violations.push(format!(
                     "codec: a message from {from} to {to} does not decode: {e}"
                 ));
                 return;
             }
+            Checked::Rejected(message, e) => (message, Err(e)),
+            Checked::Verified(v) => (&**v, Ok(v)),
         };
         self.trace.add(&[
             3,
             endpoint_code(from),
             endpoint_code(to),
             self.now,
-            bytes.len() as u64,
+            frame.bytes.len() as u64,
         ]);
         match to {
             Endpoint::Replica(r) => {
                 if self.nodes[r].replica.is_none() {
                     return;
                 }
-                self.log(|| format!("{from} -> r{r} {}", describe(&message)));
-                let verified = match self.verifier.verify(message, &self.config) {
-                    Ok(v) => v,
+                self.log(|| format!("{from} -> r{r} {}", describe(message)));
+                let verified = match verdict {
+                    Ok(v) => v.clone(),
                     Err(e) => {
                         self.rejected += 1;
                         self.log(|| format!("r{r} rejects a message from {from}: {e}"));
@@ -631,8 +687,8 @@ impl Sim {
                 self.step(r, Input::Message(verified), false);
             }
             Endpoint::Client(c) => {
-                let verified = match self.verifier.verify(message, &self.config) {
-                    Ok(v) => v,
+                let verified = match verdict {
+                    Ok(v) => v.clone(),
                     Err(_) => {
                         self.rejected += 1;
                         return;
@@ -824,6 +880,9 @@ impl Sim {
         if crash.is_none() && (compacted || fetches) {
             self.maybe_crash_soon(i);
         }
+        if honest {
+            self.check_certificates(i, &out);
+        }
         let mut sends_left = crash.map_or(usize::MAX, |(kept, _)| kept);
         let mut outgoing = Vec::new();
         for output in out {
@@ -847,13 +906,13 @@ impl Sim {
                 Output::Broadcast(msg) => {
                     if honest {
                         // Encode once for every destination.
-                        let bytes = Rc::new(msg.encode());
+                        let frame = Frame::new(&msg);
                         self.log(|| format!("r{i} broadcasts {}", describe(&msg)));
                         for j in (0..n).filter(|&j| j != i) {
                             self.transmit(
                                 Endpoint::Replica(i),
                                 Endpoint::Replica(j),
-                                Rc::clone(&bytes),
+                                Rc::clone(&frame),
                                 0,
                             );
                         }
@@ -930,6 +989,9 @@ impl Sim {
         }
         if let Some(b) = self.nodes[i].byzantine.as_mut() {
             outgoing = b.transform(&mut self.rng, outgoing);
+            for o in &outgoing {
+                self.certificates.signed(i, &o.msg);
+            }
         }
         for o in outgoing {
             let to = match o.to {
@@ -942,8 +1004,33 @@ impl Sim {
             if !matches!(o.msg, Message::Reply(_)) {
                 self.log(|| format!("r{i} -> {to} {}", describe(&o.msg)));
             }
-            let bytes = Rc::new(o.msg.encode());
-            self.transmit(Endpoint::Replica(i), to, bytes, o.extra_delay);
+            let frame = Frame::new(&o.msg);
+            self.transmit(Endpoint::Replica(i), to, frame, o.extra_delay);
+        }
+    }
+
+    /// Honest replica `i`'s step produced `out`: first what it signed goes
+    /// into the ledger, then every certificate it acted on is checked
+    /// against it (see [`Certificates`]).
+    fn check_certificates(&mut self, i: usize, out: &[Output]) {
+        for o in out {
+            if let Output::Send(_, m) | Output::Broadcast(m) = o {
+                self.certificates.signed(i, m);
+            }
+        }
+        for o in out {
+            match o {
+                Output::Send(_, m) | Output::Broadcast(m) => {
+                    self.certificates.emitted_by_honest(i, m);
+                }
+                Output::Executed { seq, digest, .. } => {
+                    self.certificates.executed(i, *seq, *digest);
+                }
+                Output::Persist(Record::Stable(proof)) => self.certificates.stable(i, proof),
+                Output::Persist(Record::NewView(nv)) => self.certificates.new_view(i, nv),
+                Output::EnteredView(view) => self.certificates.entered_view(i, *view),
+                _ => {}
+            }
         }
     }
 
@@ -1145,6 +1232,7 @@ impl Sim {
         let end = self.now;
         let mut violations = std::mem::take(&mut self.violations);
         violations.extend(self.agreement.violations().iter().cloned());
+        violations.extend(self.certificates.violations().iter().cloned());
         violations.extend(linearizability::check(&self.history));
         if !self.aborted {
             // A write the replicas answered as expired ended with its outcome

@@ -137,3 +137,15 @@ fn byz_censor_seeds() {
     check(Scenario::ByzCensor, 2, 2);
     check(Scenario::ByzCensor, 3, 250);
 }
+
+/// A laggard's peers answered PROGRESS at most once per retry interval, the
+/// period at which PROGRESS is sent. The primary lost one backup's PREPARE
+/// (1% loss after the heal) while the laggard still followed passively; its
+/// next PROGRESS came 48 ms after the previous one, inside the 50 ms limit,
+/// and was refused, so the request's timers fired and the whole group
+/// changed view to let the laggard in. Fixed by answering up to twice per
+/// interval (`protocol.rs::progress_is_answered_at_most_twice_per_retry_interval`).
+#[test]
+fn laggard_f1_seed_20023() {
+    check(Scenario::Laggard, 1, 20023);
+}
