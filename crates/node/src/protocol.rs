@@ -207,6 +207,21 @@ impl Protocol {
         true
     }
 
+    /// The core input for `message` from the peer with key `from`: a client
+    /// request that came on a replica's link is relayed (the transport lets
+    /// a client link carry only its own client's requests).
+    fn input(&self, from: PublicKey, message: Verified<Message>) -> Input {
+        match &*message {
+            Message::Request(r) if r.client.0 != from => {
+                match self.keys.iter().position(|k| *k == from) {
+                    Some(i) => Input::Relayed(pbft_core::ReplicaId(i as u32), message),
+                    None => Input::Message(message),
+                }
+            }
+            _ => Input::Message(message),
+        }
+    }
+
     /// Groups submitted to the writer so far.
     fn submitted(&self) -> u64 {
         self.writer.as_ref().map_or(0, LogWriter::submitted)
@@ -299,7 +314,7 @@ impl Protocol {
                     continue;
                 }
                 message = verified.recv(), if !paused => match message {
-                    Some((_, message)) if self.admit(&message) => Input::Message(message),
+                    Some((from, message)) if self.admit(&message) => self.input(from, message),
                     Some(_) => continue,
                     None => return Err(anyhow!("the verification stage stopped unexpectedly")),
                 },
@@ -376,15 +391,15 @@ impl Protocol {
         self.replica.handle(self.clock.now(), first, out);
         let mut inputs = 1;
         while inputs < GROUP_INPUTS_MAX {
-            let Ok((_, message)) = verified.try_recv() else {
+            let Ok((from, message)) = verified.try_recv() else {
                 break;
             };
             inputs += 1;
             if !self.admit(&message) {
                 continue;
             }
-            self.replica
-                .handle(self.clock.now(), Input::Message(message), out);
+            let input = self.input(from, message);
+            self.replica.handle(self.clock.now(), input, out);
         }
         let now = self.clock.now();
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {

@@ -684,7 +684,13 @@ impl Sim {
                     }
                     b.observe(&verified);
                 }
-                self.step(r, Input::Message(verified), false);
+                let input = match (from, &*verified) {
+                    (Endpoint::Replica(j), Message::Request(_)) => {
+                        Input::Relayed(ReplicaId(j as u32), verified)
+                    }
+                    _ => Input::Message(verified),
+                };
+                self.step(r, input, false);
             }
             Endpoint::Client(c) => {
                 let verified = match verdict {
