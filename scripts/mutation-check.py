@@ -97,7 +97,7 @@ MUTATIONS = [
      "            self.view_change_attempts = 0;\n            self.update_view_change_timer();",
      "            self.view_change_attempts = 0;\n"
      "            let deadline = self.now + self.view_change_timeout();\n"
-     "            self.pending.values_mut().for_each(|p| p.deadline = deadline);\n"
+     "            self.pending.values_mut().for_each(|p| p.deadline = Some(deadline));\n"
      "            self.update_view_change_timer();",
      "byz-censor", "per_request_timers"),
     ("M14", "PROGRESS is never sent (no status, no retransmission)",

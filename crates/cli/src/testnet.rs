@@ -258,6 +258,8 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
                 ..Tuning::default()
             },
             clients: clients.clone(),
+            // The default, `fsync`: a test network keeps crash safety.
+            storage: Default::default(),
             log_format: Default::default(),
             metrics: metrics_ports
                 .get(i)

@@ -7,7 +7,8 @@
 //!   which makes every client confirm writes with 2f+1 replies; a property of
 //!   the cluster so that no one client can choose it for the others).
 //! * `node-<i>.toml` ([`NodeFile`]): one replica's local settings: its id,
-//!   key file, data directory, listen address, tuning, client admission, logs.
+//!   key file, data directory, listen address, tuning, client admission,
+//!   record-log durability, logs.
 //! * `client.toml` ([`ClientFile`]): a client's key file, the cluster file and
 //!   its timeout.
 //!
@@ -251,6 +252,31 @@ impl Default for ClientAdmission {
     }
 }
 
+/// When an appended record counts as durable (`durability` in the node
+/// file's `[storage]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After it is written and `fdatasync`ed: survives an OS crash or power
+    /// loss. The default.
+    #[default]
+    Fsync,
+    /// After it is written to the page cache, without a sync: survives a
+    /// process crash, but an OS crash or power loss can lose the last
+    /// records or leave the log unreadable, and with more than f replicas
+    /// losing theirs at once agreement can be lost. **Gives up crash
+    /// safety**: for benchmarks only.
+    None,
+}
+
+/// How a replica keeps its record log (`[storage]` in `node-<i>.toml`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// `fsync` (default) or `none` (benchmarks only; see [`Durability`]).
+    pub durability: Durability,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -283,6 +309,9 @@ pub struct NodeFile {
     /// Client admission.
     #[serde(default)]
     pub clients: ClientAdmission,
+    /// How the record log is kept.
+    #[serde(default)]
+    pub storage: StorageSettings,
     /// Log format.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -315,6 +344,8 @@ pub struct Node {
     pub tuning: Tuning,
     /// Client admission: `None` for any client, else the allowed keys.
     pub allowed_clients: Option<Vec<PublicKey>>,
+    /// When an appended record counts as durable.
+    pub durability: Durability,
     /// Log format.
     pub log_format: LogFormat,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -362,6 +393,7 @@ impl NodeFile {
             data_dir: resolve(path, &file.data_dir),
             tuning: file.tuning,
             allowed_clients,
+            durability: file.storage.durability,
             log_format: file.log_format,
             metrics: file.metrics,
             segment_bytes: file.segment_bytes,
@@ -455,6 +487,7 @@ mod tests {
         assert_eq!(node.tuning.timeout_base_ms, 500);
         assert_eq!(node.tuning.batch_size_max, 1024);
         assert_eq!(node.tuning.in_flight_max, 2);
+        assert_eq!(node.durability, Durability::Fsync);
         assert_eq!(node.segment_bytes, None);
         let small = write(
             dir.path(),
@@ -540,8 +573,51 @@ mod tests {
         let e = NodeFile::load(&bad).expect_err("not a socket address");
         assert!(e.to_string().contains("metrics"), "{e}");
 
+        let bad_durability = write(
+            dir.path(),
+            "dur.toml",
+            "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n[storage]\ndurability = \"fsnyc\"\n",
+        );
+        let e = NodeFile::load(&bad_durability).expect_err("unknown durability");
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        for part in ["dur.toml", "durability", "fsnyc", "fsync", "none"] {
+            assert!(e.to_string().contains(part), "{part:?} missing from: {e}");
+        }
+
         let missing = NodeFile::load(&dir.path().join("nope.toml")).expect_err("missing");
         assert!(matches!(missing, ConfigError::Io { .. }));
+    }
+
+    #[test]
+    fn durability_is_read_from_the_storage_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "cluster.toml", &cluster_toml(4));
+        for (text, expected) in [
+            ("", Durability::Fsync),
+            ("[storage]\n", Durability::Fsync),
+            ("[storage]\ndurability = \"fsync\"\n", Durability::Fsync),
+            ("[storage]\ndurability = \"none\"\n", Durability::None),
+        ] {
+            let path = write(
+                dir.path(),
+                "node.toml",
+                &format!(
+                    "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n{text}"
+                ),
+            );
+            let node = NodeFile::load(&path).expect("node file");
+            assert_eq!(node.durability, expected, "{text:?}");
+        }
+        let typo = write(
+            dir.path(),
+            "st.toml",
+            "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n[storage]\nsync = false\n",
+        );
+        let e = NodeFile::load(&typo).expect_err("unknown storage field");
+        assert!(
+            e.to_string().contains("st.toml") && e.to_string().contains("sync"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,8 +12,20 @@ use std::collections::BTreeMap;
 /// An input to [`crate::Replica::handle`].
 #[derive(Clone, Debug)]
 pub enum Input {
-    /// A message whose every signature was checked (from a replica or a client).
+    /// A message whose every signature was checked, from its own sender: a
+    /// replica's message from that replica, a client's request from that
+    /// client.
     Message(Verified<Message>),
+    /// A client request that another replica relayed: it arrived on that
+    /// replica's link, not on the client's own. It is ordered like any
+    /// request, but it does not start a view-change deadline at a backup
+    /// (the backup cannot tell that the client is waiting: a faulty replica
+    /// could relay requests of clients it made up faster than any primary
+    /// orders them, and so force view change after view change), and a
+    /// primary orders requests from clients' own links first, then relayed
+    /// ones taking turns between the relaying replicas. Any other message
+    /// kind is handled as [`Input::Message`].
+    Relayed(crate::ReplicaId, Verified<Message>),
     /// Time passed: the driver calls this when [`crate::Replica::poll_timeout`] is reached.
     Tick,
 }

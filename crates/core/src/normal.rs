@@ -17,17 +17,23 @@
 //! different digests for one `(v, n)`.
 
 use crate::client_table::Admission;
-use crate::ids::{ClientId, SeqNum};
+use crate::ids::{ClientId, ReplicaId, SeqNum};
 use crate::io::{Output, PhaseTimes, Record};
 use crate::message::{
     Batch, Commit, Message, PrePrepare, Prepare, PreparedProof, Reply, ReplyStatus, Request,
 };
 use crate::replica::{Pending, Replica, BATCH_LIMIT};
 use pbft_crypto::{Digest, Signed};
+use std::collections::{BTreeMap, VecDeque};
 
 impl Replica {
     /// REQUEST from a client, or forwarded by a backup.
-    pub(crate) fn on_request(&mut self, request: Signed<Request>, out: &mut Vec<Output>) {
+    pub(crate) fn on_request(
+        &mut self,
+        request: Signed<Request>,
+        relayed_by: Option<ReplicaId>,
+        out: &mut Vec<Output>,
+    ) {
         let client = request.client;
         if request.read_only {
             return self.answer_read_only(&request, out);
@@ -55,10 +61,22 @@ impl Replica {
                 return self.drop_input("request older than a pending one");
             }
             Some(p) if p.request.request_id == request.request_id => {
+                if relayed_by.is_some() {
+                    return self.drop_input("relayed request already pending");
+                }
                 // A retransmission: the client suspects the primary. Forward
                 // it again, but at most once per retry interval, so copies
                 // relayed between replicas (which may disagree on the view)
-                // die out instead of circulating.
+                // die out instead of circulating. Known only as relayed so
+                // far, it now has the client's word that it waits.
+                if p.deadline.is_none() {
+                    let deadline = self.now + self.view_change_timeout();
+                    if let Some(p) = self.pending.get_mut(&client) {
+                        p.deadline = Some(deadline);
+                        p.relayed_by = None;
+                    }
+                    self.update_view_change_timer();
+                }
                 self.forward_to_primary(client, out);
                 return;
             }
@@ -69,7 +87,9 @@ impl Replica {
             None => {}
         }
         self.pending_order.push_back((client, request.request_id));
-        let deadline = self.now + self.view_change_timeout();
+        let deadline = relayed_by
+            .is_none()
+            .then(|| self.now + self.view_change_timeout());
         self.pending.insert(
             client,
             Pending {
@@ -77,12 +97,13 @@ impl Replica {
                 proposed: false,
                 arrived: self.now,
                 deadline,
+                relayed_by,
                 forwarded: None,
             },
         );
         if self.is_primary() {
             self.propose_soon();
-        } else {
+        } else if relayed_by.is_none() {
             self.forward_to_primary(client, out);
         }
         self.update_view_change_timer();
@@ -235,7 +256,11 @@ impl Replica {
             .iter_mut()
             .map(|(c, p)| {
                 p.proposed = false;
-                p.deadline = deadline;
+                // Whatever waits (not a request known only as relayed)
+                // waits one full timeout in the new view.
+                if p.deadline.is_some() {
+                    p.deadline = Some(deadline);
+                }
                 (p.arrived, *c, p.request.request_id)
             })
             .collect();
@@ -243,7 +268,10 @@ impl Replica {
         self.pending_order = order.into_iter().map(|(_, c, id)| (c, id)).collect();
     }
 
-    /// The waiting clients not yet proposed in this view, oldest first: at
+    /// The waiting clients not yet proposed in this view: those whose
+    /// request came on their own link first, oldest first, then relayed ones,
+    /// the relaying replicas taking turns (so a replica relaying a flood
+    /// takes only spare room, and no more of it than an honest relay): at
     /// most `batch_size_max` of them and `batch_bytes_max` operation bytes
     /// (but always at least one).
     fn unproposed(&mut self) -> Vec<ClientId> {
@@ -261,9 +289,26 @@ impl Replica {
             self.pending_order.retain(|e| live(e));
         }
         let (max, bytes_max) = (self.config.batch_size_max, self.config.batch_bytes_max);
+        let mut direct = Vec::new();
+        let mut relayed: BTreeMap<ReplicaId, VecDeque<ClientId>> = BTreeMap::new();
+        for (client, _) in self.pending_order.iter().filter(|e| live(e)) {
+            match pending.get(client).and_then(|p| p.relayed_by) {
+                None => direct.push(*client),
+                Some(by) => relayed.entry(by).or_default().push_back(*client),
+            }
+        }
+        while !relayed.is_empty() {
+            relayed.retain(|_, queue| match queue.pop_front() {
+                Some(client) => {
+                    direct.push(client);
+                    true
+                }
+                None => false,
+            });
+        }
         let mut bytes = 0;
         let mut chosen = Vec::new();
-        for (client, _) in self.pending_order.iter().filter(|e| live(e)) {
+        for client in &direct {
             let size = pending.get(client).map_or(0, |p| p.request.op.len());
             if chosen.len() == max || (!chosen.is_empty() && bytes + size > bytes_max) {
                 break;
@@ -357,21 +402,25 @@ impl Replica {
         if self.clients.settled(&client, request.request_id) {
             return;
         }
-        if let Some(p) = self.pending.get(&client) {
+        let deadline = self.now + self.view_change_timeout();
+        if let Some(p) = self.pending.get_mut(&client) {
             if p.request.request_id >= request.request_id {
+                // Proposed: it is to commit within a timeout, whoever
+                // relayed it.
+                p.deadline.get_or_insert(deadline);
                 return;
             }
         } else if self.pending.len() >= self.config.pending_requests_max {
             return;
         }
-        let deadline = self.now + self.view_change_timeout();
         self.pending.insert(
             client,
             Pending {
                 request: request.clone(),
                 proposed: true,
                 arrived: self.now,
-                deadline,
+                deadline: Some(deadline),
+                relayed_by: None,
                 forwarded: None,
             },
         );

@@ -100,8 +100,13 @@ pub(crate) struct Pending {
     /// When this request's own view-change timer expires: a request that
     /// waits this long starts a view change however busy the primary keeps
     /// the replica with other clients' requests (a censoring primary is
-    /// replaced). Set when it starts waiting, and again when a view starts.
-    pub deadline: Instant,
+    /// replaced). Set when it starts waiting, and again when a view starts;
+    /// `None` while the request is known only as relayed by another replica
+    /// (see [`crate::Input::Relayed`]).
+    pub deadline: Option<Instant>,
+    /// The replica that relayed it, while it has not come from the client's
+    /// own link: a primary orders such requests after the others.
+    pub relayed_by: Option<ReplicaId>,
     /// When this backup last relayed it to the primary.
     pub forwarded: Option<Instant>,
 }
@@ -523,6 +528,12 @@ impl Replica {
         let _span = tracing::debug_span!("replica", id = self.id.0, view = self.view.0).entered();
         match input {
             Input::Message(message) => self.on_message(message.into_inner(), out),
+            Input::Relayed(by, message) => match message.into_inner() {
+                Message::Request(request) if !request.read_only => {
+                    self.on_request(request, Some(by), out)
+                }
+                other => self.on_message(other, out),
+            },
             Input::Tick => self.on_tick(out),
         }
         if self.invariant_checks {
@@ -633,7 +644,7 @@ impl Replica {
             return self.drop_input("own message echoed back");
         }
         match message {
-            Message::Request(request) => self.on_request(request, out),
+            Message::Request(request) => self.on_request(request, None, out),
             Message::PrePrepare(..) | Message::Prepare(_) | Message::Commit(_) => {
                 self.on_normal_case(message, out)
             }
@@ -743,7 +754,7 @@ impl Replica {
         if !self.active {
             return;
         }
-        self.timer_view_change = self.pending.values().map(|p| p.deadline).min();
+        self.timer_view_change = self.pending.values().filter_map(|p| p.deadline).min();
     }
 
     /// The invariants of the module docs; a violation is a bug in this crate.

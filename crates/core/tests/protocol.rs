@@ -845,3 +845,74 @@ fn progress_is_answered_at_most_twice_per_retry_interval() {
     );
     assert_eq!(refused(&cluster), 1);
 }
+
+/// A request a backup saw only relayed by another replica starts no
+/// view-change deadline there (a faulty replica relaying requests of clients
+/// it made up, faster than any primary orders them, forced view change after
+/// view change: `byz-flood` f=3 seed 20018); the client's own copy does.
+#[test]
+fn a_relayed_request_starts_no_view_change_deadline() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    cluster.silent.insert(ReplicaId(0));
+    let request = client.request(put("a", "1"));
+    cluster.relay(
+        ReplicaId(1),
+        ReplicaId(2),
+        Message::Request(request.clone()),
+    );
+    cluster.advance(Duration::from_millis(1000));
+    assert_eq!(cluster.replica(1).status().view, View(0), "no deadline ran");
+    assert_eq!(cluster.replica(1).status().pending_requests, 1);
+    cluster.deliver(ReplicaId(1), Message::Request(request));
+    cluster.advance(Duration::from_millis(1000));
+    assert!(
+        cluster.replica(1).status().view > View(0) || !cluster.replica(1).status().active,
+        "the client's own copy starts the deadline: the backup moves to replace the primary"
+    );
+}
+
+/// A primary orders requests that came on their clients' own links before
+/// relayed ones, and relayed ones taking turns between the relaying
+/// replicas: one relaying a flood gets no more room than an honest one.
+#[test]
+fn a_primary_orders_direct_requests_first_then_relays_in_turn() {
+    let (mut config, signers) = harness::config(4);
+    config.batch_size_max = 1;
+    config.in_flight_max = 1;
+    let mut cluster = Cluster::with_config(config, signers);
+    let mut clients: Vec<Client> = (1..=5).map(|i| Client::new(i, &cluster)).collect();
+    let requests: Vec<_> = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| c.request(put(&format!("k{i}"), "v")))
+        .collect();
+    // Replica 3 relays three (a flood), replica 2 one, and one comes from
+    // its client, last of all.
+    for r in &requests[0..3] {
+        cluster.relay(ReplicaId(0), ReplicaId(3), Message::Request(r.clone()));
+    }
+    cluster.relay(
+        ReplicaId(0),
+        ReplicaId(2),
+        Message::Request(requests[3].clone()),
+    );
+    cluster.deliver(ReplicaId(0), Message::Request(requests[4].clone()));
+    cluster.run();
+    cluster.advance(Duration::from_millis(50));
+    let order: Vec<usize> = (1..=5u64)
+        .map(|seq| {
+            let digest = cluster.executed[&ReplicaId(0)][&SeqNum(seq)];
+            (0..5)
+                .find(|&i| {
+                    Batch {
+                        requests: vec![requests[i].clone()],
+                    }
+                    .digest()
+                        == digest
+                })
+                .expect("one request per batch")
+        })
+        .collect();
+    assert_eq!(order, vec![4, 3, 0, 1, 2], "direct, then r2 and r3 in turn");
+}

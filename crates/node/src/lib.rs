@@ -11,8 +11,10 @@
 //!                                  dropped and counted              bad signatures)
 //!                                                                          │ Verified<Message>
 //!                                                                          ▼
-//!   endpoint.send ◄── sends, in order ◄── one storage.append ◄── protocol task: Replica::handle
-//!                                          (one fsync)              for a group of inputs
+//!   endpoint.send ◄── outbox: sends held ◄──── protocol task: Replica::handle for a group of
+//!                     until durable, FIFO        inputs; records ──submit──► log writer thread
+//!                            ▲                                               (write + fsync of every
+//!                            └──────── durable position (watch) ◄─────────── group queued meanwhile)
 //! ```
 //!
 //! * The **decode task** turns frames into [`Message`]s.
@@ -26,28 +28,33 @@
 //!   in batches on [`Threads::verify`] dedicated threads, off the runtime,
 //!   with the replicas' keys decoded once, and forwards only [`Verified`]
 //!   messages, in arrival order.
-//! * The **protocol task** owns the [`Replica`] and the
-//!   [`Storage`]. It waits for a verified message, the
+//! * The **protocol task** owns the [`Replica`], the log writer
+//!   ([`pbft_storage::LogWriter`], on a thread of its own, over the
+//!   [`Storage`]) and the outbox. It waits for a verified message, the
 //!   core's [`poll_timeout`](pbft_core::Replica::poll_timeout) deadline (then
-//!   it delivers [`Input::Tick`](pbft_core::Input::Tick)) or shutdown. After
-//!   the first input it also takes whatever else is ready (up to
-//!   [`GROUP_INPUTS_MAX`] inputs) so that one step, and one fsync, covers them
-//!   all (group commit).
+//!   it delivers [`Input::Tick`](pbft_core::Input::Tick)), the writer's
+//!   progress or shutdown. After the first input it also takes whatever else
+//!   is ready (up to [`GROUP_INPUTS_MAX`] inputs) into one step, whose records
+//!   are one group for the writer; the writer writes and syncs every group
+//!   queued while its previous write ran with one fsync (pipelined group
+//!   commit), and the task goes on with the next step meanwhile.
 //!
 //! Protocol time ([`pbft_core::Instant`]) is microseconds since the node started,
 //! read from tokio's monotonic clock.
 //!
 //! # Output ordering guarantee
 //!
-//! Within a step, **every [`Output::Persist`](pbft_core::Output::Persist)
-//! record is durable (written and fsynced with one
-//! [`Storage::append`](pbft_storage::Storage::append)) before any `Send`,
-//! `Broadcast`, `Reply` or `Status` of that step leaves the node**; the sends
-//! then go out in the order the core produced them. Sends of one step are
-//! always performed before the next step starts, so a persist is also durable
-//! before any *later* send. If the append fails, the node stops with an error
-//! and sends nothing of that step: it never sends what it could not persist.
-//! The fsync runs on tokio's blocking pool, so the runtime is not stalled.
+//! **Every [`Output::Persist`](pbft_core::Output::Persist) record is durable
+//! (written and, with `durability = "fsync"`, the default, fsynced by the log
+//! writer) before any `Send`, `Broadcast`, `Reply` or `Status` the core
+//! produced after it (in its step or a later one) leaves the node**, and
+//! sends leave in the order the core produced them: each send waits in the
+//! outbox until every group submitted before it is durable (a step that
+//! persisted nothing does not overtake earlier held sends). If the writer
+//! fails, the node stops with an error and sends nothing it held or produced
+//! later: it never sends what it could not persist. The writes run on their
+//! own thread, so the runtime is not stalled. While the writer is too far
+//! behind, the protocol task takes no new inputs (see the outbox's bound).
 //!
 //! Send failures (a full per-peer queue, a client that is not connected) are
 //! counted and logged at debug level; they are never fatal, the protocol
@@ -56,8 +63,9 @@
 //! # Shutdown
 //!
 //! When the `shutdown` future given to [`run`] resolves, the protocol task
-//! finishes the step it is in (persist, then send) and stops; the record log
-//! is closed (releasing its lock), the endpoint is shut down
+//! finishes the step it is in and stops; the log writer writes what was
+//! submitted and the record log is closed (releasing its lock), the held
+//! sends go out, the endpoint is shut down
 //! ([`Endpoint::shutdown`](pbft_net::Endpoint::shutdown): connections closed,
 //! UDP port released) and [`run`] returns `Ok(())`.
 
@@ -67,6 +75,7 @@ pub mod byzantine;
 mod inbound;
 mod metrics;
 mod metrics_http;
+mod outbox;
 pub mod process;
 mod protocol;
 #[cfg(any(test, feature = "testkit"))]
@@ -77,7 +86,7 @@ mod threads;
 
 use anyhow::{anyhow, bail, Context};
 use pbft_app::kv::KvStore;
-use pbft_config::{LogFormat, Node};
+use pbft_config::{Durability, LogFormat, Node};
 use pbft_core::{Message, Replica};
 use pbft_crypto::{keyfile, PublicKey, Signer, Verified, Verifier};
 use pbft_net::{AcceptPolicy, Endpoint, NetConfig};
@@ -172,6 +181,14 @@ impl Clock {
     }
 }
 
+/// How the record log is written, for a node file's `durability`.
+fn storage_options(durability: Durability) -> pbft_storage::Options {
+    pbft_storage::Options {
+        sync: durability == Durability::Fsync,
+        ..pbft_storage::Options::default()
+    }
+}
+
 /// Initialises `node`'s data directory once, before its first start: an
 /// empty record log and the init marker ([`Storage::init`]). [`run`] refuses
 /// a data directory that was never initialised, so that a replica whose log
@@ -218,7 +235,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let span = tracing::info_span!("replica", id = node.id.0);
-    run_inner(node, threads, shutdown, None)
+    run_inner(node, threads, shutdown, None, None)
         .instrument(span)
         .await
 }
@@ -233,7 +250,7 @@ pub async fn run_byzantine(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let span = tracing::info_span!("replica", id = node.id.0, byzantine = ?spec);
-    run_inner(node, threads, shutdown, Some(spec))
+    run_inner(node, threads, shutdown, Some(spec), None)
         .instrument(span)
         .await
 }
@@ -244,11 +261,14 @@ type Spec = byzantine::Spec;
 #[cfg(not(feature = "byzantine"))]
 type Spec = std::convert::Infallible;
 
+/// Runs one replica (see [`run_with`]); `wrap` wraps the log writer's
+/// callback (tests hold its reports back with it).
 async fn run_inner(
     node: Node,
     threads: Threads,
     shutdown: impl Future<Output = ()> + Send,
     spec: Option<Spec>,
+    wrap: Option<protocol::WrapNotify>,
 ) -> anyhow::Result<()> {
     // Poll `shutdown` once before anything else, so that whatever it waits
     // for is armed from the start (signal handlers of `shutdown_signal` are
@@ -290,9 +310,15 @@ async fn run_inner(
 
     let data_dir = node.data_dir.clone();
     let cluster_id = cluster.id.0;
-    let mut options = pbft_storage::Options::default();
+    let mut options = storage_options(node.durability);
     if let Some(bytes) = node.segment_bytes {
         options.segment_bytes = bytes;
+    }
+    if !options.sync {
+        warn!(
+            "durability = \"none\": the record log is never synced; an OS crash or power loss \
+             can lose this replica's last records (benchmarks only)"
+        );
     }
     let (storage, records) =
         tokio::task::spawn_blocking(move || Storage::open_with(&data_dir, cluster_id, id, options))
@@ -394,7 +420,7 @@ async fn run_inner(
     );
     let (stop_tx, stop_rx) = oneshot::channel();
     #[cfg_attr(not(feature = "byzantine"), allow(unused_mut))]
-    let mut task = protocol::Protocol::new(
+    let (mut task, progress) = protocol::Protocol::new(
         replica,
         storage,
         endpoint.clone(),
@@ -402,15 +428,18 @@ async fn run_inner(
         clock,
         metrics,
         verifier,
-    );
+        wrap,
+    )
+    .with_context(|| format!("replica {}: cannot start its record log writer", id.0))?;
     #[cfg(feature = "byzantine")]
     task.set_tamper(tamper);
-    let mut protocol = tokio::spawn(task.run(verified_rx, stop_rx).in_current_span());
+    let mut protocol = tokio::spawn(task.run(progress, verified_rx, stop_rx).in_current_span());
 
     let joined = tokio::select! {
         _ = &mut shutdown => {
             info!("shutting down");
-            // The protocol task finishes its current step (persist, then send).
+            // The protocol task finishes its current step, lets the writer
+            // write what it was given, closes the log and sends what it held.
             let _ = stop_tx.send(());
             (&mut protocol).await
         }

@@ -56,10 +56,17 @@ pub(crate) struct Metrics {
     pub(crate) batch_size: Histogram,
     /// Per-phase latency of executed batches, by phase ([`PHASES`]).
     pub(crate) phase_seconds: HistogramVec,
-    /// Record-log appends (one fsync each).
+    /// Record-log fsyncs (one per write of the log writer, which covers
+    /// every group queued while the previous one ran).
     pub(crate) fsyncs: IntCounter,
-    /// Time of one append with its fsync.
+    /// Time of one write of the log writer with its fsync.
     pub(crate) fsync_seconds: Histogram,
+    /// Sends held in the outbox until the records before them are durable.
+    pub(crate) outbox_held: IntGauge,
+    /// Groups submitted to the log writer, not yet durable.
+    pub(crate) log_lag: IntGauge,
+    /// Times the protocol task stopped taking inputs for the log writer.
+    pub(crate) backpressure: IntCounter,
     /// Views entered (each is a completed view change at this replica).
     pub(crate) view_changes: IntCounter,
     /// Checkpoints taken.
@@ -152,7 +159,8 @@ impl Metrics {
         let fsync_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "pbft_fsync_seconds",
-                "Time of one record-log append with its fsync",
+                "Time of one record-log write with its fsync (a write covers every group queued \
+                 while the previous one ran)",
             )
             .buckets(seconds_buckets()?),
         )?;
@@ -160,7 +168,9 @@ impl Metrics {
         let queue_depth = prometheus::IntGaugeVec::new(
             Opts::new(
                 "pbft_queue_depth",
-                "Items waiting between stages: decoded (to the verifier), verified (to the protocol task)",
+                "Items waiting between stages: decoded (to the verifier), verified (to the protocol \
+                 task), outbox (sends held until durable), log (groups submitted to the log \
+                 writer, not yet durable)",
             ),
             &["queue"],
         )?;
@@ -193,9 +203,16 @@ impl Metrics {
             fsyncs: counter(
                 &r,
                 "pbft_fsyncs_total",
-                "Record-log appends, one fsync each",
+                "Record-log fsyncs, one per write of the log writer",
             )?,
             fsync_seconds,
+            outbox_held: queue_depth.with_label_values(&["outbox"]),
+            log_lag: queue_depth.with_label_values(&["log"]),
+            backpressure: counter(
+                &r,
+                "pbft_backpressure_total",
+                "Times the protocol task stopped taking inputs until the log writer caught up",
+            )?,
             view_changes: counter(
                 &r,
                 "pbft_view_changes_total",
@@ -374,6 +391,9 @@ mod tests {
             "pbft_fsyncs_total 0",
             "pbft_view_changes_total 0",
             "pbft_queue_depth{queue=\"verified\"} 0",
+            "pbft_queue_depth{queue=\"outbox\"} 0",
+            "pbft_queue_depth{queue=\"log\"} 0",
+            "pbft_backpressure_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

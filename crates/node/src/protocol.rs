@@ -1,38 +1,135 @@
 //! The protocol task: drives the [`Replica`] with verified messages and timer
-//! ticks, makes its records durable, then performs its sends.
+//! ticks, hands its records to the log writer, and sends what they allow.
 //!
 //! # Invariant
 //! A step is: one or more inputs through [`Replica::handle`] into one output
-//! vector; then every [`Output::Persist`] record of the step in one
-//! [`Storage::append`] (one fsync); only then the step's sends, in order. The
-//! next step starts after the sends. So a record is durable before any send
-//! that follows it, and a failed append stops the node before anything of its
-//! step is sent.
+//! vector; then every [`Output::Persist`] record of the step, as one group,
+//! to the [`LogWriter`] ([`LogWriter::submit`], which returns at once with the
+//! group's position); then every send of the step (send, broadcast, reply,
+//! status report) into the [`Outbox`], tagged with the position of the last
+//! group submitted so far, whether or not this step persisted anything. The
+//! next step starts at once, while the writer thread writes and syncs.
+//!
+//! **A send leaves the node only once the writer reported its position
+//! durable, and sends leave in the order the core produced them** (see
+//! [`crate::outbox`]). So a record is durable before any send the core
+//! produced after it, in its step or a later one. Outputs that are not
+//! sends (executions, checkpoints, view entries: metrics and logs) are
+//! performed at once; the `reply` phase of an executed batch is timed when
+//! its replies are released.
+//!
+//! The writer's callback runs on the writer thread: it counts fsyncs and
+//! their time from its [`Progress`] stats and hands the durable position (or
+//! the failure) to this task through a `watch` channel, which `run` selects
+//! on. A writer failure stops the node with an error; nothing held, and
+//! nothing produced later, is sent. While the writer is too far behind
+//! ([`Outbox::must_pause`]) the task takes no inputs (messages, ticks) until
+//! it catches up.
+//!
+//! On stop, the writer writes what was submitted and is closed (releasing
+//! the data directory), then the held sends go out.
 
 use crate::metrics::{mirror, Metrics, MIRROR_PERIOD};
+use crate::outbox::Outbox;
 use crate::Clock;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
-use pbft_core::{Input, Message, Output, Record, Replica, SeqNum, View};
+use pbft_core::{Input, Message, Output, Replica, SeqNum, View};
 use pbft_crypto::{PublicKey, Verified};
 use pbft_net::{Endpoint, VerifierHandle};
-use pbft_storage::Storage;
+use pbft_storage::{LogWriter, Notify, Progress, Stats, Storage, StorageError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, Instrument};
 
-/// Most inputs handled in one step (one fsync, one round of sends).
+/// Most inputs handled in one step (one group of records, one round of sends).
 pub const GROUP_INPUTS_MAX: usize = 256;
 
 /// How often the counters are logged.
 const STATS_PERIOD: Duration = Duration::from_secs(10);
 
+/// The context of every error that stops the node because its records may
+/// not be durable.
+const PERSIST_FAILED: &str =
+    "cannot persist protocol state; stopping without sending anything that depends on it";
+
+/// What the writer thread reported last, as the protocol task sees it.
+#[derive(Debug, Default)]
+pub(crate) struct WriterState {
+    /// Every group up to this position is durable.
+    durable: u64,
+    /// The failure that stopped the writer, if it stopped.
+    failure: Option<Arc<StorageError>>,
+}
+
+/// Wraps the writer's callback (tests: to hold its reports back).
+pub(crate) type WrapNotify = Box<dyn FnOnce(Notify) -> Notify + Send>;
+
+/// The writer's callback: counts fsyncs (and their time) from the deltas of
+/// [`Progress::stats`], starting from `stats`, and hands the durable
+/// position or the failure on through `state`. Runs on the writer thread.
+fn notify(state: watch::Sender<WriterState>, metrics: Arc<Metrics>, stats: Stats) -> Notify {
+    let mut last = stats;
+    Box::new(
+        move |report: Result<Progress, Arc<StorageError>>| match report {
+            Ok(progress) => {
+                let syncs = progress.stats.syncs.saturating_sub(last.syncs);
+                if syncs > 0 {
+                    let nanos = progress.stats.write_nanos.saturating_sub(last.write_nanos);
+                    metrics.fsyncs.inc_by(syncs);
+                    metrics
+                        .fsync_seconds
+                        .observe(nanos as f64 / 1e9 / syncs as f64);
+                }
+                last = progress.stats;
+                state.send_modify(|s| s.durable = s.durable.max(progress.durable));
+            }
+            Err(e) => state.send_modify(|s| s.failure = Some(e)),
+        },
+    )
+}
+
+/// The error to stop with once the writer is gone: its failure, if it
+/// reported one.
+fn writer_error(progress: &watch::Receiver<WriterState>) -> anyhow::Error {
+    match &progress.borrow().failure {
+        Some(e) => anyhow::Error::new(e.clone()).context(PERSIST_FAILED),
+        None => anyhow!("the record log writer stopped unexpectedly").context(PERSIST_FAILED),
+    }
+}
+
+/// A send waiting in the outbox (or an observation timed at its release).
+#[derive(Debug)]
+enum Held {
+    /// A frame for a replica or a client.
+    Send {
+        to: PublicKey,
+        frame: Bytes,
+        kind: &'static str,
+    },
+    /// A tampered frame a Byzantine replica sends after an extra delay.
+    #[cfg(feature = "byzantine")]
+    Delayed {
+        to: PublicKey,
+        frame: Bytes,
+        delay: Duration,
+    },
+    /// An executed batch's replies go out with the items before this: its
+    /// `reply` and `total` phases end here.
+    Replied {
+        received: Option<pbft_core::Instant>,
+        executed: pbft_core::Instant,
+    },
+}
+
 /// The protocol task's state. See the module docs.
 pub(crate) struct Protocol {
     replica: Replica,
-    /// `None` only while an append runs on the blocking pool.
-    storage: Option<Storage>,
+    /// `None` once closed.
+    writer: Option<LogWriter>,
+    /// Sends waiting for durability.
+    outbox: Outbox<Held>,
     endpoint: Endpoint,
     /// Replica keys, indexed by [`ReplicaId`].
     keys: Vec<PublicKey>,
@@ -51,6 +148,10 @@ pub(crate) struct Protocol {
 }
 
 impl Protocol {
+    /// The protocol task's state, with a log writer thread started for
+    /// `storage` (its callback wrapped by `wrap`, if given). Returns the
+    /// receiver of the writer's reports, for [`Protocol::run`].
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         replica: Replica,
         storage: Storage,
@@ -59,11 +160,20 @@ impl Protocol {
         clock: Clock,
         metrics: Arc<Metrics>,
         verifier: VerifierHandle,
-    ) -> Protocol {
+        wrap: Option<WrapNotify>,
+    ) -> anyhow::Result<(Protocol, watch::Receiver<WriterState>)> {
+        let (state, progress) = watch::channel(WriterState::default());
+        let mut callback = notify(state, metrics.clone(), storage.stats());
+        if let Some(wrap) = wrap {
+            callback = wrap(callback);
+        }
+        let writer =
+            LogWriter::spawn(storage, callback).context("cannot start the record log writer")?;
         let status = replica.status();
-        Protocol {
+        let protocol = Protocol {
             replica,
-            storage: Some(storage),
+            writer: Some(writer),
+            outbox: Outbox::default(),
             endpoint,
             keys,
             clock,
@@ -74,7 +184,8 @@ impl Protocol {
             handled_at: pbft_core::Instant(0),
             #[cfg(feature = "byzantine")]
             tamper: None,
-        }
+        };
+        Ok((protocol, progress))
     }
 
     /// Makes this replica Byzantine (`None`: honest).
@@ -96,13 +207,62 @@ impl Protocol {
         true
     }
 
-    /// Runs steps until `stop` fires (or its sender is dropped). Returns an
-    /// error if the record log cannot be written or the verification stage
-    /// ends unexpectedly.
+    /// The core input for `message` from the peer with key `from`: a client
+    /// request that came on a replica's link is relayed (the transport lets
+    /// a client link carry only its own client's requests).
+    fn input(&self, from: PublicKey, message: Verified<Message>) -> Input {
+        match &*message {
+            Message::Request(r) if r.client.0 != from => {
+                match self.keys.iter().position(|k| *k == from) {
+                    Some(i) => Input::Relayed(pbft_core::ReplicaId(i as u32), message),
+                    None => Input::Message(message),
+                }
+            }
+            _ => Input::Message(message),
+        }
+    }
+
+    /// Groups submitted to the writer so far.
+    fn submitted(&self) -> u64 {
+        self.writer.as_ref().map_or(0, LogWriter::submitted)
+    }
+
+    /// Runs steps until `stop` fires (or its sender is dropped), then lets
+    /// the writer finish, closes it and sends what it held. Returns an error
+    /// if the record log cannot be written or the verification stage ends
+    /// unexpectedly; then nothing held is sent.
     pub(crate) async fn run(
         mut self,
+        mut progress: watch::Receiver<WriterState>,
         mut verified: mpsc::Receiver<(PublicKey, Verified<Message>)>,
         mut stop: oneshot::Receiver<()>,
+    ) -> anyhow::Result<()> {
+        let result = self.steps(&mut progress, &mut verified, &mut stop).await;
+        let writer = self.writer.take();
+        let submitted = writer.as_ref().map_or(0, LogWriter::submitted);
+        let closed = tokio::task::spawn_blocking(move || writer.map(LogWriter::close))
+            .await
+            .context("the record log writer failed")?;
+        if let Err(e) = result {
+            self.outbox.fail();
+            return Err(e);
+        }
+        if let Some(Err(_)) = closed {
+            self.outbox.fail();
+            return Err(writer_error(&progress));
+        }
+        // Everything submitted is durable now.
+        self.outbox.durable(submitted);
+        self.release();
+        self.log_stats();
+        Ok(())
+    }
+
+    async fn steps(
+        &mut self,
+        progress: &mut watch::Receiver<WriterState>,
+        verified: &mut mpsc::Receiver<(PublicKey, Verified<Message>)>,
+        stop: &mut oneshot::Receiver<()>,
     ) -> anyhow::Result<()> {
         let mut stats =
             tokio::time::interval_at(tokio::time::Instant::now() + STATS_PERIOD, STATS_PERIOD);
@@ -110,7 +270,19 @@ impl Protocol {
         let mut mirror = tokio::time::interval(MIRROR_PERIOD);
         mirror.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = Vec::new();
+        let mut was_paused = false;
         loop {
+            let paused = self.outbox.must_pause(self.submitted());
+            if paused && !was_paused {
+                self.metrics.backpressure.inc();
+                debug!(
+                    submitted = self.submitted(),
+                    durable = self.outbox.durable_position(),
+                    held = self.outbox.len(),
+                    "the log writer is behind; inputs wait"
+                );
+            }
+            was_paused = paused;
             let deadline = self.replica.poll_timeout().map(|t| self.clock.deadline(t));
             let timer = async {
                 match deadline {
@@ -118,12 +290,21 @@ impl Protocol {
                     None => std::future::pending().await,
                 }
             };
-            // Biased: stop first, then timers and the stats line (so a busy
-            // network cannot starve them), then messages.
+            // Biased: stop first, then the writer's progress (releasing
+            // sends), timers and the stats line (so a busy network cannot
+            // starve them), then messages. No inputs while paused.
             let first = tokio::select! {
                 biased;
-                _ = &mut stop => break,
-                () = timer => Input::Tick,
+                _ = &mut *stop => return Ok(()),
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        self.outbox.fail();
+                        return Err(writer_error(progress));
+                    }
+                    self.take_progress(progress)?;
+                    continue;
+                }
+                () = timer, if !paused => Input::Tick,
                 _ = stats.tick() => {
                     self.log_stats();
                     continue;
@@ -132,42 +313,93 @@ impl Protocol {
                     self.mirror_metrics(verified.len());
                     continue;
                 }
-                message = verified.recv() => match message {
-                    Some((_, message)) if self.admit(&message) => Input::Message(message),
+                message = verified.recv(), if !paused => match message {
+                    Some((from, message)) if self.admit(&message) => self.input(from, message),
                     Some(_) => continue,
                     None => return Err(anyhow!("the verification stage stopped unexpectedly")),
                 },
             };
             let span = tracing::debug_span!("step", view = self.view.0, seq = self.last_executed.0);
-            self.step(first, &mut verified, &mut out)
+            self.step(first, verified, progress, &mut out)
                 .instrument(span)
                 .await?;
+            self.take_progress(progress)?;
         }
-        self.log_stats();
+    }
+
+    /// Reads the writer's last report: releases what became durable, or
+    /// fails (holding everything) if the writer failed.
+    fn take_progress(&mut self, progress: &mut watch::Receiver<WriterState>) -> anyhow::Result<()> {
+        let durable = {
+            let state = progress.borrow_and_update();
+            if state.failure.is_some() {
+                None
+            } else {
+                Some(state.durable)
+            }
+        };
+        let Some(durable) = durable else {
+            self.outbox.fail();
+            return Err(writer_error(progress));
+        };
+        self.outbox.durable(durable);
+        self.release();
         Ok(())
     }
 
+    /// Sends what the outbox releases, in order.
+    fn release(&mut self) {
+        while let Some(held) = self.outbox.pop_ready() {
+            match held {
+                Held::Send { to, frame, kind } => self.send(to, frame, kind),
+                #[cfg(feature = "byzantine")]
+                Held::Delayed { to, frame, delay } => {
+                    let endpoint = self.endpoint.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = endpoint.send(to, frame);
+                    });
+                }
+                Held::Replied { received, executed } => self.observe_replied(received, executed),
+            }
+        }
+        self.metrics.outbox_held.set(self.outbox.len() as i64);
+        self.metrics.log_lag.set(
+            self.submitted()
+                .saturating_sub(self.outbox.durable_position()) as i64,
+        );
+    }
+
+    /// Holds a frame until everything submitted so far is durable.
+    fn hold(&mut self, to: PublicKey, frame: Bytes, kind: &'static str) {
+        let position = self.submitted();
+        let bytes = frame.len();
+        self.outbox
+            .push(position, bytes, Held::Send { to, frame, kind });
+    }
+
     /// One step: `first` and whatever else is ready through the core, then
-    /// persist, then send.
+    /// its records to the writer and its sends to the outbox.
     async fn step(
         &mut self,
         first: Input,
         verified: &mut mpsc::Receiver<(PublicKey, Verified<Message>)>,
+        progress: &watch::Receiver<WriterState>,
         out: &mut Vec<Output>,
     ) -> anyhow::Result<()> {
         out.clear();
         self.replica.handle(self.clock.now(), first, out);
         let mut inputs = 1;
         while inputs < GROUP_INPUTS_MAX {
-            let Ok((_, message)) = verified.try_recv() else {
+            let Ok((from, message)) = verified.try_recv() else {
                 break;
             };
             inputs += 1;
             if !self.admit(&message) {
                 continue;
             }
-            self.replica
-                .handle(self.clock.now(), Input::Message(message), out);
+            let input = self.input(from, message);
+            self.replica.handle(self.clock.now(), input, out);
         }
         let now = self.clock.now();
         if self.replica.poll_timeout().is_some_and(|t| t <= now) {
@@ -184,7 +416,16 @@ impl Protocol {
             }
         }
         if !records.is_empty() {
-            self.persist(records).await?;
+            let count = records.len();
+            let submitted = match self.writer.as_mut() {
+                Some(writer) => writer.submit(records).is_ok(),
+                None => false,
+            };
+            if !submitted {
+                self.outbox.fail();
+                return Err(writer_error(progress));
+            }
+            debug!(records = count, position = self.submitted(), "submitted");
         }
         #[cfg(feature = "byzantine")]
         if let Some(t) = &mut self.tamper {
@@ -193,7 +434,7 @@ impl Protocol {
                 self.perform(action);
             }
             for o in sends {
-                self.send_tampered(o);
+                self.hold_tampered(o);
             }
             return Ok(());
         }
@@ -203,12 +444,12 @@ impl Protocol {
         Ok(())
     }
 
-    /// Sends one message a Byzantine replica's tampering produced, after
-    /// its extra delay (microseconds) if it has one.
+    /// Holds one message a Byzantine replica's tampering produced (sent,
+    /// once released, after its extra delay in microseconds if it has one).
     #[cfg(feature = "byzantine")]
-    fn send_tampered(&self, o: pbft_sim::network::Outgoing) {
+    fn hold_tampered(&mut self, o: pbft_sim::network::Outgoing) {
         use pbft_sim::network::Dest;
-        let key = match o.to {
+        let to = match o.to {
             Dest::Replica(j) => match self.keys.get(j) {
                 Some(k) => *k,
                 None => return,
@@ -218,53 +459,27 @@ impl Protocol {
         let kind = o.msg.kind();
         let frame = Bytes::from(o.msg.encode());
         if o.extra_delay == 0 {
-            self.send(key, frame, kind);
+            self.hold(to, frame, kind);
             return;
         }
-        let endpoint = self.endpoint.clone();
+        let position = self.submitted();
+        let bytes = frame.len();
         let delay = Duration::from_micros(o.extra_delay);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = endpoint.send(key, frame);
-        });
+        self.outbox
+            .push(position, bytes, Held::Delayed { to, frame, delay });
     }
 
-    /// Appends `records` with one fsync, on the blocking pool.
-    async fn persist(&mut self, records: Vec<Record>) -> anyhow::Result<()> {
-        let mut storage = self
-            .storage
-            .take()
-            .context("the record log is unavailable after an earlier failure")?;
-        let count = records.len();
-        let started = std::time::Instant::now();
-        let (storage, result) = tokio::task::spawn_blocking(move || {
-            let result = storage.append(&records);
-            (storage, result)
-        })
-        .await
-        .context("the record log writer failed")?;
-        self.storage = Some(storage);
-        result.context(
-            "cannot persist protocol state; stopping without sending anything that depends on it",
-        )?;
-        self.metrics.fsyncs.inc();
-        self.metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        debug!(records = count, "persisted");
-        Ok(())
-    }
-
-    /// Performs one non-persist output.
+    /// Performs one non-persist output: a send goes to the outbox, the rest
+    /// (metrics, logs) is done at once.
     fn perform(&mut self, output: Output) {
         match output {
             Output::Persist(_) => {
-                // Split off by `step` and already durable.
+                // Split off by `step` and submitted to the writer.
             }
             Output::Send(to, message) => match self.keys.get(to.index()) {
                 Some(key) => {
                     let key = *key;
-                    self.send(key, Bytes::from(message.encode()), message.kind());
+                    self.hold(key, Bytes::from(message.encode()), message.kind());
                 }
                 None => debug!(%to, "send to an unknown replica dropped"),
             },
@@ -273,17 +488,17 @@ impl Protocol {
                 let me = self.replica.id();
                 for i in 0..self.keys.len() {
                     if i != me.index() {
-                        self.send(self.keys[i], frame.clone(), message.kind());
+                        self.hold(self.keys[i], frame.clone(), message.kind());
                     }
                 }
             }
             Output::Reply(client, reply) => {
                 let frame = Bytes::from(Message::Reply(reply).encode());
-                self.send(client.0, frame, "reply");
+                self.hold(client.0, frame, "reply");
             }
             Output::Status(client, report) => {
                 let frame = Bytes::from(Message::StatusReport(report).encode());
-                self.send(client.0, frame, "status-report");
+                self.hold(client.0, frame, "status-report");
             }
             Output::Executed {
                 seq,
@@ -339,22 +554,36 @@ impl Protocol {
 
     /// Records an executed batch's phases: from its first request's arrival
     /// (when known) through pre-prepare, prepared and committed to execution
-    /// (this step's handling) and the reply (now: the step's records are
-    /// durable and its sends go out).
-    fn observe_phases(&self, t: &pbft_core::PhaseTimes) {
-        let replied = self.clock.now();
-        let secs = |from: pbft_core::Instant, to: pbft_core::Instant| {
-            to.as_micros().saturating_sub(from.as_micros()) as f64 / 1e6
-        };
+    /// (this step's handling) now; the reply (its records are durable and its
+    /// sends go out) when the outbox releases it ([`Protocol::observe_replied`]).
+    fn observe_phases(&mut self, t: &pbft_core::PhaseTimes) {
         let m = &self.metrics;
         if let Some(received) = t.received {
-            m.observe_phase("queued", secs(received, t.pre_prepared));
-            m.observe_phase("total", secs(received, replied));
+            m.observe_phase("queued", seconds(received, t.pre_prepared));
         }
-        m.observe_phase("prepare", secs(t.pre_prepared, t.prepared));
-        m.observe_phase("commit", secs(t.prepared, t.committed));
-        m.observe_phase("execute", secs(t.committed, self.handled_at));
-        m.observe_phase("reply", secs(self.handled_at, replied));
+        m.observe_phase("prepare", seconds(t.pre_prepared, t.prepared));
+        m.observe_phase("commit", seconds(t.prepared, t.committed));
+        m.observe_phase("execute", seconds(t.committed, self.handled_at));
+        let position = self.submitted();
+        self.outbox.push(
+            position,
+            0,
+            Held::Replied {
+                received: t.received,
+                executed: self.handled_at,
+            },
+        );
+    }
+
+    /// The `reply` and `total` phases of a batch executed at `executed`,
+    /// whose replies were just released.
+    fn observe_replied(&self, received: Option<pbft_core::Instant>, executed: pbft_core::Instant) {
+        let replied = self.clock.now();
+        let m = &self.metrics;
+        m.observe_phase("reply", seconds(executed, replied));
+        if let Some(received) = received {
+            m.observe_phase("total", seconds(received, replied));
+        }
     }
 
     /// Copies the core's, the endpoint's and the verifier's counters and
@@ -413,6 +642,12 @@ impl Protocol {
             executed_batches = m.batches_executed.get(),
             executed_requests = m.requests_executed.get(),
             fsyncs = m.fsyncs.get(),
+            outbox_held = self.outbox.len(),
+            outbox_bytes = self.outbox.bytes(),
+            log_lag = self
+                .submitted()
+                .saturating_sub(self.outbox.durable_position()),
+            backpressure = m.backpressure.get(),
             garbage_frames = m.garbage_frames.get(),
             refused_frames = m.refused_frames.get(),
             foreign_client_frames = m.foreign_client_frames.get(),
@@ -429,4 +664,9 @@ impl Protocol {
             "stats"
         );
     }
+}
+
+/// Seconds from `from` to `to` (0 if `to` is earlier).
+fn seconds(from: pbft_core::Instant, to: pbft_core::Instant) -> f64 {
+    to.as_micros().saturating_sub(from.as_micros()) as f64 / 1e6
 }

@@ -7,7 +7,9 @@ use pbft_config::Node;
 use pbft_core::message::{Prepare, Request, StatusRequest};
 use pbft_core::{ClientId, Message, ReplicaId, RequestId, SeqNum, View};
 use pbft_crypto::{keyfile, ClusterId, Digest, KeyPair, Signer};
+use pbft_storage::{Notify, Progress, StorageError};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -30,10 +32,120 @@ impl Running {
         Running { stop, task }
     }
 
+    /// Starts `node` with its log writer's reports passing through `gate`.
+    fn start_gated(node: Node, gate: &Gate) -> Running {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(crate::run_inner(
+            node,
+            crate::Threads::default(),
+            shutdown,
+            None,
+            Some(gate.wrap()),
+        ));
+        Running { stop, task }
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.task.await?
     }
+}
+
+/// Stands between a node's log writer and its protocol task: holds the
+/// writer's reports back until opened, or reports a failure instead.
+#[derive(Clone, Default)]
+struct Gate(Arc<Mutex<GateState>>);
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    failed: bool,
+    /// Reports the writer made so far.
+    reports: usize,
+    held: Vec<Report>,
+    inner: Option<Notify>,
+}
+
+type Report = Result<Progress, Arc<StorageError>>;
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wrap(&self) -> crate::protocol::WrapNotify {
+        let gate = self.clone();
+        Box::new(move |inner: Notify| -> Notify {
+            gate.lock().inner = Some(inner);
+            Box::new(move |report: Report| {
+                let mut s = gate.lock();
+                s.reports += 1;
+                if s.failed {
+                    return;
+                }
+                if s.open {
+                    if let Some(inner) = &mut s.inner {
+                        inner(report);
+                    }
+                } else {
+                    s.held.push(report);
+                }
+            })
+        })
+    }
+
+    /// Passes every held report on, and every later one.
+    fn open(&self) {
+        let mut s = self.lock();
+        s.open = true;
+        let held = std::mem::take(&mut s.held);
+        if let Some(inner) = &mut s.inner {
+            for report in held {
+                inner(report);
+            }
+        }
+    }
+
+    /// Reports a writer failure instead of what it held (and drops later reports).
+    fn fail(&self) {
+        let mut s = self.lock();
+        s.failed = true;
+        s.held.clear();
+        if let Some(inner) = &mut s.inner {
+            inner(Err(Arc::new(StorageError::WriterStopped)));
+        }
+    }
+
+    fn reports(&self) -> usize {
+        self.lock().reports
+    }
+
+    /// Waits (up to 10 s) until the writer made more than `before` reports.
+    async fn wait_reports(&self, before: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.reports() <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writer reported nothing new"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Sends a put to replica 0 (the primary of view 0) without waiting.
+fn send_put(c: &TestClient, request_id: RequestId) {
+    let request = c.signer().sign(Request {
+        client: c.id(),
+        request_id,
+        op: put("k", "v").encode(),
+        read_only: false,
+    });
+    c.send(ReplicaId(0), &Message::Request(request))
+        .expect("send the request");
 }
 
 fn setup(spec: &Spec) -> (tempfile::TempDir, TestCluster) {
@@ -262,6 +374,77 @@ async fn four_nodes_serve_put_then_get() {
         assert!(status.last_executed >= SeqNum(2), "{status:?}");
         c.shutdown().await;
         stop_all(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_wait_until_the_records_before_them_are_durable() {
+    bounded(Duration::from_secs(60), async {
+        let (_dir, cluster) = setup(&Spec::default());
+        let gate = Gate::default();
+        let mut nodes = vec![Running::start_gated(cluster.node(0).expect("node"), &gate)];
+        nodes.extend((1..4).map(|i| Running::start(cluster.node(i).expect("node"))));
+        let mut c = client(&cluster);
+        assert!(c.wait_connected(Duration::from_secs(10)).await);
+        let before = gate.reports();
+        let id = RequestId(1);
+        send_put(&c, id);
+        // The primary's records for the request are written, but the gate
+        // keeps the news from its protocol task: nothing it sent after
+        // them may leave. The pre-prepare waits, so no replica can reply;
+        // a status report (its step persists nothing) must not overtake it.
+        gate.wait_reports(before).await;
+        let status = c.status(ReplicaId(0), Duration::from_millis(600)).await;
+        assert!(status.is_err(), "status sent before durability: {status:?}");
+        let early = c.collect_replies(id, Duration::from_millis(300)).await;
+        assert!(early.is_empty(), "replies before durability: {early:?}");
+
+        gate.open();
+        let replies = c.collect_replies(id, OP_TIMEOUT).await;
+        assert!(replies.len() >= 2, "{replies:?}");
+        let status = c
+            .status(ReplicaId(0), STATUS_TIMEOUT)
+            .await
+            .expect("status");
+        assert!(status.last_executed >= SeqNum(1), "{status:?}");
+        c.shutdown().await;
+        stop_all(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_failure_stops_the_node_and_sends_nothing_it_held() {
+    bounded(Duration::from_secs(60), async {
+        let (_dir, cluster) = setup(&Spec::default());
+        let gate = Gate::default();
+        let Running { stop, task } = Running::start_gated(cluster.node(0).expect("node"), &gate);
+        let backups: Vec<_> = (1..4)
+            .map(|i| Running::start(cluster.node(i).expect("node")))
+            .collect();
+        let mut c = client(&cluster);
+        assert!(c.wait_connected(Duration::from_secs(10)).await);
+        let before = gate.reports();
+        let id = RequestId(1);
+        send_put(&c, id);
+        gate.wait_reports(before).await;
+        gate.fail();
+        let result = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the node stops")
+            .expect("join");
+        let e = result.expect_err("a writer failure stops the node");
+        assert!(
+            format!("{e:#}").contains("cannot persist protocol state"),
+            "{e:#}"
+        );
+        // Nothing it held went out, at the failure or at its exit.
+        let replies = c.collect_replies(id, Duration::from_millis(500)).await;
+        assert!(replies.is_empty(), "{replies:?}");
+        drop(stop);
+        c.shutdown().await;
+        stop_all(backups).await;
     })
     .await;
 }

@@ -6,7 +6,8 @@
 //! core for each: half the cores each (at least 1, at most 4 runtime workers
 //! and 8 verification threads). One runtime thread means a current-thread
 //! runtime: no work stealing and no cross-thread wake-ups between tasks.
-//! Record-log fsyncs run on tokio's blocking pool whatever the size.
+//! Record-log writes and fsyncs run on one log writer thread of their own
+//! whatever the size.
 
 use std::num::NonZeroUsize;
 

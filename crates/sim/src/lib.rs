@@ -59,6 +59,10 @@ pub struct RunOptions {
     pub seed: u64,
     /// Print a trace of events to stdout.
     pub verbose: bool,
+    /// Run the seed's plan with every Byzantine replica honest instead: the
+    /// fault-free twin that throughput under a faulty primary is compared
+    /// with.
+    pub honest_twin: bool,
 }
 
 /// The outcome of one run.
@@ -115,6 +119,12 @@ pub struct RunReport {
     pub end_time_us: u64,
     /// A hash of the run's events: equal seeds give equal hashes.
     pub trace_hash: u64,
+    /// When each completed operation completed, microseconds, in order.
+    pub completions_us: Vec<u64>,
+    /// When the group entered the first view after which every primary was
+    /// honest (0: the first primary was honest and no faulty one followed;
+    /// `None`: the last view's primary was faulty).
+    pub honest_primary_from_us: Option<u64>,
 }
 
 impl RunReport {
@@ -164,6 +174,19 @@ pub fn run(scenario: Scenario, f: usize, seed: u64) -> RunReport {
         f,
         seed,
         verbose: false,
+        honest_twin: false,
+    })
+}
+
+/// Runs the fault-free twin of `scenario`'s plan for `seed`: the same
+/// network, workload and crashes, with every Byzantine replica honest.
+pub fn run_honest_twin(scenario: Scenario, f: usize, seed: u64) -> RunReport {
+    run_with(&RunOptions {
+        scenario,
+        f,
+        seed,
+        verbose: false,
+        honest_twin: true,
     })
 }
 

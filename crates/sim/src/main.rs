@@ -63,6 +63,7 @@ fn run_seeds(
                     f,
                     seed,
                     verbose,
+                    honest_twin: false,
                 });
                 if let Ok(mut r) = results.lock() {
                     r[i] = Some(report);

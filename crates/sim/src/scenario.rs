@@ -66,11 +66,16 @@ pub enum Scenario {
     /// A random mix of the above within the fault budget (collusion aside:
     /// it needs its victim's links cut, which mixed plans do not draw).
     Mixed,
+    /// Mixed faults over long runs with the node's defaults: checkpoint
+    /// interval 64 and window 128, more clients and operations, so that
+    /// windows fill and turn over, and checkpoints, garbage collection and
+    /// state transfers happen many times per run.
+    Long,
 }
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 19] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -90,6 +95,7 @@ impl Scenario {
         Scenario::ByzFlood,
         Scenario::Laggard,
         Scenario::Mixed,
+        Scenario::Long,
     ];
 
     /// The scenario's command-line name.
@@ -114,6 +120,7 @@ impl Scenario {
             Scenario::ByzFlood => "byz-flood",
             Scenario::Laggard => "laggard",
             Scenario::Mixed => "mixed",
+            Scenario::Long => "long",
         }
     }
 
@@ -344,6 +351,20 @@ impl Plan {
                 plan.network.slow_until = plan.heal_at + rng.gen_range(500..=2_000) * MS;
             }
         };
+        // Up to f Byzantine replicas, each with a behaviour drawn from the
+        // mixed set; crashes take the rest of the fault budget.
+        let mixed_byzantine = |plan: &mut Plan, rng: &mut ChaCha8Rng| {
+            let b = rng.gen_range(0..=f);
+            let mut ids: Vec<usize> = (0..n).collect();
+            for _ in 0..b {
+                let i = ids.remove(rng.gen_range(0..ids.len()));
+                let behavior = Behavior::MIXED[rng.gen_range(0..Behavior::MIXED.len())];
+                plan.censored |= behavior == Behavior::Censor;
+                plan.byzantine.push((i, behavior));
+            }
+            plan.byzantine.sort_by_key(|(i, _)| *i);
+            plan.crash_budget = f - b;
+        };
         match scenario {
             Scenario::Normal => {
                 plan.heal_at = 0;
@@ -421,6 +442,22 @@ impl Plan {
                 }
                 plan.heal_at = rng.gen_range(2_500..=4_000) * MS;
             }
+            Scenario::Long => {
+                plan.read_only = 0.0;
+                plan.checkpoint_interval = 64;
+                plan.clients = rng.gen_range(5..=8);
+                plan.ops_per_client = rng.gen_range(80..=120);
+                plan.think_max = rng.gen_range(0..=10) * MS;
+                if rng.gen_bool(0.5) {
+                    lossy(&mut plan, rng);
+                }
+                plan.network.partitions = rng.gen_bool(0.7);
+                plan.target_primary = rng.gen_bool(0.5);
+                plan.crashes = rng.gen_bool(0.5);
+                plan.heal_at = rng.gen_range(3_000..=6_000) * MS;
+                after_heal(&mut plan, rng);
+                mixed_byzantine(&mut plan, rng);
+            }
             Scenario::Mixed => {
                 // Mixed runs use the SDK's default client: f+1 confirmations
                 // and ordered reads. Fast reads need every ordered result
@@ -436,16 +473,7 @@ impl Plan {
                 plan.target_primary = rng.gen_bool(0.5);
                 plan.crashes = rng.gen_bool(0.5);
                 after_heal(&mut plan, rng);
-                let b = rng.gen_range(0..=f);
-                let mut ids: Vec<usize> = (0..n).collect();
-                for _ in 0..b {
-                    let i = ids.remove(rng.gen_range(0..ids.len()));
-                    let behavior = Behavior::MIXED[rng.gen_range(0..Behavior::MIXED.len())];
-                    plan.censored |= behavior == Behavior::Censor;
-                    plan.byzantine.push((i, behavior));
-                }
-                plan.byzantine.sort_by_key(|(i, _)| *i);
-                plan.crash_budget = f - b;
+                mixed_byzantine(&mut plan, rng);
             }
             _ => {
                 let behavior = scenario.byzantine().unwrap_or(Behavior::Silent);

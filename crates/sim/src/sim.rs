@@ -212,6 +212,8 @@ pub(crate) struct Sim {
     messages: u64,
     rejected: u64,
     max_view: u64,
+    /// When the honest replicas' highest view rose, and to which view.
+    view_rises: Vec<(u64, u64)>,
     entered_views: u64,
     crashes: u64,
     torn_writes: u64,
@@ -246,7 +248,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 impl Sim {
     pub fn new(options: &RunOptions) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-        let plan = Plan::draw(options.scenario, options.f, &mut rng);
+        let mut plan = Plan::draw(options.scenario, options.f, &mut rng);
+        if options.honest_twin {
+            plan.byzantine.clear();
+            plan.censored = false;
+        }
         let n = plan.n();
         let cluster = ClusterId(rng.gen());
         let replica_keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::from_seed(rng.gen())).collect();
@@ -308,6 +314,7 @@ impl Sim {
             messages: 0,
             rejected: 0,
             max_view: 0,
+            view_rises: Vec::new(),
             entered_views: 0,
             crashes: 0,
             torn_writes: 0,
@@ -684,7 +691,13 @@ impl Sim {
                     }
                     b.observe(&verified);
                 }
-                self.step(r, Input::Message(verified), false);
+                let input = match (from, &*verified) {
+                    (Endpoint::Replica(j), Message::Request(_)) => {
+                        Input::Relayed(ReplicaId(j as u32), verified)
+                    }
+                    _ => Input::Message(verified),
+                };
+                self.step(r, input, false);
             }
             Endpoint::Client(c) => {
                 let verified = match verdict {
@@ -982,6 +995,9 @@ impl Sim {
                     self.trace.add(&[5, i as u64, view.0]);
                     if honest {
                         self.entered_views += 1;
+                        if view.0 > self.max_view {
+                            self.view_rises.push((self.now, view.0));
+                        }
                         self.max_view = self.max_view.max(view.0);
                     }
                 }
@@ -1311,8 +1327,37 @@ impl Sim {
             rejected: self.rejected,
             end_time_us: end,
             trace_hash: self.trace.finish(),
+            completions_us: {
+                let mut at: Vec<u64> = self
+                    .history
+                    .ops
+                    .iter()
+                    .filter_map(|o| o.response.as_ref().map(|r| r.at))
+                    .collect();
+                at.sort_unstable();
+                at
+            },
+            honest_primary_from_us: self.honest_primary_from(),
             plan: self.plan,
         }
+    }
+
+    /// When the group entered the first view after which every primary
+    /// was honest (see [`RunReport::honest_primary_from_us`]).
+    fn honest_primary_from(&self) -> Option<u64> {
+        let faulty = |view: u64| {
+            let primary = self.config.primary(pbft_core::View(view)).index();
+            !self.nodes[primary].honest()
+        };
+        let mut from = (!faulty(0)).then_some(0);
+        for &(at, view) in &self.view_rises {
+            from = match (faulty(view), from) {
+                (true, _) => None,
+                (false, None) => Some(at),
+                (false, kept) => kept,
+            };
+        }
+        from
     }
 
     fn replica_summary(&self) -> String {

@@ -149,3 +149,26 @@ fn byz_censor_seeds() {
 fn laggard_f1_seed_20023() {
     check(Scenario::Laggard, 1, 20023);
 }
+
+/// Three Byzantine replicas relayed requests of clients they made up, faster
+/// than a primary with batches of one and one instance in flight orders
+/// them. Every backup started a view-change deadline for each, so views
+/// changed 96 times and an honest client's request never completed. Fixed
+/// by `Input::Relayed`: a relayed request starts no deadline at a backup,
+/// and a primary orders requests from clients' own links first.
+#[test]
+fn byz_flood_f3_seed_20018() {
+    check(Scenario::ByzFlood, 3, 20018);
+}
+
+/// A request a backup knew only as relayed got its deadline when it showed
+/// up in a batch; at the next view change only requests from clients' own
+/// links had their deadlines renewed, so this one kept its old, expired
+/// deadline and the backup left the new view the moment it entered it. With
+/// one replica silent that left two active replicas, and the cluster stopped
+/// for good. Fixed: every request that has a deadline gets a fresh one in a
+/// new view.
+#[test]
+fn mixed_f1_seed_30191() {
+    check(Scenario::Mixed, 1, 30191);
+}

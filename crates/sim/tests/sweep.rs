@@ -3,7 +3,9 @@
 //! otherwise pass in silence).
 //!
 //! `PBFT_SIM_SEEDS` (default 16) sets the seeds per (scenario, f): the default
-//! gives 19 scenarios x 3 values of f x 16 seeds = 912 runs.
+//! gives 19 scenarios x 3 values of f x 16 seeds = 912 runs, plus the long
+//! scenario, whose runs are each some hundred times longer, at a quarter of
+//! the seeds.
 
 use pbft_sim::{run, RunReport, Scenario};
 
@@ -31,6 +33,8 @@ fn fault_happened(scenario: Scenario) -> Option<FaultCount> {
         | Scenario::Lossy
         | Scenario::Mixed => ("view changes", |r| r.entered_views),
         Scenario::Laggard => ("laggards caught up", |r| u64::from(r.rejoin_us.is_some())),
+        // Two full windows of the node's default (128) executed.
+        Scenario::Long => ("windows turned over", |r| u64::from(r.max_executed >= 256)),
         _ => return None,
     })
 }
@@ -41,8 +45,12 @@ fn sweep(scenario: Scenario) {
     let mut faults = 0;
     let mut runs = 0;
     let fault = fault_happened(scenario);
+    let seeds = match scenario {
+        Scenario::Long => seeds().div_ceil(4),
+        _ => seeds(),
+    };
     for f in 1..=3 {
-        for seed in 0..seeds() {
+        for seed in 0..seeds {
             let report = run(scenario, f, seed);
             completed += report.completed;
             runs += 1;
@@ -95,4 +103,65 @@ sweeps! {
     byz_flood => Scenario::ByzFlood,
     laggard => Scenario::Laggard,
     mixed => Scenario::Mixed,
+    long => Scenario::Long,
+}
+
+/// Completions per simulated second over the run's completions after `from`
+/// (microseconds): (count, span).
+fn rate_after(report: &RunReport, from: u64) -> Option<(u64, u64)> {
+    let after: Vec<u64> = report
+        .completions_us
+        .iter()
+        .copied()
+        .filter(|&t| t >= from)
+        .collect();
+    let (first, last) = (*after.first()?, *after.last()?);
+    (after.len() >= 10 && last > first).then(|| (after.len() as u64, last - first))
+}
+
+/// Once a slow or censoring primary has been replaced for good, the
+/// cluster completes operations at no less than half the rate of the same
+/// plan with every replica honest (its fault-free twin). Printed with
+/// `--nocapture`.
+fn throughput_after_replacement(scenario: Scenario) {
+    let (mut ops, mut span, mut twin_ops, mut twin_span) = (0u64, 0u64, 0u64, 0u64);
+    for f in 1..=3 {
+        for seed in 0..seeds() {
+            let report = run(scenario, f, seed);
+            let Some(from) = report.honest_primary_from_us.filter(|&t| t > 0) else {
+                continue;
+            };
+            let (Some((n, s)), Some((tn, ts))) = (
+                rate_after(&report, from),
+                rate_after(&pbft_sim::run_honest_twin(scenario, f, seed), 0),
+            ) else {
+                continue;
+            };
+            (ops, span, twin_ops, twin_span) = (ops + n, span + s, twin_ops + tn, twin_span + ts);
+        }
+    }
+    assert!(
+        ops > 0 && twin_ops > 0,
+        "{scenario}: no run replaced its primary"
+    );
+    let rate = ops as f64 / (span as f64 / 1e6);
+    let twin = twin_ops as f64 / (twin_span as f64 / 1e6);
+    println!(
+        "{scenario}: {rate:.0} ops/s once the faulty primary was replaced, {twin:.0} ops/s fault-free: {:.0}%",
+        100.0 * rate / twin
+    );
+    assert!(
+        rate >= 0.5 * twin,
+        "{scenario}: {rate:.0} ops/s after the replacement, below half of {twin:.0} fault-free"
+    );
+}
+
+#[test]
+fn throughput_after_a_slow_primary_is_replaced() {
+    throughput_after_replacement(Scenario::ByzSlowPrimary);
+}
+
+#[test]
+fn throughput_after_a_censoring_primary_is_replaced() {
+    throughput_after_replacement(Scenario::ByzCensor);
 }

@@ -247,6 +247,10 @@ pub struct Stats {
     pub segments_created: u64,
     /// Segments deleted by compaction.
     pub segments_deleted: u64,
+    /// Time spent writing appended records and syncing them (with
+    /// [`Options::sync`]), in nanoseconds; segment creation and compaction
+    /// are not counted.
+    pub write_nanos: u64,
 }
 
 /// The segment being appended to.
@@ -641,6 +645,7 @@ impl Storage {
         }
         let path = segment::path(&self.dir, self.active.id);
         let file = &mut self.active.file;
+        let started = std::time::Instant::now();
         file.seek(SeekFrom::Start(self.active.len))
             .and_then(|_| file.write_all(&bytes))
             .map_err(io_err(&path))?;
@@ -648,6 +653,8 @@ impl Storage {
             file.sync_data().map_err(io_err(&path))?;
             self.stats.syncs += 1;
         }
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.write_nanos = self.stats.write_nanos.saturating_add(nanos);
         self.active.len += bytes.len() as u64;
         self.stats.writes += 1;
         self.stats.bytes += bytes.len() as u64;

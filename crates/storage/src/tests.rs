@@ -137,6 +137,11 @@ fn segments_are_preallocated_and_appends_do_not_grow_them() {
     );
     assert_eq!(s.stats().syncs, 1);
     assert_eq!(s.stats().segments_created, 0);
+    // The write and its sync took some time, and it is counted.
+    let timed = s.stats().write_nanos;
+    assert!(timed > 0);
+    s.append(&[pre_prepare(3)]).expect("append");
+    assert!(s.stats().write_nanos > timed);
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::{CmdResult, Failure};
 use anyhow::{anyhow, Context};
 use clap::Args;
 use pbft_client::{Client, ClientOptions, KeyPair, ReplicaStatus};
-use pbft_config::{ClientFile, ClientSettings, NodeFile};
+use pbft_config::{ClientFile, ClientSettings, Durability, NodeFile};
 use pbft_node::process::{NodeCommand, NodeProcesses};
 use report::{Report, Snapshot};
 use std::io::IsTerminal;
@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// A started cluster's replicas' largest batch (default: the node's).
     #[arg(long)]
     pub batch_size_max: Option<usize>,
+    /// A started cluster's record-log durability. `none` never syncs the
+    /// log: it gives up crash safety, to measure what the fsyncs cost.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
+    pub durability: DurabilityArg,
     /// Also run `openssl speed -seconds 1 ed25519` (if on PATH) for reference.
     #[arg(long)]
     pub openssl: bool,
@@ -101,6 +105,24 @@ pub struct BenchArgs {
     /// No progress line (it is shown only when standard error is a terminal).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--durability` values, one per [`Durability`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurabilityArg {
+    /// A record counts once written and fdatasynced (the node's default).
+    Fsync,
+    /// Written, never synced: no crash safety (benchmarks only).
+    None,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(arg: DurabilityArg) -> Durability {
+        match arg {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::None => Durability::None,
+        }
+    }
 }
 
 fn usage(message: String) -> Failure {
@@ -118,9 +140,14 @@ impl BenchArgs {
                 self.replicas
             )));
         }
-        if self.config.is_some() && (self.batch_size_max.is_some() || self.keep) {
+        if self.config.is_some()
+            && (self.batch_size_max.is_some()
+                || self.keep
+                || self.durability != DurabilityArg::Fsync)
+        {
             return Err(usage(
-                "--batch-size-max and --keep are for a cluster the bench starts, not with --config"
+                "--batch-size-max, --durability and --keep are for a cluster the bench starts, \
+                 not with --config"
                     .into(),
             ));
         }
@@ -234,8 +261,8 @@ fn start_cluster(args: &BenchArgs, dir: &Path) -> Result<Cluster, Failure> {
     for path in &nodes {
         let node = NodeFile::load(path).map_err(Failure::failed)?;
         metrics.push(node.metrics);
-        if let Some(batch) = args.batch_size_max {
-            set_batch_size_max(path, batch)?;
+        if args.batch_size_max.is_some() || args.durability != DurabilityArg::Fsync {
+            edit_node_file(path, args)?;
         }
     }
     let settings = ClientFile::load(&client_toml).map_err(Failure::failed)?;
@@ -248,11 +275,15 @@ fn start_cluster(args: &BenchArgs, dir: &Path) -> Result<Cluster, Failure> {
     })
 }
 
-fn set_batch_size_max(path: &Path, batch: usize) -> Result<(), Failure> {
+/// Sets `--batch-size-max` and `--durability` in a generated node file.
+fn edit_node_file(path: &Path, args: &BenchArgs) -> Result<(), Failure> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut node: NodeFile = toml::from_str(&text).context("cannot parse a node file")?;
-    node.tuning.batch_size_max = batch;
+    if let Some(batch) = args.batch_size_max {
+        node.tuning.batch_size_max = batch;
+    }
+    node.storage.durability = args.durability.into();
     let text = toml::to_string(&node).context("cannot encode a node file")?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -531,6 +562,8 @@ mod tests {
         a.validate().map_err(|f| f.into_error()).expect("valid");
         assert_eq!((a.replicas, a.clients, a.payload), (4, 10, 128));
         assert!(a.rate.is_none());
+        assert_eq!(a.durability, DurabilityArg::Fsync);
+        assert!(parse(&["--durability", "fsnyc"]).is_err());
     }
 
     #[test]
@@ -549,6 +582,10 @@ mod tests {
         rejected(&["--duration", "601"], "--duration");
         rejected(&["--ops-max", "0"], "--ops-max");
         rejected(&["--config", "c.toml", "--keep"], "--keep");
+        rejected(
+            &["--config", "c.toml", "--durability", "none"],
+            "--durability",
+        );
         rejected(
             &["--config", "c.toml", "--read-mode", "fast"],
             "--read-mode",

@@ -190,12 +190,17 @@ impl Report {
             None => "closed",
         };
 
+        let durability = match i.args.durability {
+            super::DurabilityArg::Fsync => "fsync",
+            super::DurabilityArg::None => "none",
+        };
         let json = json!({
             "replicas": i.n,
             "clients": i.args.clients,
             "mode": mode,
             "rate": i.args.rate,
             "payload_bytes": i.args.payload,
+            "durability": durability,
             "read_share": i.args.read_share,
             "warmup_s": i.args.warmup,
             "seconds": seconds,
@@ -251,14 +256,19 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "pbft bench: {} replicas, {} clients, {} loop{}, payload {} B, reads {:.0}%, warm-up {:.1} s",
+            "pbft bench: {} replicas, {} clients, {} loop{}, payload {} B, reads {:.0}%, warm-up {:.1} s{}",
             i.n,
             i.args.clients,
             mode,
             i.args.rate.map_or_else(String::new, |r| format!(" at {r} ops/s")),
             i.args.payload,
             i.args.read_share * 100.0,
-            i.args.warmup
+            i.args.warmup,
+            if durability == "none" {
+                ", durability none (no fsync: not crash safe)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,

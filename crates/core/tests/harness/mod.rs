@@ -180,7 +180,12 @@ impl Cluster {
                     .verifier
                     .verify(message, &self.config)
                     .expect("honest signatures");
-                self.input(r, Input::Message(verified));
+                // Requests in the queue were relayed by the replica `from`.
+                let input = match &*verified {
+                    Message::Request(_) => Input::Relayed(from, verified),
+                    _ => Input::Message(verified),
+                };
+                self.input(r, input);
             }
             To::Client(c) => {
                 if let Message::Reply(r) = message {
@@ -263,6 +268,15 @@ impl Cluster {
             .verify(message, &self.config)
             .expect("valid signatures");
         self.input(to, Input::Message(verified));
+    }
+
+    /// Injects a client request as if replica `by` had relayed it to `to`.
+    pub fn relay(&mut self, to: ReplicaId, by: ReplicaId, message: Message) {
+        let verified = self
+            .verifier
+            .verify(message, &self.config)
+            .expect("valid signatures");
+        self.input(to, Input::Relayed(by, verified));
     }
 
     pub fn crash(&mut self, id: u32) {
