@@ -291,10 +291,22 @@ impl Replica {
         let (max, bytes_max) = (self.config.batch_size_max, self.config.batch_bytes_max);
         let mut direct = Vec::new();
         let mut relayed: BTreeMap<ReplicaId, VecDeque<ClientId>> = BTreeMap::new();
+        // No batch takes more than `max`: scanning stops once that many
+        // direct requests are found, and no relay queue grows beyond it.
         for (client, _) in self.pending_order.iter().filter(|e| live(e)) {
             match pending.get(client).and_then(|p| p.relayed_by) {
-                None => direct.push(*client),
-                Some(by) => relayed.entry(by).or_default().push_back(*client),
+                None => {
+                    direct.push(*client);
+                    if direct.len() == max {
+                        break;
+                    }
+                }
+                Some(by) => {
+                    let queue = relayed.entry(by).or_default();
+                    if queue.len() < max {
+                        queue.push_back(*client);
+                    }
+                }
             }
         }
         while !relayed.is_empty() {
