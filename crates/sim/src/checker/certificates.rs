@@ -56,8 +56,6 @@ type Signers = BTreeSet<u32>;
 #[derive(Debug)]
 pub struct Certificates {
     config: Config,
-    n: usize,
-    f: usize,
     byzantine: Vec<bool>,
     pre_prepares: BTreeSet<(View, SeqNum, Digest, u32)>,
     prepares: BTreeMap<(View, SeqNum, Digest), Signers>,
@@ -79,8 +77,6 @@ impl Certificates {
     pub fn new(config: &Config, byzantine: Vec<bool>) -> Self {
         Certificates {
             config: config.clone(),
-            n: config.n(),
-            f: config.f(),
             byzantine,
             pre_prepares: BTreeSet::new(),
             prepares: BTreeMap::new(),
@@ -103,7 +99,7 @@ impl Certificates {
     /// emitted, is the signer's own doing.
     fn counts(&self, emitter: usize, signer: ReplicaId) -> bool {
         let s = signer.index();
-        s < self.n && (s == emitter || self.byzantine.get(s).copied().unwrap_or(false))
+        s < self.config.n() && (s == emitter || self.byzantine.get(s).copied().unwrap_or(false))
     }
 
     /// Records the statements of a message replica `emitter`'s core emitted
@@ -209,17 +205,17 @@ impl Certificates {
                 "no PRE-PREPARE({view}, {seq}, {digest}) from its primary r{primary} was signed"
             ));
         }
-        let mut signers = self
-            .prepares
-            .get(&(view, seq, digest))
-            .cloned()
-            .unwrap_or_default();
-        signers.extend(actor.map(|i| i as u32));
-        let prepares = signers.iter().filter(|&&r| r != primary).count();
-        if prepares < 2 * self.f {
+        let signed = self.prepares.get(&(view, seq, digest));
+        let counted = |r: u32| r != primary;
+        let prepares = signed.map_or(0, |s| s.iter().filter(|&&r| counted(r)).count())
+            + actor
+                .map(|i| i as u32)
+                .filter(|&i| counted(i) && !signed.is_some_and(|s| s.contains(&i)))
+                .map_or(0, |_| 1);
+        if prepares < 2 * self.config.f() {
             return Err(format!(
                 "only {prepares} replicas signed PREPARE({view}, {seq}, {digest}), {} needed",
-                2 * self.f
+                2 * self.config.f()
             ));
         }
         Ok(())
@@ -244,13 +240,13 @@ impl Certificates {
             })
             .map(|q| q.replica.0)
             .collect();
-        if distinct.len() < 2 * self.f {
+        if distinct.len() < 2 * self.config.f() {
             return Err(format!(
                 "a prepared proof for {} {} with {} distinct matching prepares, {} needed",
                 pp.view,
                 pp.seq,
                 distinct.len(),
-                2 * self.f
+                2 * self.config.f()
             ));
         }
         self.prepared(None, pp.view, pp.seq, pp.digest)
@@ -426,7 +422,7 @@ impl Certificates {
     }
 
     fn quorum(&self) -> usize {
-        2 * self.f + 1
+        2 * self.config.f() + 1
     }
 
     /// Honest replica `i` executed the batch `digest` at `seq`.
