@@ -1,7 +1,9 @@
 //! Measures how much memory `Message::decode` allocates per input byte for
-//! the worst shapes found by reading the message types (empty batches in a
+//! the worst shape found by reading the message types (empty batches in a
 //! NEW-VIEW: 1 byte on the wire, a 24-byte `Vec` in memory), at the node's
-//! 16 MiB frame limit:
+//! 16 MiB frame limit. Before the batch list was bounded while decoding
+//! (`NEW_VIEW_BATCHES_MAX`), the peak was 767 MiB; now decoding stops at the
+//! bound:
 //!
 //! ```sh
 //! cargo run --release --manifest-path fuzz/Cargo.toml --example amplification
@@ -56,16 +58,19 @@ fn main() {
     bytes.resize(bytes.len() + count, 0);
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let decoded = pbft_core::Message::decode(&bytes).expect("decodes");
+    let decoded = pbft_core::Message::decode(&bytes);
     let peak = PEAK.load(Ordering::Relaxed) - before;
     let held = LIVE.load(Ordering::Relaxed) - before;
     println!(
-        "NEW-VIEW with {count} empty batches: frame {} bytes, decode peak {} MiB ({:.1}x), held {} MiB ({:.1}x)",
+        "NEW-VIEW with {count} empty batches: frame {} bytes, {}, decode peak {} KiB ({:.3}x), held {} KiB",
         bytes.len(),
-        peak >> 20,
+        match &decoded {
+            Ok(_) => "decoded".to_string(),
+            Err(e) => format!("refused ({e})"),
+        },
+        peak >> 10,
         peak as f64 / bytes.len() as f64,
-        held >> 20,
-        held as f64 / bytes.len() as f64
+        held >> 10,
     );
     drop(decoded);
 }

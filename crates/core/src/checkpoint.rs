@@ -50,7 +50,8 @@
 //!
 //! # Serving
 //! A replica serves parts of its stable checkpoint only, at most
-//! [`SERVE_BYTES_PER_INTERVAL`] bytes per peer per retry interval, and at
+//! [`SERVE_BYTES_PER_INTERVAL`] bytes per peer per retry interval (a budget
+//! shared with the batches it sends in answer to FETCH-BATCH), and at
 //! most [`PAGES_PER_FETCH`] pages per request.
 //!
 //! # What is persisted
@@ -83,7 +84,8 @@ pub const PAGES_MAX: usize = 1 << 20;
 pub const PAGES_PER_FETCH: usize = 8;
 /// Most groups of leaves asked for at once.
 const GROUPS_PER_FETCH: usize = 4;
-/// Most bytes of state a replica sends one peer per retry interval.
+/// Most bytes of state and batches a replica sends one peer, on its
+/// request, per retry interval.
 pub const SERVE_BYTES_PER_INTERVAL: usize = 64 << 20;
 /// Client-table pages aim at this size.
 const CLIENT_PAGE_TARGET: usize = 256 * 1024;
@@ -738,8 +740,9 @@ impl Replica {
         self.switch_state_source(out);
     }
 
-    /// Counts `bytes` against what `peer` may be sent this interval.
-    fn may_serve(&mut self, peer: ReplicaId, bytes: usize) -> bool {
+    /// Counts `bytes` against what `peer` may be sent on request this
+    /// interval (state parts and batches share the budget).
+    pub(crate) fn may_serve(&mut self, peer: ReplicaId, bytes: usize) -> bool {
         let (now, retry) = (self.now, self.retry_interval());
         let (start, sent) = self.serving.sent.entry(peer).or_insert((now, 0));
         if now >= *start + retry {

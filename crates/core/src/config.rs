@@ -34,6 +34,16 @@ pub enum ConfigError {
     /// A bound that must be positive is zero.
     #[error("{0} must be positive")]
     Zero(&'static str),
+    /// A bound is above the protocol's own limit.
+    #[error("{name} ({value}) is above the protocol limit of {max}")]
+    AboveLimit {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The client table's byte budget cannot hold one entry with a kept result.
     #[error(
         "client_table_bytes_max ({bytes}) must hold one entry with a kept result ({entry} bytes)"
@@ -116,9 +126,8 @@ pub struct Config {
     /// Most requests in one batch.
     pub batch_size_max: usize,
     /// Most operation bytes in one batch (a request larger than this goes
-    /// alone). Every prepared batch above the stable checkpoint can ride in
-    /// one NEW-VIEW, so `log_window × batch_bytes_max` should stay well under
-    /// the transport's frame limit.
+    /// alone). A NEW-VIEW carries re-issued batches only up to
+    /// `view_change::NEW_VIEW_BATCH_BYTES`; receivers fetch the rest.
     #[serde(default = "default_batch_bytes_max")]
     pub batch_bytes_max: usize,
     /// Most sequence numbers the primary keeps assigned but not yet executed
@@ -147,8 +156,7 @@ pub struct Config {
     pub client_result_max: usize,
 }
 
-/// With the default window of 128 that keeps a NEW-VIEW carrying every
-/// prepared batch near 8 MiB, half the transport's 16 MiB frame limit.
+/// Large enough that batches of small requests fill up on request count.
 fn default_batch_bytes_max() -> usize {
     64 * 1024
 }
@@ -202,6 +210,13 @@ impl Config {
         }
         if self.batch_size_max == 0 {
             return Err(ConfigError::Zero("batch_size_max"));
+        }
+        if self.batch_size_max > crate::message::BATCH_REQUESTS_MAX {
+            return Err(ConfigError::AboveLimit {
+                name: "batch_size_max",
+                value: self.batch_size_max,
+                max: crate::message::BATCH_REQUESTS_MAX,
+            });
         }
         if self.batch_bytes_max == 0 {
             return Err(ConfigError::Zero("batch_bytes_max"));
@@ -307,6 +322,21 @@ mod tests {
         let mut c = config(4);
         c.log_window = 100;
         assert!(matches!(c.validate(), Err(ConfigError::Window { .. })));
+    }
+
+    #[test]
+    fn batches_cannot_exceed_the_protocol_limit() {
+        let mut c = config(4);
+        c.batch_size_max = crate::message::BATCH_REQUESTS_MAX;
+        assert_eq!(c.validate(), Ok(()));
+        c.batch_size_max += 1;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::AboveLimit {
+                name: "batch_size_max",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -8,11 +8,30 @@
 //! sees a [`pbft_crypto::Verified<Message>`]. Signatures say *who* sent what;
 //! everything else (quorum sizes, matching digests, water marks) the core
 //! checks itself.
+//!
+//! # Shape before signatures
+//! Before a single signature of a message is checked, its shape is: no list
+//! holds more entries than a valid message of its kind can (at most n signers
+//! per certificate, at most L prepared certificates or re-issued
+//! pre-prepares, at most [`BATCH_REQUESTS_MAX`] requests per batch and per
+//! NEW-VIEW). A faulty sender can thus make a receiver check at most the
+//! signatures an honest message of that kind would carry, not the 150,000 a
+//! 16 MiB frame has room for. Lists whose entries take far more memory than
+//! wire bytes (a batch is one byte on the wire when empty) are bounded while
+//! they are decoded ([`bounded`]).
 
 use crate::config::Config;
 use crate::ids::{ClientId, ReplicaId, RequestId, SeqNum, View};
-use pbft_crypto::{Authenticated, Digest, SigChecks, Signable, Signed, UnknownSigner};
+use pbft_crypto::{
+    Authenticated, Digest, Malformed, SigChecks, Signable, Signed, UnknownSigner, VerifyError,
+};
 use serde::{Deserialize, Serialize};
+
+/// Most requests in one batch, and in all the batches one NEW-VIEW carries:
+/// a protocol limit, above any local `batch_size_max`.
+pub const BATCH_REQUESTS_MAX: usize = 10_000;
+/// Most batches one NEW-VIEW carries (checked while decoding).
+pub const NEW_VIEW_BATCHES_MAX: usize = 4096;
 
 /// A client's request: signed by the client, so no replica can alter or forge it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +58,13 @@ impl Batch {
     /// The batch digest that pre-prepares carry.
     pub fn digest(&self) -> Digest {
         Digest::of_value(&self.requests)
+    }
+
+    /// About how many bytes the batch takes on the wire: its operations and,
+    /// per request, its client key, signature and ids. Used for budgets.
+    pub fn wire_bytes(&self) -> usize {
+        const PER_REQUEST: usize = 32 + 64 + 16;
+        self.requests.iter().map(|r| r.op.len() + PER_REQUEST).sum()
     }
 
     /// The digest of the null request (the empty batch).
@@ -219,7 +245,7 @@ pub enum StatePart {
     /// The leaf digests of one group of pages.
     Leaves(u32),
     /// These pages (at most `checkpoint::PAGES_PER_FETCH`).
-    Pages(Vec<u32>),
+    Pages(#[serde(deserialize_with = "bounded::page_indexes")] Vec<u32>),
 }
 
 /// Asks for part of the state of the stable checkpoint at `seq` (for the
@@ -373,9 +399,13 @@ pub enum Message {
     Checkpoint(Signed<Checkpoint>),
     /// A view change.
     ViewChange(Signed<ViewChange>),
-    /// A new view, with the batches of its re-issued pre-prepares that the
-    /// primary has (each checked against its digest).
-    NewView(Signed<NewView>, Vec<Batch>),
+    /// A new view, with some of the batches of its re-issued pre-prepares
+    /// (at most [`NEW_VIEW_BATCHES_MAX`], each checked against its digest;
+    /// the receiver fetches the others).
+    NewView(
+        Signed<NewView>,
+        #[serde(deserialize_with = "bounded::new_view_batches")] Vec<Batch>,
+    ),
     /// A batch request.
     FetchBatch(Signed<FetchBatch>),
     /// A batch.
@@ -470,6 +500,75 @@ fn add_replica<T: Signable>(
     Ok(())
 }
 
+/// Refuses a list longer than any valid message of its kind holds.
+fn at_most<T>(list: &[T], max: usize, what: &str) -> Result<(), Malformed> {
+    if list.len() > max {
+        return Err(Malformed(format!("{} {what} (at most {max})", list.len())));
+    }
+    Ok(())
+}
+
+fn batch_shape(batch: &Batch) -> Result<(), Malformed> {
+    at_most(&batch.requests, BATCH_REQUESTS_MAX, "requests in a batch")
+}
+
+fn checkpoint_proof_shape(config: &Config, proof: &CheckpointProof) -> Result<(), Malformed> {
+    at_most(&proof.checkpoints, config.n(), "checkpoints in a proof")
+}
+
+fn view_change_shape(config: &Config, vc: &ViewChange) -> Result<(), Malformed> {
+    checkpoint_proof_shape(config, &vc.checkpoint)?;
+    at_most(&vc.prepared, window(config), "prepared certificates")?;
+    for p in &vc.prepared {
+        at_most(&p.prepares, config.n(), "prepares in a certificate")?;
+    }
+    Ok(())
+}
+
+/// L as a length (a window too large for memory is refused by its lists).
+fn window(config: &Config) -> usize {
+    usize::try_from(config.log_window).unwrap_or(usize::MAX)
+}
+
+impl Message {
+    /// Refuses a message with more nested entries than any valid one of its
+    /// kind carries; cheap, and run before any signature is checked.
+    pub fn check_shape(&self, config: &Config) -> Result<(), Malformed> {
+        match self {
+            Message::PrePrepare(_, batch) => batch_shape(batch)?,
+            Message::Certificate(cert, batch) => {
+                at_most(&cert.commits, config.n(), "commits in a certificate")?;
+                if let Some(batch) = batch {
+                    batch_shape(batch)?;
+                }
+            }
+            Message::BatchData(m) => batch_shape(&m.batch)?,
+            Message::ViewChange(vc) => view_change_shape(config, vc)?,
+            Message::NewView(nv, batches) => {
+                at_most(&nv.view_changes, config.n(), "view-changes")?;
+                for vc in &nv.view_changes {
+                    view_change_shape(config, vc)?;
+                }
+                at_most(&nv.pre_prepares, window(config), "re-issued pre-prepares")?;
+                at_most(batches, nv.pre_prepares.len(), "batches")?;
+                let requests: usize = batches.iter().map(|b| b.requests.len()).sum();
+                if requests > BATCH_REQUESTS_MAX {
+                    return Err(Malformed(format!(
+                        "{requests} requests in a new-view's batches (at most {BATCH_REQUESTS_MAX})"
+                    )));
+                }
+            }
+            Message::StateData(m) => {
+                if let StateBody::Summary { proof, .. } = &m.body {
+                    checkpoint_proof_shape(config, proof)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 fn add_batch(batch: &Batch, checks: &mut SigChecks) {
     for request in &batch.requests {
         checks.add(request.client.0, request);
@@ -510,7 +609,8 @@ impl Authenticated for Message {
         &self,
         config: &Config,
         checks: &mut SigChecks,
-    ) -> Result<(), UnknownSigner> {
+    ) -> Result<(), VerifyError> {
+        self.check_shape(config)?;
         match self {
             Message::Request(r) => checks.add(r.client.0, r),
             Message::PrePrepare(m, batch) => {
@@ -559,5 +659,56 @@ impl Authenticated for Message {
             }
         }
         Ok(())
+    }
+}
+
+/// Decoders for lists whose entries take much more memory than wire bytes:
+/// they refuse a list past its bound while decoding it, so one frame cannot
+/// decode into hundreds of MiB before any check runs.
+mod bounded {
+    use super::{Batch, NEW_VIEW_BATCHES_MAX};
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    struct Bounded<T>(usize, PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {} entries", self.0)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0).min(64));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == self.0 {
+                    return Err(A::Error::custom(format_args!(
+                        "a list longer than {} entries",
+                        self.0
+                    )));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    fn vec<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+        max: usize,
+    ) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(Bounded(max, PhantomData))
+    }
+
+    pub(super) fn new_view_batches<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Batch>, D::Error> {
+        vec(d, NEW_VIEW_BATCHES_MAX)
+    }
+
+    pub(super) fn page_indexes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        vec(d, crate::checkpoint::PAGES_PER_FETCH)
     }
 }

@@ -19,12 +19,17 @@
 use crate::client_table::Admission;
 use crate::ids::{ClientId, ReplicaId, SeqNum};
 use crate::io::{Output, PhaseTimes, Record};
+use crate::message::BATCH_REQUESTS_MAX;
 use crate::message::{
     Batch, Commit, Message, PrePrepare, Prepare, PreparedProof, Reply, ReplyStatus, Request,
 };
-use crate::replica::{Pending, Replica, BATCH_LIMIT};
+use crate::replica::{Pending, Replica};
 use pbft_crypto::{Digest, Signed};
 use std::collections::{BTreeMap, VecDeque};
+
+/// How far into the arrival order a full pending table looks for a relayed
+/// request to drop (the search stays cheap when few are relayed).
+const EVICTION_SCAN: usize = 4096;
 
 impl Replica {
     /// REQUEST from a client, or forwarded by a backup.
@@ -80,11 +85,15 @@ impl Replica {
                 self.forward_to_primary(client, out);
                 return;
             }
-            Some(_) => {}
-            None if self.pending.len() >= self.config.pending_requests_max => {
-                return self.drop_input("too many pending requests");
-            }
-            None => {}
+            Some(_) | None => {}
+        }
+        // Room for a request from its own client's link is made by dropping
+        // a relayed one: a faulty replica relaying requests from made-up
+        // clients cannot lock real clients out.
+        let full = self.pending.len() >= self.config.pending_requests_max
+            && !self.pending.contains_key(&client);
+        if full && (relayed_by.is_some() || !self.evict_a_relayed_request()) {
+            return self.drop_input("too many pending requests");
         }
         self.pending_order.push_back((client, request.request_id));
         let deadline = relayed_by
@@ -344,7 +353,7 @@ impl Replica {
         if !self.in_window(pp.seq) {
             return self.drop_input("pre-prepare outside the water marks");
         }
-        if batch.requests.len() > BATCH_LIMIT {
+        if batch.requests.len() > BATCH_REQUESTS_MAX {
             return self.drop_input("batch too large");
         }
         if batch.digest() != pp.digest {
@@ -678,17 +687,47 @@ impl Replica {
         self.timer_fetch_batches = Some(self.now + self.retry_interval());
     }
 
-    /// FETCH-BATCH: answer if the batch is known.
+    /// Drops the oldest pending request that is known only as relayed and not
+    /// yet proposed, looking at most [`EVICTION_SCAN`] entries of the arrival
+    /// order; false if there is none. Its client, if real, retransmits to
+    /// every replica, and the copy from its own link is kept.
+    fn evict_a_relayed_request(&mut self) -> bool {
+        let pending = &self.pending;
+        let victim = self
+            .pending_order
+            .iter()
+            .take(EVICTION_SCAN)
+            .find(|(client, id)| {
+                pending.get(client).is_some_and(|p| {
+                    p.request.request_id == *id && p.relayed_by.is_some() && !p.proposed
+                })
+            })
+            .map(|(client, _)| *client);
+        let Some(client) = victim else {
+            return false;
+        };
+        self.pending.remove(&client);
+        self.drop_input("relayed request evicted for a direct one");
+        true
+    }
+
+    /// FETCH-BATCH: answer if the batch is known and the peer's serving
+    /// budget (shared with state transfer) has room.
     pub(crate) fn on_fetch_batch(
         &mut self,
         fetch: crate::message::FetchBatch,
         out: &mut Vec<Output>,
     ) {
-        let Some(batch) = self.batches.get(&fetch.digest).cloned() else {
+        if self.config.key(fetch.replica).is_none() {
+            return self.drop_input("batch request from an unknown replica");
+        }
+        let Some(batch) = self.batches.get(&fetch.digest) else {
             return self.drop_input("fetch of an unknown batch");
         };
-        if self.config.key(fetch.replica).is_none() {
-            return;
+        let bytes = batch.wire_bytes();
+        let batch = batch.clone();
+        if !self.may_serve(fetch.replica, bytes) {
+            return self.drop_input("batch request over the peer's budget");
         }
         let data = self.signer.sign(crate::message::BatchData {
             batch,

@@ -36,11 +36,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Most normal-case messages held for a view this replica has not entered yet.
+/// Most normal-case messages held for a view this replica has not entered yet
+/// (each sender gets an n-th), and most bytes they may take.
 pub(crate) const DEFERRED_MAX: usize = 4096;
-/// Most requests accepted in one batch from a primary (a protocol limit,
-/// independent of the local `batch_size_max`).
-pub(crate) const BATCH_LIMIT: usize = 10_000;
+pub(crate) const DEFERRED_BYTES_MAX: usize = 128 << 20;
+
+/// About what a held-back message takes: its batch, if any, and a vote's size.
+fn deferred_bytes(message: &Message) -> usize {
+    const VOTE: usize = 256;
+    match message {
+        Message::PrePrepare(_, batch) => VOTE + batch.wire_bytes(),
+        _ => VOTE,
+    }
+}
 /// The view-change timeout stops doubling after this many consecutive failures.
 const VIEW_CHANGE_BACKOFF_MAX: u32 = 6;
 
@@ -689,14 +697,23 @@ impl Replica {
             return self.drop_input("normal-case message for an old view");
         }
         if view > self.view || !self.active {
-            // Bounded per sender, so faulty replicas cannot crowd out the rest.
+            if let Message::PrePrepare(pp, _) = &message {
+                if pp.replica != self.config.primary(pp.view) {
+                    return self.drop_input("pre-prepare not from the view's primary");
+                }
+            }
+            // Bounded per sender in count and bytes, so faulty replicas
+            // cannot crowd out the rest (what they fill stays theirs).
             let sender = message.replica();
-            let from_sender = self
+            let (count, bytes) = self
                 .deferred
                 .iter()
                 .filter(|m| m.replica() == sender)
-                .count();
-            if from_sender >= DEFERRED_MAX / self.config.n() {
+                .fold((0, 0), |(c, b), m| (c + 1, b + deferred_bytes(m)));
+            let n = self.config.n();
+            if count >= DEFERRED_MAX / n
+                || bytes + deferred_bytes(&message) > DEFERRED_BYTES_MAX / n
+            {
                 return self.drop_input("deferred buffer full");
             }
             self.deferred.push(message);

@@ -31,8 +31,9 @@
 
 use crate::ids::{ReplicaId, SeqNum};
 use crate::io::Output;
+use crate::message::BATCH_REQUESTS_MAX;
 use crate::message::{Batch, CommitCertificate, Message, Progress};
-use crate::replica::{Replica, BATCH_LIMIT};
+use crate::replica::Replica;
 use std::collections::BTreeSet;
 
 /// Most sequence numbers one answer to a PROGRESS covers.
@@ -166,7 +167,7 @@ impl Replica {
             return self.drop_input("invalid commit certificate");
         }
         if let Some(batch) = batch {
-            if batch.requests.len() > BATCH_LIMIT || batch.digest() != digest {
+            if batch.requests.len() > BATCH_REQUESTS_MAX || batch.digest() != digest {
                 return self.drop_input("commit certificate with a wrong batch");
             }
             self.batches.insert(digest, batch);

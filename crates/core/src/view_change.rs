@@ -9,7 +9,8 @@
 //!   min-s := highest checkpoint in V; max-s := highest prepared n in V
 //!   O := for n in (min-s, max-s]: PRE-PREPARE(v+1, n, d) with d from the
 //!        certificate of the highest view for n in V, else the null request
-//!   persist, then NEW-VIEW(v+1, V, O) to all
+//!   persist, then NEW-VIEW(v+1, V, O) to all, with the batches O names
+//!   up to NEW_VIEW_BATCH_BYTES (receivers FETCH-BATCH the others)
 //! every replica: checks each VIEW-CHANGE in V, recomputes O from V and rejects
 //!   a NEW-VIEW whose O differs; adopts min-s's checkpoint (fetching the state
 //!   if behind), persists the NEW-VIEW, sends PREPAREs for O, and runs
@@ -28,10 +29,15 @@ use crate::ids::{SeqNum, View};
 use crate::io::{Output, Record};
 use crate::message::{
     Batch, CheckpointProof, Message, NewView, PrePrepare, PreparedProof, ViewChange,
+    BATCH_REQUESTS_MAX, NEW_VIEW_BATCHES_MAX,
 };
 use crate::replica::Replica;
 use pbft_crypto::{Digest, Signed};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Most bytes of batches one NEW-VIEW carries (a quarter of the
+/// transport's 16 MiB frame limit); receivers fetch the others.
+pub const NEW_VIEW_BATCH_BYTES: usize = 4 << 20;
 
 /// The outcome of choosing a NEW-VIEW's contents from a set of view changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,26 +329,40 @@ impl Replica {
         );
         let batches = self.batches_for(&nv);
         out.push(Output::Persist(Record::NewView(nv.clone())));
-        out.push(Output::Broadcast(Message::NewView(
-            nv.clone(),
-            batches.clone(),
-        )));
-        self.enter_view(nv, plan.checkpoint, batches, out);
+        out.push(Output::Broadcast(Message::NewView(nv.clone(), batches)));
+        // The primary has every batch it re-issues (`enter_view` looks them up).
+        self.enter_view(nv, plan.checkpoint, Vec::new(), out);
     }
 
-    /// The batches this replica has for a NEW-VIEW's re-issued pre-prepares.
+    /// The batches that ride along with a NEW-VIEW: those this replica has
+    /// for its re-issued pre-prepares, lowest sequence number first, until
+    /// [`NEW_VIEW_BATCH_BYTES`] (see [`Batch::wire_bytes`]) or [`BATCH_REQUESTS_MAX`]
+    /// requests. Receivers fetch the rest (FETCH-BATCH), so a view change
+    /// under load never needs a frame larger than the transport allows.
     fn batches_for(&self, nv: &NewView) -> Vec<Batch> {
         let null = Batch::null_digest();
-        let digests: BTreeSet<Digest> = nv
-            .pre_prepares
-            .iter()
-            .map(|pp| pp.digest)
-            .filter(|d| *d != null)
-            .collect();
-        digests
-            .iter()
-            .filter_map(|d| self.batches.get(d).cloned())
-            .collect()
+        let mut seen = BTreeSet::new();
+        let (mut bytes, mut requests) = (0usize, 0usize);
+        let mut batches = Vec::new();
+        for pp in &nv.pre_prepares {
+            if pp.digest == null || !seen.insert(pp.digest) {
+                continue;
+            }
+            let Some(batch) = self.batches.get(&pp.digest) else {
+                continue;
+            };
+            let size = batch.wire_bytes();
+            if bytes + size > NEW_VIEW_BATCH_BYTES
+                || requests + batch.requests.len() > BATCH_REQUESTS_MAX
+                || batches.len() == NEW_VIEW_BATCHES_MAX
+            {
+                break;
+            }
+            bytes += size;
+            requests += batch.requests.len();
+            batches.push(batch.clone());
+        }
+        batches
     }
 
     /// NEW-VIEW from a peer: check it all, recompute O, then enter the view.

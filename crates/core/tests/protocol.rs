@@ -253,6 +253,164 @@ fn prepared_requests_survive_view_change() {
     assert_eq!(ex[&ReplicaId(3)][&SeqNum(1)], ex[&ReplicaId(1)][&SeqNum(1)]);
 }
 
+/// A NEW-VIEW carries re-issued batches only up to `NEW_VIEW_BATCH_BYTES`, so
+/// that under load it still fits in a frame; a replica that lacks the others
+/// fetches them and executes the same batches as everyone else.
+#[test]
+fn a_new_view_carries_part_of_its_batches_and_the_rest_are_fetched() {
+    let (mut config, signers) = harness::config(4);
+    config.batch_size_max = 64;
+    config.batch_bytes_max = 4 << 20;
+    let mut cluster = Cluster::with_config(config, signers);
+    let value = "v".repeat(pbft_app::kv::MAX_VALUE_LEN - 64);
+    cluster.isolated.insert(ReplicaId(3));
+    let mut number = 0u16;
+    for _ in 0..3 {
+        // One batch of 30 requests of about 64 KiB each: about 1.9 MiB.
+        for _ in 0..30 {
+            number += 1;
+            let mut client = Client::numbered(number, &cluster);
+            let request = client.request(put(&format!("k{number}"), &value));
+            cluster.deliver(ReplicaId(0), Message::Request(request));
+        }
+        cluster.run();
+    }
+    assert_eq!(cluster.executed[&ReplicaId(1)].len(), 3, "three batches");
+    cluster.isolated.clear();
+    cluster.silent.insert(ReplicaId(0));
+    let mut trigger = Client::numbered(1000, &cluster);
+    broadcast(&mut cluster, &mut trigger, put("k", "w"));
+    cluster.advance(Duration::from_millis(500));
+
+    let &(_, reissued, carried, bytes) = cluster
+        .new_views
+        .iter()
+        .find(|nv| nv.0 == ReplicaId(1))
+        .expect("replica 1 sent the NEW-VIEW of view 1");
+    assert!(reissued >= 3, "{reissued} re-issued pre-prepares");
+    assert!(
+        carried < 3 && bytes <= pbft_core::view_change::NEW_VIEW_BATCH_BYTES,
+        "the NEW-VIEW carried {carried} batches, {bytes} bytes"
+    );
+    // Replica 3 had none of them: it fetched what the NEW-VIEW did not carry.
+    let ex = &cluster.executed;
+    for seq in 1..=3 {
+        assert_eq!(
+            ex[&ReplicaId(3)].get(&SeqNum(seq)),
+            ex[&ReplicaId(1)].get(&SeqNum(seq)),
+            "seq {seq}"
+        );
+    }
+}
+
+/// FETCH-BATCH answers come out of the asking peer's serving budget (shared
+/// with state transfer), so a faulty replica that asks for one large batch
+/// over and over gets at most that budget per retry interval.
+#[test]
+fn batch_requests_are_answered_within_the_peers_budget() {
+    let (mut config, signers) = harness::config(4);
+    config.batch_size_max = 64;
+    config.batch_bytes_max = 4 << 20;
+    let mut cluster = Cluster::with_config(config, signers);
+    let value = "v".repeat(pbft_app::kv::MAX_VALUE_LEN - 64);
+    for number in 0..30 {
+        let mut client = Client::numbered(number, &cluster);
+        let request = client.request(put(&format!("k{number}"), &value));
+        cluster.deliver(ReplicaId(0), Message::Request(request));
+    }
+    cluster.run();
+    let digest = cluster.executed[&ReplicaId(1)][&SeqNum(1)];
+    let fetch = cluster.signers[3].sign(pbft_core::message::FetchBatch {
+        digest,
+        replica: ReplicaId(3),
+    });
+    let ask = |cluster: &mut Cluster, times: usize| {
+        cluster.queue.clear();
+        for _ in 0..times {
+            cluster.deliver(ReplicaId(1), Message::FetchBatch(fetch.clone()));
+        }
+        let answers: Vec<usize> = cluster
+            .queue
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                Message::BatchData(d) => Some(d.batch.wire_bytes()),
+                _ => None,
+            })
+            .collect();
+        cluster.queue.clear();
+        answers
+    };
+    let answers = ask(&mut cluster, 100);
+    let (count, bytes) = (answers.len(), answers.iter().sum::<usize>());
+    assert!(
+        count > 1 && count < 100 && bytes <= pbft_core::checkpoint::SERVE_BYTES_PER_INTERVAL,
+        "{count} answers, {bytes} bytes"
+    );
+    assert_eq!(
+        cluster
+            .replica(1)
+            .dropped()
+            .get("batch request over the peer's budget"),
+        Some(&(100 - count as u64))
+    );
+    // The budget renews with the next retry interval.
+    cluster.now = cluster.now + cluster.config.timeout_base;
+    assert_eq!(ask(&mut cluster, 1).len(), 1);
+}
+
+/// Messages for a view not yet entered are held back, within a per-sender
+/// budget in bytes as well as count: a faulty primary of a future view
+/// cannot make a backup hold gigabytes of batches for it, and a pre-prepare
+/// that its view's primary did not sign is not held at all.
+#[test]
+fn messages_for_future_views_are_held_within_a_per_sender_budget() {
+    let mut cluster = Cluster::new(4);
+    let value = "v".repeat(pbft_app::kv::MAX_VALUE_LEN - 64);
+    let batch = Batch {
+        requests: (0..30)
+            .map(|n| Client::numbered(n, &cluster).request(put(&format!("k{n}"), &value)))
+            .collect(),
+    };
+    let pre_prepare = |cluster: &Cluster, by: u32, seq: u64| {
+        let pp = cluster.signers[by as usize].sign(PrePrepare {
+            view: View(5),
+            seq: SeqNum(seq),
+            digest: batch.digest(),
+            replica: ReplicaId(by),
+        });
+        Message::PrePrepare(pp, batch.clone())
+    };
+    let dropped = |cluster: &Cluster, reason: &str| {
+        cluster
+            .replica(2)
+            .dropped()
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    };
+    // Replica 3 is not the primary of view 5 (replica 1 is).
+    cluster.deliver(ReplicaId(2), pre_prepare(&cluster, 3, 1));
+    assert_eq!(
+        dropped(&cluster, "pre-prepare not from the view's primary"),
+        1
+    );
+    // About 1.9 MiB each: replica 1's share of the budget holds a few only.
+    for seq in 1..=100 {
+        cluster.deliver(ReplicaId(2), pre_prepare(&cluster, 1, seq));
+    }
+    let full = dropped(&cluster, "deferred buffer full");
+    assert!((50..100).contains(&full), "{full} of 100 refused");
+    // Other senders keep their own share.
+    let prepare = cluster.signers[3].sign(Prepare {
+        view: View(5),
+        seq: SeqNum(1),
+        digest: batch.digest(),
+        replica: ReplicaId(3),
+    });
+    cluster.deliver(ReplicaId(2), Message::Prepare(prepare));
+    assert_eq!(dropped(&cluster, "deferred buffer full"), full);
+}
+
 /// 4.2: a backup never accepts two pre-prepares with different digests for
 /// one (view, seq).
 #[test]
@@ -870,6 +1028,44 @@ fn a_relayed_request_starts_no_view_change_deadline() {
         cluster.replica(1).status().view > View(0) || !cluster.replica(1).status().active,
         "the client's own copy starts the deadline: the backup moves to replace the primary"
     );
+}
+
+/// A full pending table makes room for a request from its client's own link
+/// by dropping one that another replica relayed; relayed requests find no
+/// room. So a faulty replica relaying requests from made-up clients cannot
+/// lock real clients out.
+#[test]
+fn a_direct_request_evicts_a_relayed_one_from_a_full_pending_table() {
+    let (mut config, signers) = harness::config(4);
+    config.pending_requests_max = 3;
+    let mut cluster = Cluster::with_config(config, signers);
+    cluster.silent.insert(ReplicaId(0));
+    let dropped = |cluster: &Cluster, reason: &str| {
+        cluster
+            .replica(1)
+            .dropped()
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    };
+    for n in 0..4 {
+        let request = Client::numbered(n, &cluster).request(put("k", "v"));
+        cluster.relay(ReplicaId(1), ReplicaId(3), Message::Request(request));
+    }
+    assert_eq!(cluster.replica(1).status().pending_requests, 3);
+    assert_eq!(dropped(&cluster, "too many pending requests"), 1);
+    let mut real = Client::numbered(100, &cluster);
+    cluster.deliver(ReplicaId(1), Message::Request(real.request(put("k", "w"))));
+    assert_eq!(cluster.replica(1).status().pending_requests, 3);
+    assert_eq!(
+        dropped(&cluster, "relayed request evicted for a direct one"),
+        1
+    );
+    assert_eq!(dropped(&cluster, "too many pending requests"), 1);
+    // The direct request waits with a deadline: the silent primary is replaced.
+    cluster.advance(Duration::from_millis(1000));
+    let status = cluster.replica(1).status();
+    assert!(status.view > View(0) || !status.active, "{status:?}");
 }
 
 /// A primary orders requests that came on their clients' own links before

@@ -8,10 +8,11 @@
 //! Removing the check of any one signature, top-level or nested, makes this
 //! test fail for the kinds that carry it.
 
+use pbft_core::checkpoint::PAGES_PER_FETCH;
 use pbft_core::message::{
     Batch, Checkpoint, CheckpointProof, Commit, CommitCertificate, FetchBatch, FetchState, Message,
     NewView, PrePrepare, Prepare, PreparedProof, Progress, Request, StateBody, StateData,
-    StatePart, StatusReport, StatusRequest, ViewChange,
+    StatePart, StatusReport, StatusRequest, ViewChange, BATCH_REQUESTS_MAX, NEW_VIEW_BATCHES_MAX,
 };
 use pbft_core::{ClientId, Config, ReplicaId, RequestId, SeqNum, View};
 use pbft_crypto::{ClusterId, Digest, KeyPair, Signed, Signer, Verifier};
@@ -273,4 +274,136 @@ fn no_flipped_bit_makes_a_forgery_verify() {
         }
         assert!(rejected > 0, "{kind}: no tampering was ever rejected");
     }
+}
+
+/// The message of `kind` from [`messages`].
+fn message_of(fx: &Fixture, kind: &str) -> Message {
+    messages(fx)
+        .into_iter()
+        .find(|m| m.kind() == kind)
+        .unwrap_or_else(|| panic!("the fixture has a {kind}"))
+}
+
+/// Refused for its shape, before any signature is checked. The padding copies
+/// genuine signed values, so every signature in the message is good: without
+/// the shape check it would verify, and a signature check cannot give
+/// `Malformed`.
+fn assert_refused_for_shape(fx: &Fixture, message: Message, what: &str) {
+    match Verifier::new(ClusterId(7)).verify(message, &fx.config) {
+        Err(pbft_crypto::VerifyError::Malformed(m)) => {
+            assert!(m.to_string().contains(what), "{what}: refused as {m}")
+        }
+        other => panic!("{what}: expected a shape refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn oversized_lists_are_refused_before_their_signatures_are_checked() {
+    let fx = fixture();
+    let n = fx.config.n();
+    let window = fx.config.log_window as usize;
+
+    let Message::ViewChange(vc) = message_of(&fx, "view-change") else {
+        unreachable!()
+    };
+    let mut more = vc.clone();
+    let c = more.value.checkpoint.checkpoints[0].clone();
+    more.value.checkpoint.checkpoints.resize(n + 1, c);
+    assert_refused_for_shape(&fx, Message::ViewChange(more), "checkpoints in a proof");
+    let mut more = vc.clone();
+    let p = more.value.prepared[0].clone();
+    more.value.prepared.resize(window + 1, p);
+    assert_refused_for_shape(&fx, Message::ViewChange(more), "prepared certificates");
+    let mut more = vc.clone();
+    let p = more.value.prepared[0].prepares[0].clone();
+    more.value.prepared[0].prepares.resize(n + 1, p);
+    assert_refused_for_shape(&fx, Message::ViewChange(more), "prepares in a certificate");
+
+    let Message::NewView(nv, batches) = message_of(&fx, "new-view") else {
+        unreachable!()
+    };
+    let mut more = nv.clone();
+    more.value.view_changes.resize(n + 1, vc.clone());
+    assert_refused_for_shape(&fx, Message::NewView(more, batches.clone()), "view-changes");
+    let mut nested = nv.clone();
+    nested.value.view_changes[0].value.prepared = vec![vc.prepared[0].clone(); window + 1];
+    assert_refused_for_shape(
+        &fx,
+        Message::NewView(nested, batches.clone()),
+        "prepared certificates",
+    );
+    let mut more = nv.clone();
+    let pp = more.value.pre_prepares[0].clone();
+    more.value.pre_prepares.resize(window + 1, pp);
+    assert_refused_for_shape(
+        &fx,
+        Message::NewView(more, batches.clone()),
+        "re-issued pre-prepares",
+    );
+    let two = vec![batches[0].clone(), batches[0].clone()];
+    assert_refused_for_shape(&fx, Message::NewView(nv.clone(), two), "batches");
+    // Within the batch count, but more requests in all than one batch may hold.
+    let mut wide = nv.clone();
+    let pp = wide.value.pre_prepares[0].clone();
+    wide.value.pre_prepares.resize(2, pp);
+    let request = batches[0].requests[0].clone();
+    let half = Batch {
+        requests: vec![request.clone(); BATCH_REQUESTS_MAX / 2 + 1],
+    };
+    assert_refused_for_shape(
+        &fx,
+        Message::NewView(wide, vec![half.clone(), half]),
+        "requests in a new-view's batches",
+    );
+
+    let Message::PrePrepare(pp, _) = message_of(&fx, "pre-prepare") else {
+        unreachable!()
+    };
+    let huge = Batch {
+        requests: vec![request; BATCH_REQUESTS_MAX + 1],
+    };
+    assert_refused_for_shape(
+        &fx,
+        Message::PrePrepare(pp, huge.clone()),
+        "requests in a batch",
+    );
+    let Message::Certificate(mut cert, batch) = message_of(&fx, "commit-certificate") else {
+        unreachable!()
+    };
+    assert_refused_for_shape(
+        &fx,
+        Message::Certificate(cert.clone(), Some(huge)),
+        "requests in a batch",
+    );
+    let c = cert.commits[0].clone();
+    cert.commits.resize(n + 1, c);
+    assert_refused_for_shape(
+        &fx,
+        Message::Certificate(cert, batch),
+        "commits in a certificate",
+    );
+}
+
+#[test]
+fn lists_that_decode_far_larger_than_their_bytes_are_bounded_while_decoding() {
+    let fx = fixture();
+    let Message::NewView(nv, _) = message_of(&fx, "new-view") else {
+        unreachable!()
+    };
+    // An empty batch is one byte on the wire and a Vec in memory.
+    let at_limit = Message::NewView(nv.clone(), vec![Batch::default(); NEW_VIEW_BATCHES_MAX]);
+    assert_eq!(Message::decode(&at_limit.encode()).as_ref(), Ok(&at_limit));
+    let over = Message::NewView(nv, vec![Batch::default(); NEW_VIEW_BATCHES_MAX + 1]);
+    assert!(Message::decode(&over.encode()).is_err());
+
+    let fetch = |pages: Vec<u32>| {
+        Message::FetchState(fx.replicas[0].sign(FetchState {
+            seq: SeqNum(4),
+            part: StatePart::Pages(pages),
+            replica: ReplicaId(0),
+        }))
+    };
+    let most = fetch((0..PAGES_PER_FETCH as u32).collect());
+    assert_eq!(Message::decode(&most.encode()).as_ref(), Ok(&most));
+    assert!(Message::decode(&fetch((0..=PAGES_PER_FETCH as u32).collect()).encode()).is_err());
 }

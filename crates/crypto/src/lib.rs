@@ -31,6 +31,6 @@ pub mod stats;
 pub use digest::Digest;
 pub use keys::{KeyError, KeyPair, PublicKey, Signature};
 pub use sign::{
-    Authenticated, ClusterId, Scheme, SigChecks, Signable, Signed, Signer, UnknownSigner, Verified,
-    Verifier, VerifyError,
+    Authenticated, ClusterId, Malformed, Scheme, SigChecks, Signable, Signed, Signer,
+    UnknownSigner, Verified, Verifier, VerifyError,
 };

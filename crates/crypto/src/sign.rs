@@ -180,6 +180,13 @@ impl SimTagMemo {
 #[error("unknown signer: {0}")]
 pub struct UnknownSigner(pub String);
 
+/// A value whose shape is refused before any of its signatures is checked
+/// (more nested signatures than any valid value of its kind carries, say), so
+/// that a faulty sender cannot make the receiver check signatures for nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed: {0}")]
+pub struct Malformed(pub String);
+
 /// The signatures a value carries, collected for checking.
 pub struct SigChecks {
     cluster: ClusterId,
@@ -211,12 +218,13 @@ impl SigChecks {
 pub trait Authenticated {
     /// What resolves signer ids to public keys (for example the cluster configuration).
     type Keys: ?Sized;
-    /// Adds a check for every signature in `self`, nested ones included.
+    /// Adds a check for every signature in `self`, nested ones included;
+    /// refuses a value whose shape no valid one has before adding any.
     fn collect_signatures(
         &self,
         keys: &Self::Keys,
         checks: &mut SigChecks,
-    ) -> Result<(), UnknownSigner>;
+    ) -> Result<(), VerifyError>;
 }
 
 /// Why a value failed verification.
@@ -225,6 +233,9 @@ pub enum VerifyError {
     /// A signer is not in the configuration.
     #[error(transparent)]
     UnknownSigner(#[from] UnknownSigner),
+    /// The value's shape was refused before its signatures were checked.
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
     /// A signature did not verify.
     #[error("bad signature")]
     BadSignature,
@@ -405,7 +416,7 @@ mod tests {
             &self,
             keys: &Keys,
             checks: &mut SigChecks,
-        ) -> Result<(), UnknownSigner> {
+        ) -> Result<(), VerifyError> {
             let key = keys
                 .0
                 .get(self.value.author as usize)

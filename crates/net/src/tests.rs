@@ -5,7 +5,7 @@ use crate::*;
 use bytes::Bytes;
 use pbft_crypto::{
     Authenticated, ClusterId, KeyPair, PublicKey, SigChecks, Signable, Signed, Signer,
-    UnknownSigner, Verifier,
+    UnknownSigner, Verifier, VerifyError,
 };
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -552,7 +552,7 @@ struct SignedNote(Signed<Note>);
 
 impl Authenticated for SignedNote {
     type Keys = Keys;
-    fn collect_signatures(&self, keys: &Keys, checks: &mut SigChecks) -> Result<(), UnknownSigner> {
+    fn collect_signatures(&self, keys: &Keys, checks: &mut SigChecks) -> Result<(), VerifyError> {
         let key = keys
             .0
             .get(self.0.value.author as usize)

@@ -655,9 +655,18 @@ impl Sim {
     fn deliver(&mut self, from: Endpoint, to: Endpoint, frame: &Frame) {
         let (message, verdict) = match frame.check(&self.verifier, &self.config) {
             Checked::Undecodable(e) => {
-                self.violations.push(format!(
-                    "codec: a message from {from} to {to} does not decode: {e}"
-                ));
+                // A Byzantine replica may send what no decoder accepts (a
+                // list past its bound); anything else must round-trip.
+                let byzantine =
+                    matches!(from, Endpoint::Replica(i) if !self.nodes[i].honest());
+                if byzantine {
+                    self.rejected += 1;
+                    self.log(|| format!("{to} cannot decode a message from {from}: {e}"));
+                } else {
+                    self.violations.push(format!(
+                        "codec: a message from {from} to {to} does not decode: {e}"
+                    ));
+                }
                 return;
             }
             Checked::Rejected(message, e) => (message, Err(e)),

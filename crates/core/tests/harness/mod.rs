@@ -40,6 +40,9 @@ pub struct Cluster {
     pub transfers: Vec<(ReplicaId, SeqNum, usize, usize)>,
     /// The page size the replicas' stores aim at.
     pub page_target: usize,
+    /// NEW-VIEWs broadcast: (sender, re-issued pre-prepares, batches carried,
+    /// their wire bytes).
+    pub new_views: Vec<(ReplicaId, usize, usize, usize)>,
 }
 
 pub fn config(n: usize) -> (Config, Vec<Signer>) {
@@ -101,6 +104,7 @@ impl Cluster {
             timed: BTreeMap::new(),
             transfers: Vec::new(),
             page_target,
+            new_views: Vec::new(),
         }
     }
 
@@ -120,6 +124,11 @@ impl Cluster {
     pub fn outputs(&mut self, id: ReplicaId, out: Vec<Output>) {
         let n = self.config.n() as u32;
         for o in out {
+            if let Output::Broadcast(Message::NewView(nv, batches)) = &o {
+                let bytes = batches.iter().map(|b| b.wire_bytes()).sum();
+                self.new_views
+                    .push((id, nv.pre_prepares.len(), batches.len(), bytes));
+            }
             match o {
                 Output::Persist(r) => self.storage[id.index()].push(r),
                 _ if self.silent.contains(&id) => {}
@@ -307,7 +316,17 @@ pub struct Client {
 
 impl Client {
     pub fn new(seed: u8, cluster: &Cluster) -> Self {
-        let key = KeyPair::from_seed([200 + seed; 32]);
+        Self::with_key(KeyPair::from_seed([200 + seed; 32]), cluster)
+    }
+
+    /// Client number `n`, for tests that need more clients than `new` has seeds.
+    pub fn numbered(n: u16, cluster: &Cluster) -> Self {
+        let mut seed = [0xC1; 32];
+        seed[..2].copy_from_slice(&n.to_le_bytes());
+        Self::with_key(KeyPair::from_seed(seed), cluster)
+    }
+
+    fn with_key(key: KeyPair, cluster: &Cluster) -> Self {
         Client {
             signer: Signer::with_scheme(key.clone(), cluster.config.cluster, Scheme::InsecureSim),
             key,
