@@ -657,8 +657,7 @@ impl Sim {
             Checked::Undecodable(e) => {
                 // A Byzantine replica may send what no decoder accepts (a
                 // list past its bound); anything else must round-trip.
-                let byzantine =
-                    matches!(from, Endpoint::Replica(i) if !self.nodes[i].honest());
+                let byzantine = matches!(from, Endpoint::Replica(i) if !self.nodes[i].honest());
                 if byzantine {
                     self.rejected += 1;
                     self.log(|| format!("{to} cannot decode a message from {from}: {e}"));
