@@ -224,6 +224,10 @@ pub struct Replica {
     pub(crate) new_view: Option<Signed<NewView>>,
     /// Normal-case messages for views not yet entered.
     pub(crate) deferred: Vec<Message>,
+    /// The state digest last reported to a status request: (last executed,
+    /// when computed, digest). Hashing the state costs O(state), so a new
+    /// one is computed at most once per retry interval.
+    status_digest: Option<(SeqNum, Instant, Digest)>,
     /// Consecutive view changes without progress; the timeout is base * 2^this.
     pub(crate) view_change_attempts: u32,
 
@@ -294,6 +298,7 @@ impl Replica {
             view_changes: BTreeMap::new(),
             new_view: None,
             deferred: Vec::new(),
+            status_digest: None,
             view_change_attempts: 0,
             timer_view_change: None,
             timer_view_change_resend: None,
@@ -664,13 +669,14 @@ impl Replica {
             Message::FetchState(m) => self.on_fetch_state(m.value, out),
             Message::StateData(m) => self.on_state_data(m.value, out),
             Message::StatusRequest(m) => {
+                let (last_executed, state_digest) = self.status_digest();
                 let report = self.signer.sign(crate::message::StatusReport {
                     view: self.view,
                     active: self.active,
                     primary: self.primary(),
-                    last_executed: self.last_executed,
+                    last_executed,
                     stable_checkpoint: self.stable.seq,
-                    state_digest: self.app.digest(),
+                    state_digest,
                     nonce: m.nonce,
                     replica: self.id,
                 });
@@ -680,6 +686,25 @@ impl Replica {
             Message::Certificate(cert, batch) => self.on_certificate(cert, batch, out),
             Message::Reply(_) | Message::StatusReport(_) => {
                 self.drop_input("client-bound message sent to a replica")
+            }
+        }
+    }
+
+    /// The last executed sequence number and the state digest after it, for
+    /// a status report: current if the state was hashed since the last
+    /// execution or a retry interval ago; otherwise the last pair hashed, so
+    /// that status requests cannot make the replica hash its whole state
+    /// more than twice a timeout.
+    fn status_digest(&mut self) -> (SeqNum, Digest) {
+        let (now, retry) = (self.now, self.retry_interval());
+        match self.status_digest {
+            Some((seq, at, digest)) if seq == self.last_executed || now < at + retry => {
+                (seq, digest)
+            }
+            _ => {
+                let digest = self.app.digest();
+                self.status_digest = Some((self.last_executed, now, digest));
+                (self.last_executed, digest)
             }
         }
     }

@@ -411,6 +411,41 @@ fn messages_for_future_views_are_held_within_a_per_sender_budget() {
     assert_eq!(dropped(&cluster, "deferred buffer full"), full);
 }
 
+/// A status report hashes the state at most once per retry interval: in
+/// between it repeats the last (last executed, digest) pair, which stays
+/// consistent, so status requests cannot make a replica hash a large state
+/// over and over.
+#[test]
+fn status_reports_hash_the_state_at_most_once_per_retry_interval() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    let mut asker = Client::new(2, &cluster);
+    let mut status = |cluster: &mut Cluster, nonce: u64| {
+        let request = asker.signer.sign(pbft_core::message::StatusRequest {
+            client: asker.id(),
+            nonce,
+        });
+        cluster.deliver(ReplicaId(1), Message::StatusRequest(request));
+        let (_, report) = cluster.statuses.pop().expect("a report");
+        (report.last_executed, report.state_digest)
+    };
+    submit(&mut cluster, &mut client, 0, put("a", "1"));
+    let first = status(&mut cluster, 1);
+    assert_eq!(first, (SeqNum(1), cluster.replica(1).app().digest()));
+    submit(&mut cluster, &mut client, 0, put("b", "2"));
+    assert_eq!(
+        status(&mut cluster, 2),
+        first,
+        "within the interval: the last pair"
+    );
+    cluster.now = cluster.now + cluster.config.timeout_base / 2;
+    assert_eq!(
+        status(&mut cluster, 3),
+        (SeqNum(2), cluster.replica(1).app().digest()),
+        "a retry interval later: current"
+    );
+}
+
 /// 4.2: a backup never accepts two pre-prepares with different digests for
 /// one (view, seq).
 #[test]

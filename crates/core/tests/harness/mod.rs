@@ -43,6 +43,8 @@ pub struct Cluster {
     /// NEW-VIEWs broadcast: (sender, re-issued pre-prepares, batches carried,
     /// their wire bytes).
     pub new_views: Vec<(ReplicaId, usize, usize, usize)>,
+    /// Status reports, by the replica that made them.
+    pub statuses: Vec<(ReplicaId, pbft_core::message::StatusReport)>,
 }
 
 pub fn config(n: usize) -> (Config, Vec<Signer>) {
@@ -105,6 +107,7 @@ impl Cluster {
             transfers: Vec::new(),
             page_target,
             new_views: Vec::new(),
+            statuses: Vec::new(),
         }
     }
 
@@ -170,7 +173,8 @@ impl Cluster {
                     fetched,
                     ..
                 } => self.transfers.push((id, seq, pages, fetched)),
-                Output::Checkpointed { .. } | Output::Status(..) => {}
+                Output::Status(_, report) => self.statuses.push((id, report.value)),
+                Output::Checkpointed { .. } => {}
             }
         }
     }
