@@ -419,8 +419,8 @@ fn messages_for_future_views_are_held_within_a_per_sender_budget() {
 fn status_reports_hash_the_state_at_most_once_per_retry_interval() {
     let mut cluster = Cluster::new(4);
     let mut client = Client::new(1, &cluster);
-    let mut asker = Client::new(2, &cluster);
-    let mut status = |cluster: &mut Cluster, nonce: u64| {
+    let asker = Client::new(2, &cluster);
+    let status = |cluster: &mut Cluster, nonce: u64| {
         let request = asker.signer.sign(pbft_core::message::StatusRequest {
             client: asker.id(),
             nonce,
