@@ -97,8 +97,26 @@ struct DialSlot {
     addr: SocketAddr,
     /// The dialler's queue; it outlives individual connections.
     tx: mpsc::Sender<Bytes>,
-    connected: Arc<AtomicBool>,
+    link: Arc<DialLink>,
     task: Option<AbortHandle>,
+}
+
+/// The dialler's current connection, shared with the accept side.
+#[derive(Default)]
+struct DialLink {
+    connected: AtomicBool,
+    conn: Mutex<Option<quinn::Connection>>,
+}
+
+impl DialLink {
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn set(&self, conn: Option<&quinn::Connection>) {
+        *lock(&self.conn) = conn.cloned();
+        self.connected.store(conn.is_some(), Ordering::Release);
+    }
 }
 
 /// The live inbound connection from a key.
@@ -289,12 +307,12 @@ impl Endpoint {
             return;
         }
         let (tx, rx) = mpsc::channel(inner.cfg.send_queue_len);
-        let connected = Arc::new(AtomicBool::new(false));
-        let task = inner.spawn(dial_loop(inner.clone(), key, rx, connected.clone()));
+        let link = Arc::new(DialLink::default());
+        let task = inner.spawn(dial_loop(inner.clone(), key, rx, link.clone()));
         peer.dial = Some(DialSlot {
             addr,
             tx,
-            connected,
+            link,
             task,
         });
     }
@@ -336,10 +354,7 @@ impl Endpoint {
     /// Whether frames to `key` currently have a live connection to travel on.
     pub fn is_connected(&self, key: &PublicKey) -> bool {
         lock(&self.inner.peers).get(key).is_some_and(|p| {
-            p.inbound.is_some()
-                || p.dial
-                    .as_ref()
-                    .is_some_and(|d| d.connected.load(Ordering::Acquire))
+            p.inbound.is_some() || p.dial.as_ref().is_some_and(|d| d.link.is_connected())
         })
     }
 
@@ -531,7 +546,7 @@ impl Inner {
         let peers = lock(&self.peers);
         let peer = peers.get(&to).ok_or(SendError::NotConnected(to))?;
         let tx = match (&peer.dial, &peer.inbound) {
-            (Some(dial), _) if dial.connected.load(Ordering::Acquire) => &dial.tx,
+            (Some(dial), _) if dial.link.is_connected() => &dial.tx,
             (_, Some(inbound)) => &inbound.tx,
             (Some(dial), None) => &dial.tx,
             (None, None) => return Err(SendError::NotConnected(to)),
@@ -671,6 +686,7 @@ async fn serve_inbound(inner: &Arc<Inner>, conn: quinn::Connection, key: PublicK
             b"superseded by a newer connection",
         );
     }
+    close_dial_to_previous_incarnation(inner, &key, &conn);
     let max_frame = match kind {
         PeerKind::Replica => inner.cfg.max_frame_len,
         PeerKind::Client => inner.cfg.max_client_frame_len,
@@ -691,12 +707,39 @@ async fn serve_inbound(inner: &Arc<Inner>, conn: quinn::Connection, key: PublicK
     info!(reason = %end.reason, "inbound connection closed");
 }
 
+/// A peer that dials in with another certificate than the one our own
+/// connection to it presented is a new incarnation (every process makes a
+/// fresh certificate, see `tls::Identity`): the peer restarted, and our
+/// connection reaches the dead process, which cannot reset it, so it would
+/// swallow frames until the idle timeout. Close it; the dialler redials the
+/// new process at once. The same incarnation dialling in again (its link
+/// broke, ours did not) changes nothing, so two peers cannot make each
+/// other redial in turn.
+fn close_dial_to_previous_incarnation(
+    inner: &Arc<Inner>,
+    key: &PublicKey,
+    inbound: &quinn::Connection,
+) {
+    let dial = lock(&inner.peers)
+        .get(key)
+        .and_then(|p| p.dial.as_ref())
+        .and_then(|d| lock(&d.link.conn).clone());
+    let Some(dial) = dial else {
+        return;
+    };
+    let (theirs, ours) = (tls::peer_cert(inbound), tls::peer_cert(&dial));
+    if theirs.is_some() && ours.is_some() && theirs != ours {
+        info!("peer restarted: closing our connection to its previous process");
+        dial.close(VarInt::from_u32(close_code::SUPERSEDED), b"peer restarted");
+    }
+}
+
 /// Redials `key` until it is removed or the endpoint shuts down.
 async fn dial_loop(
     inner: Arc<Inner>,
     key: PublicKey,
     mut rx: mpsc::Receiver<Bytes>,
-    connected: Arc<AtomicBool>,
+    link: Arc<DialLink>,
 ) {
     let cfg = &inner.cfg;
     let mut backoff = cfg.reconnect_backoff_min;
@@ -715,10 +758,10 @@ async fn dial_loop(
                 let span = info_span!("conn", peer = %Short(&key), dir = "out", remote = %addr);
                 let end = async {
                     info!("connected");
-                    connected.store(true, Ordering::Release);
+                    link.set(Some(&conn));
                     // We dial replicas only: they get the full frame limit.
                     let end = run_connection(&inner, &conn, key, cfg.max_frame_len, &mut rx).await;
-                    connected.store(false, Ordering::Release);
+                    link.set(None);
                     log_close(&conn, &end.reason);
                     end
                 }

@@ -70,7 +70,11 @@
 //! * one dial task per registered peer, redialling with exponential backoff
 //!   between [`NetConfig::reconnect_backoff_min`] and
 //!   [`NetConfig::reconnect_backoff_max`] plus jitter;
-//! * dead peers are detected by the idle timeout, with keep-alives on quiet links.
+//! * dead peers are detected by the idle timeout, with keep-alives on quiet links;
+//! * a restarted peer is recognised at once: every process presents a fresh
+//!   certificate (a serial number of its own), and a peer that dials in with
+//!   another certificate than the one our connection to it saw makes us close
+//!   that connection (it reaches the dead process) and redial.
 //!
 //! Worst case, buffered inbound data is about
 //! `max_connections × (max_client_frame_len + 2 MiB)` for clients plus

@@ -49,11 +49,32 @@ pub(crate) fn key_from_cert(cert: &CertificateDer<'_>) -> Result<PublicKey, rust
     )
 }
 
-/// The authenticated ed25519 key of the peer of an established connection.
-pub(crate) fn peer_key(conn: &quinn::Connection) -> Option<PublicKey> {
+/// The certificate the peer of an established connection presented.
+pub(crate) fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let identity = conn.peer_identity()?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    key_from_cert(certs.first()?).ok()
+    certs.first().cloned()
+}
+
+/// The authenticated ed25519 key of the peer of an established connection.
+pub(crate) fn peer_key(conn: &quinn::Connection) -> Option<PublicKey> {
+    key_from_cert(&peer_cert(conn)?).ok()
+}
+
+/// A serial number unique to this process and identity: peers tell a
+/// restarted process from the one before it by its certificate.
+fn incarnation_serial() -> rcgen::SerialNumber {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Randomly keyed per process (and per call).
+    let random = std::collections::hash_map::RandomState::new().hash_one(nanos);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&nanos.to_be_bytes());
+    bytes[8..].copy_from_slice(&random.to_be_bytes());
+    bytes[0] &= 0x7f; // a positive serial
+    rcgen::SerialNumber::from_slice(&bytes)
 }
 
 fn check_tls13_signature(
@@ -217,6 +238,7 @@ impl Identity {
             format!("pbft {}", crate::Short(&key.public())),
         );
         params.distinguished_name = name;
+        params.serial_number = Some(incarnation_serial());
         let cert = params
             .self_signed(&signing)
             .map_err(cert_err)?
