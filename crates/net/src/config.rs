@@ -21,8 +21,11 @@ pub struct NetConfig {
     /// Capacity of the inbound frame channel shared by all peers (default 4096).
     /// When it is full, readers wait, and QUIC flow control slows the senders.
     pub recv_queue_len: usize,
-    /// Most inbound connections (handshaking or established) at once; further
-    /// connection attempts are refused before the handshake (default 512).
+    /// Most inbound client connections (handshaking or established) at once
+    /// (default 512). Replicas do not count once authenticated, and
+    /// [`REPLICA_RESERVE`](crate::REPLICA_RESERVE) more handshake slots are kept for them, so clients
+    /// holding every slot cannot lock replicas out. Every connection attempt
+    /// first proves its source address (a QUIC retry).
     pub max_connections: usize,
     /// First delay before redialling a peer (default 100 ms).
     pub reconnect_backoff_min: Duration,

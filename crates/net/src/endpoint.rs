@@ -588,23 +588,50 @@ impl Inner {
     }
 }
 
-/// Counts an inbound connection against `max_connections` while it lives.
-struct InboundPermit(Arc<Inner>);
+/// Handshake slots beyond `max_connections`, kept for replicas: clients
+/// that hold every client slot still leave replicas room to connect.
+pub const REPLICA_RESERVE: usize = 16;
+
+/// Counts an inbound connection while it handshakes, and a client's while it
+/// lives. At most `max_connections + REPLICA_RESERVE` handshake at once; an
+/// authenticated replica gives its permit back (replicas are few and each
+/// supersedes its own older connection), a client keeps it and is refused
+/// if that makes more than `max_connections`.
+struct InboundPermit(Option<Arc<Inner>>);
 
 impl InboundPermit {
     fn acquire(inner: &Arc<Inner>) -> Option<Self> {
         let before = inner.inbound_conns.fetch_add(1, Ordering::AcqRel);
-        if before >= inner.cfg.max_connections {
+        if before >= inner.cfg.max_connections + REPLICA_RESERVE {
             inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(InboundPermit(inner.clone()))
+        Some(InboundPermit(Some(inner.clone())))
+    }
+
+    /// Whether this connection may stay, now that its peer is known.
+    fn admit(&mut self, kind: PeerKind) -> bool {
+        let Some(inner) = &self.0 else {
+            return true;
+        };
+        match kind {
+            PeerKind::Replica => {
+                inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
+                self.0 = None;
+                true
+            }
+            PeerKind::Client => {
+                inner.inbound_conns.load(Ordering::Acquire) <= inner.cfg.max_connections
+            }
+        }
     }
 }
 
 impl Drop for InboundPermit {
     fn drop(&mut self) {
-        self.0.inbound_conns.fetch_sub(1, Ordering::AcqRel);
+        if let Some(inner) = &self.0 {
+            inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -621,6 +648,14 @@ async fn accept_loop(inner: Arc<Inner>) {
         let Some(incoming) = incoming else {
             break;
         };
+        // Address validation first (a retry round trip): a flood of packets
+        // with forged source addresses never reaches a handshake slot.
+        if !incoming.remote_address_validated() {
+            if let Err(e) = incoming.retry() {
+                debug!(error = %e, "address validation retry failed");
+            }
+            continue;
+        }
         let Some(permit) = InboundPermit::acquire(&inner) else {
             inc(&inner.counters.refused);
             warn!(remote = %incoming.remote_address(), "too many inbound connections; refusing one");
@@ -632,7 +667,7 @@ async fn accept_loop(inner: Arc<Inner>) {
     debug!("accept loop stopped");
 }
 
-async fn handle_inbound(inner: Arc<Inner>, incoming: quinn::Incoming, _permit: InboundPermit) {
+async fn handle_inbound(inner: Arc<Inner>, incoming: quinn::Incoming, permit: InboundPermit) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -651,14 +686,36 @@ async fn handle_inbound(inner: Arc<Inner>, incoming: quinn::Incoming, _permit: I
         return;
     };
     let span = info_span!("conn", peer = %Short(&key), dir = "in", %remote);
-    serve_inbound(&inner, conn, key).instrument(span).await;
+    serve_inbound(&inner, conn, key, permit)
+        .instrument(span)
+        .await;
 }
 
-async fn serve_inbound(inner: &Arc<Inner>, conn: quinn::Connection, key: PublicKey) {
+async fn serve_inbound(
+    inner: &Arc<Inner>,
+    conn: quinn::Connection,
+    key: PublicKey,
+    mut permit: InboundPermit,
+) {
     let (tx, mut rx) = mpsc::channel(inner.cfg.send_queue_len);
     let id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
     // The policy is read under the peers lock, so a concurrent `set_policy`
     // either is seen here or sees this connection when it scans the table.
+    let Some(kind) = inner.policy().decide(&key) else {
+        inc(&inner.counters.refused);
+        warn!(peer = %key, "refusing connection: key not allowed by the accept policy");
+        conn.close(VarInt::from_u32(close_code::REFUSED), b"key not allowed");
+        return;
+    };
+    if !permit.admit(kind) {
+        inc(&inner.counters.refused);
+        warn!(peer = %key, "refusing client connection: all client slots are taken");
+        conn.close(
+            VarInt::from_u32(close_code::REFUSED),
+            b"too many connections",
+        );
+        return;
+    }
     let admitted = {
         let mut peers = lock(&inner.peers);
         if inner.closing.load(Ordering::Acquire) {

@@ -100,7 +100,7 @@ pub mod verify;
 mod tests;
 
 pub use config::NetConfig;
-pub use endpoint::{Endpoint, InboundFrame, NetStats};
+pub use endpoint::{Endpoint, InboundFrame, NetStats, REPLICA_RESERVE};
 pub use error::{NetError, SendError};
 pub use policy::{AcceptPolicy, PeerKind};
 pub use tls::ALPN;

@@ -193,6 +193,47 @@ async fn unknown_client_is_refused_and_allow_listed_one_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_holding_every_slot_leave_room_for_replicas() {
+    bounded(async {
+        let (ka, kb) = (key(1), key(2));
+        let limits = NetConfig {
+            max_connections: 2,
+            ..cfg()
+        };
+        let policy = any_client_policy(&[ka.public(), kb.public()]);
+        let (a, mut ra) = Endpoint::bind(localhost(), &ka, policy.clone(), limits).expect("a");
+        let mut clients = Vec::new();
+        for n in 0..3u8 {
+            let (c, rc) = Endpoint::client(&key(20 + n), cfg()).expect("client");
+            c.add_peer(ka.public(), a.local_addr());
+            c.send(ka.public(), Bytes::from(vec![n])).expect("queued");
+            clients.push((c, rc));
+        }
+        let mut from_clients = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            from_clients.insert(recv(&mut ra).await.from);
+        }
+        wait_until("the third client refused", || a.stats().refused_peers >= 1).await;
+        quiet(&mut ra, Duration::from_millis(300)).await;
+        assert_eq!(from_clients.len(), 2, "two client slots");
+
+        // Every client slot is held; a replica still gets in.
+        let (b, _rb) = Endpoint::bind(localhost(), &kb, policy, cfg()).expect("b");
+        b.add_peer(ka.public(), a.local_addr());
+        b.send(ka.public(), Bytes::from_static(b"replica"))
+            .expect("queued");
+        let got = recv(&mut ra).await;
+        assert_eq!((got.from, &got.bytes[..]), (kb.public(), &b"replica"[..]));
+        for (c, _) in clients {
+            c.shutdown().await;
+        }
+        b.shutdown().await;
+        a.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_that_connection_only() {
     bounded(async {
         let (kr, kr2, big, small) = (key(1), key(2), key(7), key(9));
