@@ -27,6 +27,11 @@ use crate::replica::{Pending, Replica};
 use pbft_crypto::{Digest, Signed};
 use std::collections::{BTreeMap, VecDeque};
 
+/// Most result bytes of read-only answers per retry interval (see
+/// `answer_read_only`), and what each answer counts besides its result.
+pub const READ_ONLY_BYTES_PER_INTERVAL: usize = 32 << 20;
+const READ_ONLY_COST: usize = 256;
+
 /// How far into the arrival order a full pending table looks for a relayed
 /// request to drop (the search stays cheap when few are relayed).
 const EVICTION_SCAN: usize = 4096;
@@ -160,7 +165,20 @@ impl Replica {
             // write this replica had already confirmed (a stale read).
             return self.drop_input("read-only request before catching up after a restart");
         }
+        // Reads run on the protocol task: at most READ_ONLY_BYTES_PER_INTERVAL
+        // of results (plus one) per retry interval, so a client flooding large
+        // scans cannot stall ordering. A refused read falls back to an ordered
+        // one at the client.
+        let (now, retry) = (self.now, self.retry_interval());
+        let (start, served) = &mut self.read_only_served;
+        if now >= *start + retry {
+            (*start, *served) = (now, 0);
+        }
+        if *served >= READ_ONLY_BYTES_PER_INTERVAL {
+            return self.drop_input("read-only request over the read budget");
+        }
         let result = self.app.query(&request.op);
+        self.read_only_served.1 += result.len() + READ_ONLY_COST;
         let reply = self.reply(&request.value, result, true);
         out.push(Output::Reply(request.client, reply));
     }

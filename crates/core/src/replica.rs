@@ -195,6 +195,9 @@ pub struct Replica {
     /// How far this replica had executed (and replied) before its last
     /// restart: it answers read-only requests only once it is back there.
     pub(crate) read_only_floor: SeqNum,
+    /// Result bytes of read-only answers in the current retry interval:
+    /// (interval start, bytes).
+    pub(crate) read_only_served: (Instant, usize),
 
     pub(crate) genesis_digest: Digest,
     /// The stable checkpoint; `stable.seq` is the low water mark h.
@@ -280,6 +283,7 @@ impl Replica {
             last_assigned: SeqNum(0),
             last_executed: SeqNum(0),
             read_only_floor: SeqNum(0),
+            read_only_served: (Instant(0), 0),
             genesis_digest,
             stable: CheckpointProof {
                 seq: SeqNum(0),

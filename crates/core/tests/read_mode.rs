@@ -72,3 +72,46 @@ fn fast_cluster_answers_read_only_requests_with_the_current_value() {
     assert_eq!(answers, vec![expected]);
     assert_eq!(cluster.replica(2).dropped().get(REFUSED), None);
 }
+
+/// Read-only answers run on the protocol task, so they are capped per retry
+/// interval (`READ_ONLY_BYTES_PER_INTERVAL` of results): a client flooding
+/// large reads gets refused until the next interval, and its reads then fall
+/// back to the ordered path at the client.
+#[test]
+fn read_only_answers_are_capped_per_retry_interval() {
+    let (mut config, signers) = config(4);
+    config.read_mode = ReadMode::Fast;
+    let mut cluster = Cluster::with_config(config, signers);
+    let mut client = Client::new(1, &cluster);
+    // One 60 KiB value: each read of it returns about that much.
+    let value = "v".repeat(60 << 10);
+    cluster.deliver(
+        ReplicaId(0),
+        Message::Request(client.request(put("k", &value))),
+    );
+    cluster.run();
+    // Each answer counts its result (the value and a little framing) and a
+    // fixed cost: between the value's size and half a KiB more.
+    let budget = pbft_core::normal::READ_ONLY_BYTES_PER_INTERVAL;
+    let (least, most) = (budget / (value.len() + 512), budget / value.len() + 1);
+    let mut answered = 0;
+    for _ in 0..most + 10 {
+        answered += read_only_answers(&mut cluster, &mut client).len();
+    }
+    assert!(
+        (least..=most).contains(&answered),
+        "{answered} answered, {least}..={most} fit"
+    );
+    let refused = "read-only request over the read budget";
+    assert!(
+        cluster
+            .replica(2)
+            .dropped()
+            .get(refused)
+            .copied()
+            .unwrap_or(0)
+            >= 9
+    );
+    cluster.now = cluster.now + cluster.config.timeout_base / 2;
+    assert_eq!(read_only_answers(&mut cluster, &mut client).len(), 1);
+}
