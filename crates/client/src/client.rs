@@ -32,7 +32,7 @@ pub struct ClientOptions {
     /// operation fails with [`ClientError::Timeout`]: outcome unknown.
     pub timeout: Duration,
     /// How long to wait for the believed primary before broadcasting the
-    /// request to every replica (default 1 s); doubles after each
+    /// request to every replica (default 500 ms); doubles after each
     /// retransmission, up to `retransmit_max`.
     pub retransmit: Duration,
     /// The longest retransmission interval (default 8 s).
@@ -62,7 +62,7 @@ impl ClientOptions {
     pub fn with_timeout(timeout: Duration) -> Self {
         ClientOptions {
             timeout,
-            retransmit: Duration::from_secs(1),
+            retransmit: Duration::from_millis(500),
             retransmit_max: Duration::from_secs(8),
             read_only_wait: Duration::from_secs(1),
             read_only_grace: Duration::from_millis(50),
