@@ -110,6 +110,16 @@ MUTATIONS = [
      "    for request in &batch.requests {\n        checks.add(request.client.0, request);",
      "    for request in batch.requests.iter().filter(|_| false) {\n        checks.add(request.client.0, request);",
      "byz-forge", "nested_request_signatures"),
+    ("M16", "a message's shape is no longer checked before its signatures",
+     "crates/core/src/message.rs",
+     "        self.check_shape(config)?;\n",
+     "",
+     "byz-flood", "pbft-core/tamper::oversized_lists_are_refused_before_their_signatures_are_checked"),
+    ("M17", "a NEW-VIEW carries every re-issued batch, however large",
+     "crates/core/src/view_change.rs",
+     "            if bytes + size > NEW_VIEW_BATCH_BYTES",
+     "            if bytes + size > usize::MAX / 2",
+     "normal", "pbft-core/protocol::a_new_view_carries_part_of_its_batches_and_the_rest_are_fetched"),
 ]
 
 

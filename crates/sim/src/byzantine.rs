@@ -414,7 +414,7 @@ impl Byzantine {
         let digest = random_digest(rng);
         let s = &self.signer;
         let me = self.id;
-        let msg = match rng.gen_range(0..7) {
+        let msg = match rng.gen_range(0..8) {
             0 => Message::PrePrepare(
                 s.sign(PrePrepare {
                     view: far,
@@ -462,6 +462,31 @@ impl Byzantine {
                 prepared: Vec::new(),
                 replica: me,
             })),
+            6 => {
+                // More prepared certificates than a window has sequence
+                // numbers: refused for its shape, before any of its
+                // signatures is checked.
+                let pre_prepare = s.sign(PrePrepare {
+                    view: View(0),
+                    seq,
+                    digest,
+                    replica: me,
+                });
+                let proof = pbft_core::message::PreparedProof {
+                    pre_prepare,
+                    prepares: Vec::new(),
+                };
+                Message::ViewChange(s.sign(ViewChange {
+                    new_view: far,
+                    checkpoint: CheckpointProof {
+                        seq: SeqNum(0),
+                        digest: Digest([0; 32]),
+                        checkpoints: Vec::new(),
+                    },
+                    prepared: vec![proof; self.config.log_window as usize + 1],
+                    replica: me,
+                }))
+            }
             _ => {
                 // A request from a client nobody knows, on a key no checked
                 // client touches.

@@ -115,6 +115,9 @@ pub struct RunReport {
     pub messages: u64,
     /// Messages rejected by the signature check.
     pub rejected: u64,
+    /// Of those, refused for their shape before any signature was checked,
+    /// or undecodable (a list past its decoding bound).
+    pub malformed: u64,
     /// Simulated time at the end, microseconds.
     pub end_time_us: u64,
     /// A hash of the run's events: equal seeds give equal hashes.

@@ -73,8 +73,8 @@ struct Frame {
 /// A frame's bytes, decoded and verified.
 enum Checked {
     Undecodable(String),
-    /// The decoded message, and why its signatures did not verify.
-    Rejected(Message, String),
+    /// The decoded message, and why it did not verify.
+    Rejected(Message, pbft_crypto::VerifyError),
     Verified(pbft_crypto::Verified<Message>),
 }
 
@@ -94,7 +94,7 @@ impl Frame {
                     Ok(v) => Checked::Verified(v),
                     // Rare: decode again rather than copy every message.
                     Err(e) => match Message::decode(&self.bytes) {
-                        Ok(m) => Checked::Rejected(m, e.to_string()),
+                        Ok(m) => Checked::Rejected(m, e),
                         Err(d) => Checked::Undecodable(d.to_string()),
                     },
                 },
@@ -211,6 +211,8 @@ pub(crate) struct Sim {
     events: u64,
     messages: u64,
     rejected: u64,
+    /// Of those, refused for their shape (or undecodable, from a Byzantine replica).
+    malformed: u64,
     max_view: u64,
     /// When the honest replicas' highest view rose, and to which view.
     view_rises: Vec<(u64, u64)>,
@@ -313,6 +315,7 @@ impl Sim {
             events: 0,
             messages: 0,
             rejected: 0,
+            malformed: 0,
             max_view: 0,
             view_rises: Vec::new(),
             entered_views: 0,
@@ -660,6 +663,7 @@ impl Sim {
                 let byzantine = matches!(from, Endpoint::Replica(i) if !self.nodes[i].honest());
                 if byzantine {
                     self.rejected += 1;
+                    self.malformed += 1;
                     self.log(|| format!("{to} cannot decode a message from {from}: {e}"));
                 } else {
                     self.violations.push(format!(
@@ -668,7 +672,12 @@ impl Sim {
                 }
                 return;
             }
-            Checked::Rejected(message, e) => (message, Err(e)),
+            Checked::Rejected(message, e) => {
+                if matches!(e, pbft_crypto::VerifyError::Malformed(_)) {
+                    self.malformed += 1;
+                }
+                (message, Err(e))
+            }
             Checked::Verified(v) => (&**v, Ok(v)),
         };
         self.trace.add(&[
@@ -1333,6 +1342,7 @@ impl Sim {
             events: self.events,
             messages: self.messages,
             rejected: self.rejected,
+            malformed: self.malformed,
             end_time_us: end,
             trace_hash: self.trace.finish(),
             completions_us: {

@@ -26,6 +26,7 @@ fn fault_happened(scenario: Scenario) -> Option<FaultCount> {
         Scenario::CrashByz => ("crashes inside a group write", |r| r.torn_writes),
         Scenario::ByzBadSig | Scenario::ByzForge => ("rejected signatures", |r| r.rejected),
         Scenario::ByzCensor => ("censored requests", |r| r.censored_requests),
+        Scenario::ByzFlood => ("messages refused for their shape", |r| r.malformed),
         Scenario::ByzCheckpoint | Scenario::Partition => ("state transfers", |r| r.state_transfers),
         Scenario::ByzEquivocate
         | Scenario::ByzViewChange
