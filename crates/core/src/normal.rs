@@ -390,6 +390,29 @@ impl Replica {
         let seq = pp.seq;
         self.accept_pre_prepare(pp, Some(batch), out);
         self.try_prepared(seq, out);
+        self.ask_for_a_missed_pre_prepare(seq, out);
+    }
+
+    /// A pre-prepare for `seq` arrived while the one before it, not yet
+    /// executed, never did: it was lost. Say where this replica stands at
+    /// once (PROGRESS; the primary answers with what it lacks) instead of at
+    /// the next progress tick, which can come after the request deadlines
+    /// of the others, who cannot prepare without this replica while another
+    /// is faulty or stranded. At most once per retry interval.
+    fn ask_for_a_missed_pre_prepare(&mut self, seq: SeqNum, out: &mut Vec<Output>) {
+        let before = SeqNum(seq.0 - 1);
+        let missed = before > self.last_executed
+            && self.in_window(before)
+            && self
+                .log
+                .get(&before)
+                .is_none_or(|s| s.pre_prepare.is_none());
+        let (now, retry) = (self.now, self.retry_interval());
+        if !missed || self.gap_progress_at.is_some_and(|at| now < at + retry) {
+            return;
+        }
+        self.gap_progress_at = Some(now);
+        self.send_progress(out);
     }
 
     /// Logs a pre-prepare of the current view, persists it and (as a backup)

@@ -242,6 +242,8 @@ pub struct Replica {
     pub(crate) timer_progress: Option<Instant>,
     /// `last_executed` when the progress timer last fired.
     pub(crate) progress_mark: SeqNum,
+    /// When this replica last sent PROGRESS because a pre-prepare was missing.
+    pub(crate) gap_progress_at: Option<Instant>,
     /// Sequence numbers learned decided from commit certificates, not yet
     /// executed (see `retransmit`).
     pub(crate) decided: BTreeMap<SeqNum, Digest>,
@@ -311,6 +313,7 @@ impl Replica {
             timer_fetch_batches: None,
             timer_progress: Some(Instant(0) + config.timeout_base / 2),
             progress_mark: SeqNum(0),
+            gap_progress_at: None,
             decided: BTreeMap::new(),
             helped: BTreeMap::new(),
             dropped: BTreeMap::new(),

@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! no execution for base/2       -> PROGRESS(v, active, h, last executed) to all
-//!                                  (again every base/2 while nothing executes)
+//!                                  (again every base/2 while nothing executes,
+//!                                  every base/4 while a pre-prepared n waits)
+//! PRE-PREPARE for n while n-1 (not executed) has none
+//!                               -> PROGRESS at once (at most once per base/2)
 //! PROGRESS from p, at most one answer per p per base/4:
 //!   p in an older view, or not yet in ours   -> our NEW-VIEW (no batches; p fetches)
 //!   p's checkpoint below our stable one      -> the 2f+1 CHECKPOINTs of our proof
@@ -44,17 +47,35 @@ impl Replica {
     /// tell the others where this replica stands.
     pub(crate) fn on_timeout_progress(&mut self, out: &mut Vec<Output>) {
         if self.last_executed == self.progress_mark {
-            let progress = self.signer.sign(Progress {
-                view: self.view,
-                active: self.active,
-                stable: self.stable.seq,
-                last_executed: self.last_executed,
-                replica: self.id,
-            });
-            out.push(Output::Broadcast(Message::Progress(progress)));
+            self.send_progress(out);
         }
         self.progress_mark = self.last_executed;
-        self.timer_progress = Some(self.now + self.retry_interval());
+        // Twice as often while a pre-prepared sequence number waits: each
+        // lost message then costs a quarter of a timeout, so two losses in
+        // one instance still recover before the request deadlines fire.
+        let waiting = self
+            .log
+            .range(self.last_executed.next()..)
+            .next()
+            .is_some_and(|(_, slot)| slot.pre_prepare.is_some());
+        let every = if waiting {
+            self.retry_interval() / 2
+        } else {
+            self.retry_interval()
+        };
+        self.timer_progress = Some(self.now + every);
+    }
+
+    /// Tells every peer where this replica stands.
+    pub(crate) fn send_progress(&self, out: &mut Vec<Output>) {
+        let progress = self.signer.sign(Progress {
+            view: self.view,
+            active: self.active,
+            stable: self.stable.seq,
+            last_executed: self.last_executed,
+            replica: self.id,
+        });
+        out.push(Output::Broadcast(Message::Progress(progress)));
     }
 
     /// PROGRESS from a peer: send it what it lacks and this replica has.

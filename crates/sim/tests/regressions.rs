@@ -172,3 +172,28 @@ fn byz_flood_f3_seed_20018() {
 fn mixed_f1_seed_30191() {
     check(Scenario::Mixed, 1, 30191);
 }
+
+/// With the laggard stranded in a view of its own (it does not vote), the
+/// other three had no margin, and 1% loss after the heal dropped the
+/// pre-prepare of n33 on its way to r2. r2 saw n34's and n35's but sent
+/// PROGRESS only at its next tick, after the others' request deadlines had
+/// fired: the group changed view. Fixed: a backup that gets a pre-prepare
+/// whose predecessor it never got sends PROGRESS at once.
+#[test]
+fn laggard_f1_seed_3226() {
+    check(Scenario::Laggard, 1, 3226);
+}
+
+/// The same margin, two losses in one instance (n43's pre-prepare to r1,
+/// then r0's COMMIT to r2): each recovery waited for a PROGRESS tick of half
+/// a timeout, together longer than the request deadline. Fixed: while a
+/// pre-prepared sequence number waits, PROGRESS ticks every quarter of a
+/// timeout. Seeds 3783, 4089 (laggard) and 4840 (crash-byz, f=1) failed
+/// the same way.
+#[test]
+fn laggard_f1_seed_3575() {
+    check(Scenario::Laggard, 1, 3575);
+    check(Scenario::Laggard, 1, 3783);
+    check(Scenario::Laggard, 1, 4089);
+    check(Scenario::CrashByz, 1, 4840);
+}
