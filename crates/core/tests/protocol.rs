@@ -253,16 +253,22 @@ fn prepared_requests_survive_view_change() {
     assert_eq!(ex[&ReplicaId(3)][&SeqNum(1)], ex[&ReplicaId(1)][&SeqNum(1)]);
 }
 
+/// A cluster of four whose batches may hold 64 requests and 4 MiB, and a
+/// value of nearly the largest size a put takes (about 64 KiB).
+fn cluster_for_large_batches() -> (Cluster, String) {
+    let (mut config, signers) = harness::config(4);
+    config.batch_size_max = 64;
+    config.batch_bytes_max = 4 << 20;
+    let cluster = Cluster::with_config(config, signers);
+    (cluster, "v".repeat(pbft_app::kv::MAX_VALUE_LEN - 64))
+}
+
 /// A NEW-VIEW carries re-issued batches only up to `NEW_VIEW_BATCH_BYTES`, so
 /// that under load it still fits in a frame; a replica that lacks the others
 /// fetches them and executes the same batches as everyone else.
 #[test]
 fn a_new_view_carries_part_of_its_batches_and_the_rest_are_fetched() {
-    let (mut config, signers) = harness::config(4);
-    config.batch_size_max = 64;
-    config.batch_bytes_max = 4 << 20;
-    let mut cluster = Cluster::with_config(config, signers);
-    let value = "v".repeat(pbft_app::kv::MAX_VALUE_LEN - 64);
+    let (mut cluster, value) = cluster_for_large_batches();
     cluster.isolated.insert(ReplicaId(3));
     let mut number = 0u16;
     for _ in 0..3 {
@@ -308,11 +314,7 @@ fn a_new_view_carries_part_of_its_batches_and_the_rest_are_fetched() {
 /// over and over gets at most that budget per retry interval.
 #[test]
 fn batch_requests_are_answered_within_the_peers_budget() {
-    let (mut config, signers) = harness::config(4);
-    config.batch_size_max = 64;
-    config.batch_bytes_max = 4 << 20;
-    let mut cluster = Cluster::with_config(config, signers);
-    let value = "v".repeat(pbft_app::kv::MAX_VALUE_LEN - 64);
+    let (mut cluster, value) = cluster_for_large_batches();
     for number in 0..30 {
         let mut client = Client::numbered(number, &cluster);
         let request = client.request(put(&format!("k{number}"), &value));
