@@ -90,7 +90,7 @@ impl Replica {
                 self.forward_to_primary(client, out);
                 return;
             }
-            Some(_) | None => {}
+            _ => {}
         }
         // Room for a request from its own client's link is made by dropping
         // a relayed one: a faulty replica relaying requests from made-up
@@ -400,7 +400,7 @@ impl Replica {
     /// of the others, who cannot prepare without this replica while another
     /// is faulty or stranded. At most once per retry interval.
     fn ask_for_a_missed_pre_prepare(&mut self, seq: SeqNum, out: &mut Vec<Output>) {
-        let before = SeqNum(seq.0 - 1);
+        let before = SeqNum(seq.0.saturating_sub(1));
         let missed = before > self.last_executed
             && self.in_window(before)
             && self
