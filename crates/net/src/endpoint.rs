@@ -701,40 +701,37 @@ async fn serve_inbound(
     let id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
     // The policy is read under the peers lock, so a concurrent `set_policy`
     // either is seen here or sees this connection when it scans the table.
-    let Some(kind) = inner.policy().decide(&key) else {
-        inc(&inner.counters.refused);
-        warn!(peer = %key, "refusing connection: key not allowed by the accept policy");
-        conn.close(VarInt::from_u32(close_code::REFUSED), b"key not allowed");
-        return;
-    };
-    if !permit.admit(kind) {
-        inc(&inner.counters.refused);
-        warn!(peer = %key, "refusing client connection: all client slots are taken");
-        conn.close(
-            VarInt::from_u32(close_code::REFUSED),
-            b"too many connections",
-        );
-        return;
-    }
     let admitted = {
         let mut peers = lock(&inner.peers);
         if inner.closing.load(Ordering::Acquire) {
             return;
         }
-        inner.policy().decide(&key).map(|kind| {
-            let previous = peers.entry(key).or_default().inbound.replace(InboundSlot {
-                id,
-                tx,
-                conn: conn.clone(),
-            });
-            (kind, previous)
-        })
+        match inner.policy().decide(&key) {
+            None => Err((
+                "key not allowed by the accept policy",
+                &b"key not allowed"[..],
+            )),
+            Some(kind) if !permit.admit(kind) => {
+                Err(("all client slots are taken", &b"too many connections"[..]))
+            }
+            Some(kind) => {
+                let previous = peers.entry(key).or_default().inbound.replace(InboundSlot {
+                    id,
+                    tx,
+                    conn: conn.clone(),
+                });
+                Ok((kind, previous))
+            }
+        }
     };
-    let Some((kind, previous)) = admitted else {
-        inc(&inner.counters.refused);
-        warn!(peer = %key, "refusing connection: key not allowed by the accept policy");
-        conn.close(VarInt::from_u32(close_code::REFUSED), b"key not allowed");
-        return;
+    let (kind, previous) = match admitted {
+        Ok(admitted) => admitted,
+        Err((why, reason)) => {
+            inc(&inner.counters.refused);
+            warn!(peer = %key, "refusing connection: {why}");
+            conn.close(VarInt::from_u32(close_code::REFUSED), reason);
+            return;
+        }
     };
     if let Some(previous) = previous {
         debug!("a newer connection from the same key supersedes the previous one");
