@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -98,7 +98,7 @@ enum Incoming {
 
 /// State used by one operation at a time.
 struct State {
-    inbound: mpsc::Receiver<InboundFrame>,
+    inbound: pbft_net::Inbound,
     last_request_id: RequestId,
     /// The latest view each replica reported.
     views: BTreeMap<ReplicaId, View>,

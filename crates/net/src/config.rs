@@ -18,15 +18,36 @@ pub struct NetConfig {
     /// Frames queued per peer connection before [`Endpoint::send`](crate::Endpoint::send)
     /// drops new ones with [`SendError::QueueFull`](crate::SendError::QueueFull) (default 1024).
     pub send_queue_len: usize,
-    /// Capacity of the inbound frame channel shared by all peers (default 4096).
-    /// When it is full, readers wait, and QUIC flow control slows the senders.
+    /// Bytes queued per connection to a replica before sends are dropped
+    /// (default 64 MiB). A frame always fits an empty queue, so one frame of
+    /// up to `max_frame_len` can always be sent.
+    pub send_queue_bytes: usize,
+    /// Bytes queued per connection to a client (default 4 MiB; the same
+    /// one-frame rule).
+    pub client_send_queue_bytes: usize,
+    /// Bytes queued on all client connections together (default 256 MiB, at
+    /// least `max_frame_len`).
+    pub client_send_bytes_total: usize,
+    /// Capacity in frames of each inbound lane, the replicas' and the
+    /// clients' (default 4096). When a lane is full, its readers wait, and
+    /// QUIC flow control slows the senders.
     pub recv_queue_len: usize,
+    /// Byte budget of the replicas' inbound lane (default 256 MiB, at least
+    /// `max_frame_len`): frames from replicas queued or still held by the
+    /// consumer (see [`Held`](crate::Held)).
+    pub replica_lane_bytes: usize,
+    /// Byte budget of the clients' inbound lane (default 64 MiB, at least
+    /// `max_client_frame_len`), shared by every client.
+    pub client_lane_bytes: usize,
     /// Most inbound client connections (handshaking or established) at once
     /// (default 512). Replicas do not count once authenticated, and
     /// [`REPLICA_RESERVE`](crate::REPLICA_RESERVE) more handshake slots are kept for them, so clients
     /// holding every slot cannot lock replicas out. Every connection attempt
     /// first proves its source address (a QUIC retry).
     pub max_connections: usize,
+    /// Most inbound client connections from one IP address (default 256),
+    /// counted like `max_connections`, with the same reserve for replicas.
+    pub max_connections_per_address: usize,
     /// First delay before redialling a peer (default 100 ms).
     pub reconnect_backoff_min: Duration,
     /// Largest delay between redials; the delay doubles from the minimum up to
@@ -45,8 +66,14 @@ impl Default for NetConfig {
             max_frame_len: 16 * 1024 * 1024,
             max_client_frame_len: 1024 * 1024,
             send_queue_len: 1024,
+            send_queue_bytes: 64 * 1024 * 1024,
+            client_send_queue_bytes: 4 * 1024 * 1024,
+            client_send_bytes_total: 256 * 1024 * 1024,
             recv_queue_len: 4096,
+            replica_lane_bytes: 256 * 1024 * 1024,
+            client_lane_bytes: 64 * 1024 * 1024,
             max_connections: 512,
+            max_connections_per_address: 256,
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
@@ -68,8 +95,21 @@ impl NetConfig {
         if self.send_queue_len == 0 || self.recv_queue_len == 0 {
             return bad("send_queue_len and recv_queue_len must be positive");
         }
-        if self.max_connections == 0 {
-            return bad("max_connections must be positive");
+        if self.send_queue_bytes == 0
+            || self.client_send_queue_bytes == 0
+            || self.client_send_bytes_total < self.max_frame_len
+        {
+            return bad("send_queue_bytes and client_send_queue_bytes must be positive, and client_send_bytes_total at least max_frame_len");
+        }
+        if self.replica_lane_bytes < self.max_frame_len
+            || self.client_lane_bytes < self.max_client_frame_len
+            || u32::try_from(self.replica_lane_bytes).is_err()
+            || u32::try_from(self.client_lane_bytes).is_err()
+        {
+            return bad("replica_lane_bytes and client_lane_bytes must be at least the frame limits of their peers and below 4 GiB");
+        }
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            return bad("max_connections and max_connections_per_address must be positive");
         }
         if self.reconnect_backoff_min.is_zero()
             || self.reconnect_backoff_min > self.reconnect_backoff_max

@@ -2,8 +2,10 @@
 //! and the framed stream reader and writer of every connection.
 
 use crate::frame::{self, FrameError};
+use crate::log_limit::LogLimit;
+use crate::send_queue::{send_queue, QueueRx, Refused, SendQueue, Totals};
 use crate::tls::{self, Identity};
-use crate::{close_code, AcceptPolicy, NetConfig, NetError, PeerKind, SendError, Short};
+use crate::{close_code, AcceptPolicy, Lanes, NetConfig, NetError, PeerKind, SendError, Short};
 use bytes::Bytes;
 use pbft_crypto::{KeyPair, PublicKey};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -11,11 +13,11 @@ use quinn::VarInt;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -36,9 +38,12 @@ const DRAIN_WAIT: Duration = Duration::from_secs(4);
 const SOCKET_RELEASE_WAIT: Duration = Duration::from_secs(1);
 /// Upper bound on the reconnect backoff settings.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// At most one warning per this interval about refused connection attempts
+/// (with the number held back meanwhile); each is still counted.
+const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One frame received from an authenticated peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct InboundFrame {
     /// The peer's TLS-authenticated key. This authenticates the *link*, not the
     /// frame's content: protocol messages must still be verified by their own
@@ -46,6 +51,84 @@ pub struct InboundFrame {
     pub from: PublicKey,
     /// The frame's payload.
     pub bytes: Bytes,
+    /// The frame's share of its lane's byte budget
+    /// ([`NetConfig::replica_lane_bytes`], [`NetConfig::client_lane_bytes`]):
+    /// keep it with whatever the frame becomes (a decoded message, a verified
+    /// one) until that is consumed, so the budget bounds the whole inbound
+    /// path and not only this queue.
+    pub held: Held,
+}
+
+/// Frames received from replicas (the first lane) ahead of frames from
+/// clients (the second); see [`Lanes`].
+pub type Inbound = Lanes<InboundFrame>;
+
+/// Bytes of an inbound lane's budget, held by one frame (or what it was
+/// turned into) and given back when dropped.
+#[derive(Debug, Default)]
+pub struct Held(Option<OwnedSemaphorePermit>);
+
+impl Held {
+    /// Holds nothing (for items that did not come through a budgeted lane).
+    pub fn nothing() -> Held {
+        Held(None)
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+}
+
+/// The sending half of one inbound lane: frames, and the byte budget they
+/// take from until their [`Held`] is dropped.
+#[derive(Clone)]
+struct LaneTx {
+    frames: mpsc::Sender<InboundFrame>,
+    budget: Arc<Semaphore>,
+    /// The whole budget: a larger frame takes all of it.
+    cap: usize,
+}
+
+impl LaneTx {
+    fn new(frames: mpsc::Sender<InboundFrame>, cap: usize) -> Self {
+        LaneTx {
+            frames,
+            budget: Arc::new(Semaphore::new(cap)),
+            cap,
+        }
+    }
+
+    /// Waits for the frame's bytes in the budget and a place in the queue;
+    /// false if the receiver is gone.
+    async fn send(&self, from: PublicKey, bytes: Bytes) -> bool {
+        let want = u32::try_from(bytes.len().clamp(1, self.cap)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.budget.clone().acquire_many_owned(want).await else {
+            return false;
+        };
+        let frame = InboundFrame {
+            from,
+            bytes,
+            held: Held(Some(permit)),
+        };
+        self.frames.send(frame).await.is_ok()
+    }
+}
+
+/// The inbound lanes, by the kind of peer that sent the frames.
+#[derive(Clone)]
+struct InboundTx {
+    replicas: LaneTx,
+    clients: LaneTx,
+}
+
+impl InboundTx {
+    fn lane(&self, kind: PeerKind) -> &LaneTx {
+        match kind {
+            PeerKind::Replica => &self.replicas,
+            PeerKind::Client => &self.clients,
+        }
+    }
 }
 
 /// Counters of an endpoint since it was created.
@@ -69,6 +152,8 @@ pub struct NetStats {
     pub handshake_failures: u64,
     /// Connections currently carrying frames (inbound and outbound).
     pub open_connections: u64,
+    /// Bytes waiting in the send queues of every connection now.
+    pub queued_send_bytes: u64,
 }
 
 #[derive(Default)]
@@ -96,7 +181,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct DialSlot {
     addr: SocketAddr,
     /// The dialler's queue; it outlives individual connections.
-    tx: mpsc::Sender<Bytes>,
+    tx: SendQueue,
     link: Arc<DialLink>,
     task: Option<AbortHandle>,
 }
@@ -122,7 +207,7 @@ impl DialLink {
 /// The live inbound connection from a key.
 struct InboundSlot {
     id: u64,
-    tx: mpsc::Sender<Bytes>,
+    tx: SendQueue,
     conn: quinn::Connection,
 }
 
@@ -142,8 +227,8 @@ struct Inner {
     local_addr: SocketAddr,
     policy: Mutex<Arc<AcceptPolicy>>,
     peers: Mutex<HashMap<PublicKey, Peer>>,
-    /// Taken on shutdown, so the receiver ends once every task has stopped.
-    inbound_tx: Mutex<Option<mpsc::Sender<InboundFrame>>>,
+    /// Taken on shutdown, so the receivers end once every task has stopped.
+    inbound_tx: Mutex<Option<InboundTx>>,
     closing: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     /// Every background task; `None` once shutdown has collected them.
@@ -152,6 +237,11 @@ struct Inner {
     span: tracing::Span,
     counters: Counters,
     inbound_conns: AtomicUsize,
+    /// Inbound connections counted like `inbound_conns`, per source address.
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    refused_log: Mutex<LogLimit>,
+    /// Bytes in the send queues (see `send_queue`).
+    send_totals: Arc<Totals>,
     next_conn_id: AtomicU64,
 }
 
@@ -211,14 +301,14 @@ fn check_config(cfg: &NetConfig) -> Result<tokio::runtime::Handle, NetError> {
 impl Endpoint {
     /// A listening endpoint (a replica) on `listen`, identified by `key`. Inbound
     /// connections are admitted by `policy`. Returns the endpoint and the
-    /// bounded channel of frames from all peers. Fails with
-    /// [`NetError::Bind`] if the address is in use.
+    /// bounded lanes of frames from its peers, replicas' ahead of clients'.
+    /// Fails with [`NetError::Bind`] if the address is in use.
     pub fn bind(
         listen: SocketAddr,
         key: &KeyPair,
         policy: AcceptPolicy,
         cfg: NetConfig,
-    ) -> Result<(Endpoint, mpsc::Receiver<InboundFrame>), NetError> {
+    ) -> Result<(Endpoint, Inbound), NetError> {
         let rt = check_config(&cfg)?;
         let identity = Identity::new(key)?;
         let transport = transport_config(&cfg)?;
@@ -247,10 +337,7 @@ impl Endpoint {
     /// A non-listening endpoint (a client) on an ephemeral port of the
     /// unspecified address (dual-stack IPv6 when available, else IPv4). It only
     /// dials; replicas answer over the connections it made.
-    pub fn client(
-        key: &KeyPair,
-        cfg: NetConfig,
-    ) -> Result<(Endpoint, mpsc::Receiver<InboundFrame>), NetError> {
+    pub fn client(key: &KeyPair, cfg: NetConfig) -> Result<(Endpoint, Inbound), NetError> {
         let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
         match Endpoint::client_on(v6, key, cfg.clone()) {
             Err(NetError::Bind { .. }) => {
@@ -265,7 +352,7 @@ impl Endpoint {
         bind: SocketAddr,
         key: &KeyPair,
         cfg: NetConfig,
-    ) -> Result<(Endpoint, mpsc::Receiver<InboundFrame>), NetError> {
+    ) -> Result<(Endpoint, Inbound), NetError> {
         let rt = check_config(&cfg)?;
         let identity = Identity::new(key)?;
         let transport = transport_config(&cfg)?;
@@ -306,7 +393,8 @@ impl Endpoint {
             }
             return;
         }
-        let (tx, rx) = mpsc::channel(inner.cfg.send_queue_len);
+        // We dial replicas only.
+        let (tx, rx) = inner.send_queue(PeerKind::Replica);
         let link = Arc::new(DialLink::default());
         let task = inner.spawn(dial_loop(inner.clone(), key, rx, link.clone()));
         peer.dial = Some(DialSlot {
@@ -430,6 +518,7 @@ impl Endpoint {
             dial_failures: get(&c.dial_failures),
             handshake_failures: get(&c.handshake_failures),
             open_connections: get(&c.open),
+            queued_send_bytes: self.inner.send_totals.queued() as u64,
         }
     }
 }
@@ -459,12 +548,18 @@ impl Inner {
         cfg: NetConfig,
         rt: tokio::runtime::Handle,
         listening: bool,
-    ) -> Result<(Endpoint, mpsc::Receiver<InboundFrame>), NetError> {
+    ) -> Result<(Endpoint, Inbound), NetError> {
         let local_addr = quic.local_addr().map_err(|source| NetError::Bind {
             addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             source,
         })?;
-        let (inbound_tx, inbound_rx) = mpsc::channel(cfg.recv_queue_len);
+        let send_totals = Arc::new(Totals::new(cfg.client_send_bytes_total));
+        let (replicas_tx, replicas_rx) = mpsc::channel(cfg.recv_queue_len);
+        let (clients_tx, clients_rx) = mpsc::channel(cfg.recv_queue_len);
+        let inbound_tx = InboundTx {
+            replicas: LaneTx::new(replicas_tx, cfg.replica_lane_bytes),
+            clients: LaneTx::new(clients_tx, cfg.client_lane_bytes),
+        };
         let (shutdown_tx, _) = watch::channel(false);
         let span = info_span!("pbft_net", me = %Short(&me), local = %local_addr);
         let inner = Arc::new(Inner {
@@ -484,6 +579,9 @@ impl Inner {
             span,
             counters: Counters::default(),
             inbound_conns: AtomicUsize::new(0),
+            per_address: Mutex::new(HashMap::new()),
+            refused_log: Mutex::new(LogLimit::new(REFUSED_WARN_INTERVAL)),
+            send_totals,
             next_conn_id: AtomicU64::new(0),
         });
         if listening {
@@ -494,7 +592,7 @@ impl Inner {
             inner: inner.clone(),
             _guard: Arc::new(DropGuard(inner)),
         };
-        Ok((endpoint, inbound_rx))
+        Ok((endpoint, Lanes::new(replicas_rx, clients_rx)))
     }
 
     /// Spawns a background task under the endpoint's span; nothing once shut down.
@@ -515,6 +613,30 @@ impl Inner {
 
     fn policy(&self) -> Arc<AcceptPolicy> {
         lock(&self.policy).clone()
+    }
+
+    /// A send queue for a connection to a peer of `kind`.
+    fn send_queue(&self, kind: PeerKind) -> (SendQueue, QueueRx) {
+        let cfg = &self.cfg;
+        let (cap, client) = match kind {
+            PeerKind::Replica => (cfg.send_queue_bytes, false),
+            PeerKind::Client => (cfg.client_send_queue_bytes, true),
+        };
+        send_queue(cfg.send_queue_len, cap, client, self.send_totals.clone())
+    }
+
+    /// Counts a refused connection attempt from `who` and logs it, at most
+    /// once per [`REFUSED_WARN_INTERVAL`] (a flood of attempts must not
+    /// become a flood of log lines).
+    fn refused(&self, who: &dyn fmt::Display, why: &str) {
+        inc(&self.counters.refused);
+        let allowed = lock(&self.refused_log).allow(tokio::time::Instant::now());
+        match allowed {
+            Some(held_back) => {
+                warn!(%who, held_back, "refusing a connection: {why}")
+            }
+            None => debug!(%who, "refusing a connection: {why}"),
+        }
     }
 
     fn begin_shutdown(&self) {
@@ -552,8 +674,8 @@ impl Inner {
             (None, None) => return Err(SendError::NotConnected(to)),
         };
         tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::QueueFull(to),
-            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(to),
+            Refused::Full => SendError::QueueFull(to),
+            Refused::Closed => SendError::NotConnected(to),
         })
     }
 
@@ -588,40 +710,85 @@ impl Inner {
     }
 }
 
-/// Handshake slots beyond `max_connections`, kept for replicas: clients
-/// that hold every client slot still leave replicas room to connect.
+/// Handshake slots beyond `max_connections` (and beyond
+/// `max_connections_per_address` for each address), kept for replicas:
+/// clients that hold every client slot still leave replicas room to connect.
 pub const REPLICA_RESERVE: usize = 16;
 
 /// Counts an inbound connection while it handshakes, and a client's while it
-/// lives. At most `max_connections + REPLICA_RESERVE` handshake at once; an
-/// authenticated replica gives its permit back (replicas are few and each
-/// supersedes its own older connection), a client keeps it and is refused
-/// if that makes more than `max_connections`.
-struct InboundPermit(Option<Arc<Inner>>);
+/// lives, in all and for its source address. At most `max_connections +
+/// REPLICA_RESERVE` handshake at once (and `max_connections_per_address +
+/// REPLICA_RESERVE` from one address); an authenticated replica gives its
+/// permit back (replicas are few and each supersedes its own older
+/// connection), a client keeps it and is refused if that makes more than
+/// `max_connections` in all or `max_connections_per_address` from its
+/// address.
+struct InboundPermit {
+    /// `None` once given back.
+    inner: Option<Arc<Inner>>,
+    ip: IpAddr,
+}
 
 impl InboundPermit {
-    fn acquire(inner: &Arc<Inner>) -> Option<Self> {
+    /// A permit, or why there is none.
+    fn acquire(inner: &Arc<Inner>, ip: IpAddr) -> Result<Self, &'static str> {
+        let cfg = &inner.cfg;
         let before = inner.inbound_conns.fetch_add(1, Ordering::AcqRel);
-        if before >= inner.cfg.max_connections + REPLICA_RESERVE {
+        if before >= cfg.max_connections + REPLICA_RESERVE {
             inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err("too many inbound connections");
         }
-        Some(InboundPermit(Some(inner.clone())))
+        {
+            let mut per_address = lock(&inner.per_address);
+            let count = per_address.entry(ip).or_default();
+            if *count >= cfg.max_connections_per_address + REPLICA_RESERVE {
+                drop(per_address);
+                inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
+                return Err("too many inbound connections from this address");
+            }
+            *count += 1;
+        }
+        Ok(InboundPermit {
+            inner: Some(inner.clone()),
+            ip,
+        })
     }
 
-    /// Whether this connection may stay, now that its peer is known.
-    fn admit(&mut self, kind: PeerKind) -> bool {
-        let Some(inner) = &self.0 else {
-            return true;
+    /// Whether this connection may stay, now that its peer is known; if not,
+    /// why.
+    fn admit(&mut self, kind: PeerKind) -> Result<(), &'static str> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
         };
         match kind {
             PeerKind::Replica => {
-                inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
-                self.0 = None;
-                true
+                self.release();
+                Ok(())
             }
             PeerKind::Client => {
-                inner.inbound_conns.load(Ordering::Acquire) <= inner.cfg.max_connections
+                let cfg = &inner.cfg;
+                if inner.inbound_conns.load(Ordering::Acquire) > cfg.max_connections {
+                    return Err("all client slots are taken");
+                }
+                let from_here = lock(&inner.per_address).get(&self.ip).copied();
+                if from_here.unwrap_or(0) > cfg.max_connections_per_address {
+                    return Err("all client slots for this address are taken");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
+        let mut per_address = lock(&inner.per_address);
+        if let Some(count) = per_address.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_address.remove(&self.ip);
             }
         }
     }
@@ -629,9 +796,7 @@ impl InboundPermit {
 
 impl Drop for InboundPermit {
     fn drop(&mut self) {
-        if let Some(inner) = &self.0 {
-            inner.inbound_conns.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.release();
     }
 }
 
@@ -656,11 +821,14 @@ async fn accept_loop(inner: Arc<Inner>) {
             }
             continue;
         }
-        let Some(permit) = InboundPermit::acquire(&inner) else {
-            inc(&inner.counters.refused);
-            warn!(remote = %incoming.remote_address(), "too many inbound connections; refusing one");
-            incoming.refuse();
-            continue;
+        let remote = incoming.remote_address();
+        let permit = match InboundPermit::acquire(&inner, remote.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                inner.refused(&format_args!("{remote}"), why);
+                incoming.refuse();
+                continue;
+            }
         };
         inner.spawn(handle_inbound(inner.clone(), incoming, permit));
     }
@@ -697,7 +865,6 @@ async fn serve_inbound(
     key: PublicKey,
     mut permit: InboundPermit,
 ) {
-    let (tx, mut rx) = mpsc::channel(inner.cfg.send_queue_len);
     let id = inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
     // The policy is read under the peers lock, so a concurrent `set_policy`
     // either is seen here or sees this connection when it scans the table.
@@ -711,24 +878,24 @@ async fn serve_inbound(
                 "key not allowed by the accept policy",
                 &b"key not allowed"[..],
             )),
-            Some(kind) if !permit.admit(kind) => {
-                Err(("all client slots are taken", &b"too many connections"[..]))
-            }
-            Some(kind) => {
-                let previous = peers.entry(key).or_default().inbound.replace(InboundSlot {
-                    id,
-                    tx,
-                    conn: conn.clone(),
-                });
-                Ok((kind, previous))
-            }
+            Some(kind) => match permit.admit(kind) {
+                Err(why) => Err((why, &b"too many connections"[..])),
+                Ok(()) => {
+                    let (tx, rx) = inner.send_queue(kind);
+                    let previous = peers.entry(key).or_default().inbound.replace(InboundSlot {
+                        id,
+                        tx,
+                        conn: conn.clone(),
+                    });
+                    Ok((kind, previous, rx))
+                }
+            },
         }
     };
-    let (kind, previous) = match admitted {
+    let (kind, previous, mut rx) = match admitted {
         Ok(admitted) => admitted,
         Err((why, reason)) => {
-            inc(&inner.counters.refused);
-            warn!(peer = %key, "refusing connection: {why}");
+            inner.refused(&format_args!("{key}"), why);
             conn.close(VarInt::from_u32(close_code::REFUSED), reason);
             return;
         }
@@ -746,7 +913,7 @@ async fn serve_inbound(
         PeerKind::Client => inner.cfg.max_client_frame_len,
     };
     info!(?kind, "accepted connection");
-    let end = run_connection(inner, &conn, key, max_frame, &mut rx).await;
+    let end = run_connection(inner, &conn, key, kind, max_frame, &mut rx).await;
     {
         let mut peers = lock(&inner.peers);
         if let Some(peer) = peers.get_mut(&key) {
@@ -789,12 +956,7 @@ fn close_dial_to_previous_incarnation(
 }
 
 /// Redials `key` until it is removed or the endpoint shuts down.
-async fn dial_loop(
-    inner: Arc<Inner>,
-    key: PublicKey,
-    mut rx: mpsc::Receiver<Bytes>,
-    link: Arc<DialLink>,
-) {
+async fn dial_loop(inner: Arc<Inner>, key: PublicKey, mut rx: QueueRx, link: Arc<DialLink>) {
     let cfg = &inner.cfg;
     let mut backoff = cfg.reconnect_backoff_min;
     let mut failures: u64 = 0;
@@ -813,8 +975,17 @@ async fn dial_loop(
                 let end = async {
                     info!("connected");
                     link.set(Some(&conn));
-                    // We dial replicas only: they get the full frame limit.
-                    let end = run_connection(&inner, &conn, key, cfg.max_frame_len, &mut rx).await;
+                    // We dial replicas only: they get the full frame limit
+                    // and the replicas' lane.
+                    let end = run_connection(
+                        &inner,
+                        &conn,
+                        key,
+                        PeerKind::Replica,
+                        cfg.max_frame_len,
+                        &mut rx,
+                    )
+                    .await;
                     link.set(None);
                     log_close(&conn, &end.reason);
                     end
@@ -886,15 +1057,20 @@ impl Drop for OpenConn<'_> {
 }
 
 /// Carries frames on an established connection until it ends: frames from
-/// `rx` go out on one stream; every stream the peer opens is read.
+/// `rx` go out on one stream; every stream the peer opens is read into the
+/// lane of its `kind`.
 async fn run_connection(
     inner: &Arc<Inner>,
     conn: &quinn::Connection,
     key: PublicKey,
+    kind: PeerKind,
     max_frame: usize,
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &mut QueueRx,
 ) -> ConnEnd {
-    let Some(inbound_tx) = lock(&inner.inbound_tx).clone() else {
+    let Some(lane) = lock(&inner.inbound_tx)
+        .as_ref()
+        .map(|tx| tx.lane(kind).clone())
+    else {
         conn.close(
             VarInt::from_u32(close_code::SHUTDOWN),
             b"endpoint shut down",
@@ -914,7 +1090,7 @@ async fn run_connection(
         tokio::select! {
             stream = conn.accept_uni() => match stream {
                 Ok(stream) => {
-                    let reader = read_loop(inner.clone(), conn.clone(), key, max_frame, stream, inbound_tx.clone());
+                    let reader = read_loop(inner.clone(), conn.clone(), key, max_frame, stream, lane.clone());
                     readers.spawn(reader.in_current_span());
                 }
                 Err(e) => return ConnEnd { reason: e.to_string(), queue_closed: false },
@@ -940,11 +1116,7 @@ async fn run_connection(
     }
 }
 
-async fn write_loop(
-    inner: &Inner,
-    conn: &quinn::Connection,
-    rx: &mut mpsc::Receiver<Bytes>,
-) -> WriterEnd {
+async fn write_loop(inner: &Inner, conn: &quinn::Connection, rx: &mut QueueRx) -> WriterEnd {
     let mut stream = match conn.open_uni().await {
         Ok(stream) => stream,
         Err(e) => return WriterEnd::Failed(e.to_string()),
@@ -961,7 +1133,7 @@ async fn write_loop(
             next = if gather.is_full() {
                 None
             } else {
-                rx.try_recv().ok()
+                rx.try_recv()
             };
         }
         match gather.write(&mut stream).await {
@@ -981,15 +1153,16 @@ async fn read_loop(
     key: PublicKey,
     max_frame: usize,
     mut stream: quinn::RecvStream,
-    tx: mpsc::Sender<InboundFrame>,
+    lane: LaneTx,
 ) {
     loop {
         match frame::read_frame(&mut stream, max_frame).await {
             Ok(Some(bytes)) => {
                 inc(&inner.counters.received);
-                // Waits when the consumer is behind: QUIC flow control then
-                // slows this peer down. Waiting readers are served in turn.
-                if tx.send(InboundFrame { from: key, bytes }).await.is_err() {
+                // Waits when the consumer is behind (the lane's queue or its
+                // byte budget is full): QUIC flow control then slows this
+                // peer down. Waiting readers are served in turn.
+                if !lane.send(key, bytes).await {
                     debug!("inbound receiver dropped; no longer reading");
                     return;
                 }

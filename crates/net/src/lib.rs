@@ -55,18 +55,33 @@
 //!
 //! Nothing grows without bound with a slow, dead or hostile peer:
 //!
-//! * per peer connection, a send queue of [`NetConfig::send_queue_len`] frames;
-//!   [`Endpoint::send`] never blocks and drops (with
-//!   [`SendError::QueueFull`]) when it is full;
-//! * one inbound channel of [`NetConfig::recv_queue_len`] frames; when the
-//!   consumer lags, readers wait their turn (fairly, first come first served)
-//!   and QUIC flow control throttles the senders;
+//! * per peer connection, a send queue of [`NetConfig::send_queue_len`] frames
+//!   and [`NetConfig::send_queue_bytes`] bytes ([`NetConfig::client_send_queue_bytes`]
+//!   to a client; one frame always fits an empty queue), and all client
+//!   queues together at most [`NetConfig::client_send_bytes_total`] bytes, so
+//!   clients that never read their replies cannot make the replica hold
+//!   more; [`Endpoint::send`] never blocks and drops (with
+//!   [`SendError::QueueFull`]) when a bound is reached;
+//! * two inbound lanes ([`Inbound`]), one for frames from replicas and one
+//!   for frames from clients, read replicas first (with a share kept for
+//!   clients, see [`lanes`]), so replica traffic never queues behind a
+//!   client flood. Each lane holds at most [`NetConfig::recv_queue_len`]
+//!   frames and at most its byte budget ([`NetConfig::replica_lane_bytes`],
+//!   [`NetConfig::client_lane_bytes`]); a frame keeps its bytes of the
+//!   budget ([`Held`]) until the consumer drops it, so the budget can bound
+//!   the consumer's later stages too (the node keeps it through decoding
+//!   and verification). When a lane is full, its readers wait their turn
+//!   (fairly, first come first served) and QUIC flow control throttles the
+//!   senders;
 //! * per connection, QUIC windows of 1 MiB per stream and 2 MiB in all, one
 //!   inbound stream at a time, and one frame being reassembled (its buffer
 //!   grows with the bytes received, not with the announced length);
 //! * at most [`NetConfig::max_connections`] inbound connections, counted from
-//!   before the handshake; one inbound connection per key (a newer one closes
-//!   the older with [`close_code::SUPERSEDED`]);
+//!   before the handshake, and at most
+//!   [`NetConfig::max_connections_per_address`] from one IP address; one
+//!   inbound connection per key (a newer one closes the older with
+//!   [`close_code::SUPERSEDED`]); refused attempts are counted, and logged at
+//!   most once per 10 s;
 //! * one dial task per registered peer, redialling with exponential backoff
 //!   between [`NetConfig::reconnect_backoff_min`] and
 //!   [`NetConfig::reconnect_backoff_max`] plus jitter;
@@ -79,7 +94,7 @@
 //! Worst case, buffered inbound data is about
 //! `max_connections × (max_client_frame_len + 2 MiB)` for clients plus
 //! `2 × replicas × (max_frame_len + 2 MiB)` for replicas (a dialled and an
-//! accepted connection each), plus the frames in the queues.
+//! accepted connection each), plus the two lanes' byte budgets.
 //!
 //! # Verification stage
 //!
@@ -92,7 +107,10 @@ mod config;
 mod endpoint;
 mod error;
 mod frame;
+pub mod lanes;
+mod log_limit;
 mod policy;
+mod send_queue;
 mod tls;
 pub mod verify;
 
@@ -100,11 +118,15 @@ pub mod verify;
 mod tests;
 
 pub use config::NetConfig;
-pub use endpoint::{Endpoint, InboundFrame, NetStats, REPLICA_RESERVE};
+pub use endpoint::{Endpoint, Held, Inbound, InboundFrame, NetStats, REPLICA_RESERVE};
 pub use error::{NetError, SendError};
+pub use lanes::Lanes;
+pub use log_limit::LogLimit;
 pub use policy::{AcceptPolicy, PeerKind};
 pub use tls::ALPN;
-pub use verify::{spawn_verifier, spawn_verifier_with, VerifierHandle, VerifyStats};
+pub use verify::{
+    spawn_verifier, spawn_verifier_with, Checked, Unchecked, VerifierHandle, VerifyStats,
+};
 
 use pbft_crypto::PublicKey;
 use std::fmt;

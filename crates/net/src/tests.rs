@@ -40,7 +40,7 @@ async fn bounded<F: Future<Output = ()>>(body: F) {
     timeout(LIMIT, body).await.expect("test timed out");
 }
 
-async fn recv(rx: &mut mpsc::Receiver<InboundFrame>) -> InboundFrame {
+async fn recv(rx: &mut Inbound) -> InboundFrame {
     timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("no frame in time")
@@ -48,7 +48,7 @@ async fn recv(rx: &mut mpsc::Receiver<InboundFrame>) -> InboundFrame {
 }
 
 /// Asserts nothing arrives for a while.
-async fn quiet(rx: &mut mpsc::Receiver<InboundFrame>, wait: Duration) {
+async fn quiet(rx: &mut Inbound, wait: Duration) {
     if let Ok(Some(frame)) = timeout(wait, rx.recv()).await {
         panic!("unexpected frame from {:?}", frame.from);
     }
@@ -461,7 +461,7 @@ async fn dialler_reconnects_after_listener_restart() {
 
         replica.shutdown().await;
         // After shutdown the receiver ends and sends fail.
-        assert_eq!(recv_or_end(&mut rr).await, None);
+        assert!(recv_or_end(&mut rr).await.is_none());
         assert_eq!(
             replica.send(kc.public(), Bytes::new()),
             Err(SendError::Shutdown)
@@ -491,7 +491,7 @@ async fn dialler_reconnects_after_listener_restart() {
     .await;
 }
 
-async fn recv_or_end(rx: &mut mpsc::Receiver<InboundFrame>) -> Option<InboundFrame> {
+async fn recv_or_end(rx: &mut Inbound) -> Option<InboundFrame> {
     timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("receiver did not end")
@@ -628,14 +628,14 @@ async fn verify_stage_forwards_good_and_drops_bad() {
                     signed.value.author = 42; // unknown signer
                 }
                 in_tx
-                    .send((PublicKey([author; 32]), SignedNote(signed)))
+                    .send(Unchecked::new(PublicKey([author; 32]), SignedNote(signed)))
                     .await
                     .expect("feed");
             }
         });
         let mut got = Vec::new();
-        while let Some((from, verified)) = out_rx.recv().await {
-            let note = verified.into_inner().0.value;
+        while let Some(Checked { from, value, .. }) = out_rx.recv().await {
+            let note = value.into_inner().0.value;
             assert_eq!(from, PublicKey([note.author; 32]));
             got.push(note.text);
         }
@@ -671,7 +671,7 @@ async fn verify_stage_ends_when_its_output_is_dropped_or_it_is_aborted() {
         let (out_tx, mut out_rx) = mpsc::channel(1);
         let handle = spawn_verifier_with(Verifier::new(cluster), keys.clone(), in_rx, out_tx, 3, 4);
         in_tx
-            .send((PublicKey([0; 32]), note(0)))
+            .send(Unchecked::new(PublicKey([0; 32]), note(0)))
             .await
             .expect("feed");
         assert!(out_rx.recv().await.is_some());
@@ -680,12 +680,287 @@ async fn verify_stage_ends_when_its_output_is_dropped_or_it_is_aborted() {
         assert!(in_tx.is_closed(), "the stage dropped its input");
 
         // Aborted while idle, input and output open.
-        let (in_tx, in_rx) = mpsc::channel::<(PublicKey, SignedNote)>(16);
+        let (in_tx, in_rx) = mpsc::channel::<Unchecked<SignedNote>>(16);
         let (out_tx, _out_rx) = mpsc::channel(1);
         let handle = spawn_verifier_with(Verifier::new(cluster), keys, in_rx, out_tx, 2, 4);
         handle.abort();
         handle.join().await;
         assert!(in_tx.is_closed(), "the stage dropped its input");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_frames_go_ahead_of_a_client_backlog() {
+    bounded(async {
+        let (ka, kb, kc) = (key(1), key(2), key(30));
+        let policy = any_client_policy(&[ka.public(), kb.public()]);
+        let (a, mut ra) = Endpoint::bind(localhost(), &ka, policy.clone(), cfg()).expect("a");
+        let (c, _rc) = Endpoint::client(&kc, cfg()).expect("client");
+        c.add_peer(ka.public(), a.local_addr());
+        let backlog = 200usize;
+        for i in 0..backlog {
+            c.send(ka.public(), Bytes::from((i as u32).to_be_bytes().to_vec()))
+                .expect("queued");
+        }
+        wait_until("the client's frames are queued", || ra.len() == backlog).await;
+
+        let (b, _rb) = Endpoint::bind(localhost(), &kb, policy, cfg()).expect("b");
+        b.add_peer(ka.public(), a.local_addr());
+        b.send(ka.public(), Bytes::from_static(b"replica"))
+            .expect("queued");
+        wait_until("the replica's frame is queued", || ra.len() == backlog + 1).await;
+
+        // It arrived last, and is read first.
+        let first = recv(&mut ra).await;
+        assert_eq!(
+            (first.from, &first.bytes[..]),
+            (kb.public(), &b"replica"[..])
+        );
+        for i in 0..backlog {
+            let f = recv(&mut ra).await;
+            assert_eq!(
+                (f.from, &f.bytes[..]),
+                (kc.public(), &(i as u32).to_be_bytes()[..])
+            );
+        }
+        for e in [c, b, a] {
+            e.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_holds_at_most_its_byte_budget_until_the_consumer_lets_go() {
+    bounded(async {
+        let (kr, kc) = (key(1), key(31));
+        let limits = NetConfig {
+            max_client_frame_len: 1024,
+            client_lane_bytes: 4096,
+            ..cfg()
+        };
+        let (r, mut rr) =
+            Endpoint::bind(localhost(), &kr, any_client_policy(&[kr.public()]), limits)
+                .expect("bind");
+        let (c, _rc) = Endpoint::client(&kc, cfg()).expect("client");
+        c.add_peer(kr.public(), r.local_addr());
+        for i in 0..10u8 {
+            c.send(kr.public(), Bytes::from(vec![i; 1024]))
+                .expect("queued");
+        }
+        wait_until("four frames fill the budget", || rr.len() == 4).await;
+        quiet_for_a_while(&rr, 4).await;
+
+        // Taken from the queue but still held: the budget stays spent.
+        let held: Vec<InboundFrame> = [recv(&mut rr).await, recv(&mut rr).await].into();
+        assert_eq!(held.iter().map(|f| f.held.bytes()).sum::<usize>(), 2048);
+        quiet_for_a_while(&rr, 2).await;
+
+        // Let go of them, and two more come in.
+        drop(held);
+        wait_until("two more frames", || rr.len() == 4).await;
+        let mut rest = Vec::new();
+        while rest.len() < 8 {
+            rest.push(recv(&mut rr).await.bytes[0]);
+        }
+        assert_eq!(rest, (2..10).collect::<Vec<u8>>(), "nothing lost, in order");
+        c.shutdown().await;
+        r.shutdown().await;
+    })
+    .await;
+}
+
+/// Asserts that the lanes keep exactly `len` frames for a while.
+async fn quiet_for_a_while(rx: &Inbound, len: usize) {
+    for _ in 0..10 {
+        sleep(Duration::from_millis(30)).await;
+        assert_eq!(rx.len(), len, "more frames than the budget allows");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_from_one_address_are_limited_and_replicas_still_get_in() {
+    bounded(async {
+        let (ka, kb) = (key(1), key(2));
+        let limits = NetConfig {
+            max_connections_per_address: 2,
+            ..cfg()
+        };
+        let policy = any_client_policy(&[ka.public(), kb.public()]);
+        let (a, mut ra) = Endpoint::bind(localhost(), &ka, policy.clone(), limits).expect("a");
+        let mut clients = Vec::new();
+        for n in 0..3u8 {
+            let (c, rc) = Endpoint::client(&key(40 + n), cfg()).expect("client");
+            c.add_peer(ka.public(), a.local_addr());
+            c.send(ka.public(), Bytes::from(vec![n])).expect("queued");
+            clients.push((c, rc));
+        }
+        let mut from_clients = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            from_clients.insert(recv(&mut ra).await.from);
+        }
+        wait_until("the third client refused", || a.stats().refused_peers >= 1).await;
+        quiet(&mut ra, Duration::from_millis(300)).await;
+        assert_eq!(from_clients.len(), 2, "two clients from 127.0.0.1");
+
+        // The address's client slots are held; a replica on it still gets in.
+        let (b, _rb) = Endpoint::bind(localhost(), &kb, policy, cfg()).expect("b");
+        b.add_peer(ka.public(), a.local_addr());
+        b.send(ka.public(), Bytes::from_static(b"replica"))
+            .expect("queued");
+        let got = recv(&mut ra).await;
+        assert_eq!((got.from, &got.bytes[..]), (kb.public(), &b"replica"[..]));
+
+        // A client that leaves frees its slot for another (the refused one,
+        // which keeps redialling, leaves first).
+        let (refused, admitted): (Vec<_>, Vec<_>) = clients
+            .into_iter()
+            .partition(|(c, _)| !from_clients.contains(&c.public_key()));
+        for (c, _) in refused {
+            c.shutdown().await;
+        }
+        let mut clients = admitted;
+        let (gone, _) = clients.remove(0);
+        gone.shutdown().await;
+        let (d, _rd) = Endpoint::client(&key(50), cfg()).expect("client");
+        d.add_peer(ka.public(), a.local_addr());
+        let mut admitted = false;
+        for _ in 0..100 {
+            let _ = d.send(ka.public(), Bytes::from_static(b"late"));
+            if let Ok(Some(f)) = timeout(Duration::from_millis(100), ra.recv()).await {
+                if f.from == key(50).public() {
+                    admitted = true;
+                    break;
+                }
+            }
+        }
+        assert!(admitted, "a freed slot is given to a new client");
+        for (c, _) in clients {
+            c.shutdown().await;
+        }
+        for e in [d, b, a] {
+            e.shutdown().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_cannot_make_a_replica_queue_more_than_its_budgets() {
+    bounded(async {
+        let kr = key(1);
+        const FRAME: usize = 64 * 1024;
+        const PER_CLIENT: usize = 512 * 1024;
+        const ALL_CLIENTS: usize = 768 * 1024;
+        let limits = NetConfig {
+            max_frame_len: 256 * 1024,
+            max_client_frame_len: 64 * 1024,
+            client_send_queue_bytes: PER_CLIENT,
+            client_send_bytes_total: ALL_CLIENTS,
+            ..cfg()
+        };
+        let (r, _rr) = Endpoint::bind(localhost(), &kr, any_client_policy(&[kr.public()]), limits)
+            .expect("bind");
+        // Clients that read nothing, and buffer little before their QUIC
+        // windows close.
+        let lazy = NetConfig {
+            max_frame_len: 1024 * 1024,
+            replica_lane_bytes: 1024 * 1024,
+            client_lane_bytes: 1024 * 1024,
+            client_send_bytes_total: 1024 * 1024,
+            recv_queue_len: 4,
+            ..cfg()
+        };
+        let mut clients = Vec::new();
+        for n in 0..2u8 {
+            let kc = key(60 + n);
+            let (c, rc) = Endpoint::client(&kc, lazy.clone()).expect("client");
+            c.add_peer(kr.public(), r.local_addr());
+            c.send(kr.public(), Bytes::from_static(b"hello"))
+                .expect("queued");
+            clients.push((kc.public(), c, rc));
+        }
+        wait_until("both clients connected", || {
+            clients.iter().all(|(k, _, _)| r.is_connected(k))
+        })
+        .await;
+
+        let (mut sent, mut refused, mut most) = (0usize, 0usize, 0u64);
+        for i in 0..2000 {
+            for (k, _, _) in &clients {
+                match r.send(*k, Bytes::from(vec![i as u8; FRAME])) {
+                    Ok(()) => sent += 1,
+                    Err(SendError::QueueFull(_)) => refused += 1,
+                    Err(e) => panic!("unexpected send error {e}"),
+                }
+                most = most.max(r.stats().queued_send_bytes);
+            }
+            if i % 32 == 0 {
+                sleep(Duration::from_millis(2)).await;
+            }
+        }
+        assert!(
+            refused > 0,
+            "sends were refused once the budgets were spent"
+        );
+        assert!(
+            most <= ALL_CLIENTS as u64,
+            "at most {ALL_CLIENTS} bytes queued for clients, saw {most}"
+        );
+        assert!(
+            (sent * FRAME) < 4000 * FRAME / 2,
+            "most frames were refused: {sent} sent, {refused} refused"
+        );
+        for (_, c, _) in clients {
+            c.shutdown().await;
+        }
+        wait_until("the queues are given back", || {
+            r.stats().queued_send_bytes == 0
+        })
+        .await;
+        r.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_stage_takes_the_first_lane_ahead_of_the_second() {
+    bounded(async {
+        let cluster = ClusterId(3);
+        let signer = Signer::new(key(1), cluster);
+        let keys = Arc::new(Keys(vec![signer.public_key()]));
+        let note = |text: String| SignedNote(signer.sign(Note { author: 0, text }));
+        let (replicas_tx, replicas_rx) = mpsc::channel(64);
+        let (clients_tx, clients_rx) = mpsc::channel(64);
+        // The clients' backlog is queued first.
+        for i in 0..40 {
+            clients_tx
+                .try_send(Unchecked::new(PublicKey([2; 32]), note(format!("c{i}"))))
+                .expect("queued");
+        }
+        for i in 0..8 {
+            replicas_tx
+                .try_send(Unchecked::new(PublicKey([1; 32]), note(format!("r{i}"))))
+                .expect("queued");
+        }
+        drop((replicas_tx, clients_tx));
+        let (out_tx, mut out_rx) = mpsc::channel(64);
+        let lanes = Lanes::new(replicas_rx, clients_rx);
+        let handle = spawn_verifier_with(Verifier::new(cluster), keys, lanes, out_tx, 1, 4);
+        let mut got = Vec::new();
+        while let Some(checked) = out_rx.recv().await {
+            got.push(checked.value.into_inner().0.value.text);
+        }
+        let expected: Vec<String> = (0..8)
+            .map(|i| format!("r{i}"))
+            .chain((0..40).map(|i| format!("c{i}")))
+            .collect();
+        assert_eq!(
+            got, expected,
+            "replica items first, then the clients' in order"
+        );
+        handle.join().await;
     })
     .await;
 }

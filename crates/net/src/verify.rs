@@ -2,10 +2,15 @@
 //! protocol task, on a fixed pool of dedicated threads.
 //!
 //! ```text
-//!            ┌─► thread 1: take ≤ max_batch ─► Verifier::verify_batch ─► emit in turn ─┐
-//! input ─────┤                                                                          ├──► output
-//!            └─► thread w: take ≤ max_batch ─► Verifier::verify_batch ─► emit in turn ─┘
+//!             ┌─► thread 1: take ≤ max_batch ─► Verifier::verify_batch ─► emit in turn ─┐
+//! input lanes ┤                                                                          ├──► output
+//!             └─► thread w: take ≤ max_batch ─► Verifier::verify_batch ─► emit in turn ─┘
 //! ```
+//!
+//! The input is two [`Lanes`]: items of the first (a replica's: messages
+//! from replicas) are taken ahead of the second's (messages from clients),
+//! with a share kept for the second, so a client flood does not delay
+//! replica traffic here either.
 //!
 //! Each of the `workers` threads (named `pbft-verify-<i>`) takes one item,
 //! then whatever else is already queued (up to `max_batch`) without waiting,
@@ -20,9 +25,11 @@
 //!
 //! The stage checks that every signature a value carries is valid for the
 //! signer the value names. It does not check that the signer is the link peer
-//! in `(PublicKey, T)`: values may be relayed, so that is the protocol's call.
+//! ([`Unchecked::from`]): values may be relayed, so that is the protocol's call.
+//! Each item's [`Held`] share of an inbound budget goes along to the output
+//! (and is dropped with a rejected item).
 
-use crate::Short;
+use crate::{Held, Lanes, Short};
 use pbft_crypto::{Authenticated, PublicKey, Verified, Verifier};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -32,6 +39,41 @@ use tracing::debug;
 
 /// Items checked in one batch when not set otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 64;
+
+/// A value whose signatures are to be checked, with the link peer it came
+/// from and the inbound budget it holds.
+#[derive(Debug)]
+pub struct Unchecked<T> {
+    /// The link peer (not necessarily the signer: values may be relayed).
+    pub from: PublicKey,
+    /// The value.
+    pub value: T,
+    /// Its share of an inbound lane's byte budget.
+    pub held: Held,
+}
+
+impl<T> Unchecked<T> {
+    /// A value from `from` that holds no budget.
+    pub fn new(from: PublicKey, value: T) -> Self {
+        Unchecked {
+            from,
+            value,
+            held: Held::nothing(),
+        }
+    }
+}
+
+/// A value whose signatures all verified, as the stage forwards it.
+#[derive(Debug)]
+pub struct Checked<T> {
+    /// The link peer it came from.
+    pub from: PublicKey,
+    /// The verified value.
+    pub value: Verified<T>,
+    /// Its share of an inbound lane's byte budget: drop it once the value is
+    /// consumed.
+    pub held: Held,
+}
 
 /// Counters of a verification stage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,8 +139,8 @@ impl VerifierHandle {
 pub fn spawn_verifier<T>(
     verifier: Verifier,
     keys: Arc<T::Keys>,
-    input: mpsc::Receiver<(PublicKey, T)>,
-    output: mpsc::Sender<(PublicKey, Verified<T>)>,
+    input: impl Into<Lanes<Unchecked<T>>>,
+    output: mpsc::Sender<Checked<T>>,
     workers: usize,
 ) -> VerifierHandle
 where
@@ -116,8 +158,8 @@ where
 pub fn spawn_verifier_with<T>(
     verifier: Verifier,
     keys: Arc<T::Keys>,
-    input: mpsc::Receiver<(PublicKey, T)>,
-    output: mpsc::Sender<(PublicKey, Verified<T>)>,
+    input: impl Into<Lanes<Unchecked<T>>>,
+    output: mpsc::Sender<Checked<T>>,
     workers: usize,
     max_batch: usize,
 ) -> VerifierHandle
@@ -131,7 +173,7 @@ where
     let (done_tx, done) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         input: tokio::sync::Mutex::new(Intake {
-            input,
+            input: input.into(),
             next_ticket: 0,
         }),
         turn: Mutex::new(0),
@@ -164,7 +206,7 @@ where
 
 /// The input and the ticket of the next batch taken from it.
 struct Intake<T> {
-    input: mpsc::Receiver<(PublicKey, T)>,
+    input: Lanes<Unchecked<T>>,
     next_ticket: u64,
 }
 
@@ -199,7 +241,7 @@ struct Worker<T: Authenticated> {
     verifier: Verifier,
     keys: Arc<T::Keys>,
     shared: Arc<Shared<T>>,
-    output: mpsc::Sender<(PublicKey, Verified<T>)>,
+    output: mpsc::Sender<Checked<T>>,
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
     max_batch: usize,
@@ -227,15 +269,21 @@ where
 {
     fn run(mut self, handle: &Handle) {
         while let Some((ticket, batch)) = handle.block_on(self.take()) {
-            let (senders, values): (Vec<PublicKey>, Vec<T>) = batch.into_iter().unzip();
+            let mut origins = Vec::with_capacity(batch.len());
+            let mut values = Vec::with_capacity(batch.len());
+            for item in batch {
+                origins.push((item.from, item.held));
+                values.push(item.value);
+            }
             let results = self.verifier.verify_batch(values, &*self.keys);
             inc(&self.counters.batches);
             let shared = self.shared.clone();
             let _turn = shared.wait_turn(ticket);
-            for (from, result) in senders.into_iter().zip(results) {
+            for ((from, held), result) in origins.into_iter().zip(results) {
                 match result {
-                    Ok(verified) => {
-                        if !handle.block_on(self.forward(from, verified)) {
+                    Ok(value) => {
+                        let checked = Checked { from, value, held };
+                        if !handle.block_on(self.forward(checked)) {
                             // The other threads see the same and stop too.
                             debug!("verified-message receiver dropped or stage aborted; stopping");
                             return;
@@ -254,7 +302,7 @@ where
 
     /// The next batch and its ticket; `None` once the input is closed and
     /// empty, the output receiver is dropped, or the stage is aborted.
-    async fn take(&mut self) -> Option<(u64, Vec<(PublicKey, T)>)> {
+    async fn take(&mut self) -> Option<(u64, Vec<Unchecked<T>>)> {
         let stopped = self.stop.clone();
         let output = self.output.clone();
         let shared = self.shared.clone();
@@ -272,8 +320,8 @@ where
             batch.push(first);
             while batch.len() < self.max_batch {
                 match intake.input.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
+                    Some(item) => batch.push(item),
+                    None => break,
                 }
             }
             let ticket = intake.next_ticket;
@@ -287,9 +335,9 @@ where
     }
 
     /// Sends one result; false if the receiver is gone or the stage aborted.
-    async fn forward(&mut self, from: PublicKey, verified: Verified<T>) -> bool {
+    async fn forward(&mut self, checked: Checked<T>) -> bool {
         tokio::select! {
-            sent = self.output.send((from, verified)) => sent.is_ok(),
+            sent = self.output.send(checked) => sent.is_ok(),
             _ = self.stop.wait_for(|s| *s) => false,
         }
     }

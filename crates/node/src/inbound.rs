@@ -19,7 +19,7 @@
 use crate::metrics::Metrics;
 use pbft_core::{ClientId, Message};
 use pbft_crypto::PublicKey;
-use pbft_net::InboundFrame;
+use pbft_net::{InboundFrame, LogLimit, Unchecked};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,46 +74,41 @@ pub(crate) fn decode_frame(
     Ok(message)
 }
 
-/// A warning at most once per interval, counting what it held back.
-struct RateLimited {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
+/// Which of the endpoint's lanes a decode task serves (see [`pbft_net::Lanes`]):
+/// each lane has its own task and its own queue to the verification stage,
+/// so a client backlog never holds up replica traffic here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Replicas,
+    Clients,
 }
 
-impl RateLimited {
-    fn new(interval: Duration) -> Self {
-        RateLimited {
-            interval,
-            last: None,
-            suppressed: 0,
+impl Lane {
+    /// The `queue` label of its decoded queue's depth gauge.
+    fn queue_label(self) -> &'static str {
+        match self {
+            Lane::Replicas => "decoded_replicas",
+            Lane::Clients => "decoded_clients",
         }
-    }
-
-    /// `Some(suppressed since the last one)` if a line may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.interval)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
-/// Decodes frames until the endpoint's channel closes (endpoint shut down) or
-/// the verification stage stops.
+/// Decodes the frames of one lane until the endpoint's channel closes
+/// (endpoint shut down) or the verification stage stops. Each message keeps
+/// its frame's share of the lane's byte budget ([`pbft_net::Held`]) until the
+/// protocol task takes it.
 pub(crate) async fn decode_loop(
+    lane: Lane,
     mut inbound: mpsc::Receiver<InboundFrame>,
-    decoded: mpsc::Sender<(PublicKey, Message)>,
+    decoded: mpsc::Sender<Unchecked<Message>>,
     replicas: HashSet<PublicKey>,
     metrics: Arc<Metrics>,
 ) {
-    let mut foreign_warning = RateLimited::new(FOREIGN_WARN_INTERVAL);
+    let mut foreign_warning = LogLimit::new(FOREIGN_WARN_INTERVAL);
+    let depth = metrics.queue_depth.with_label_values(&[lane.queue_label()]);
     while let Some(frame) = inbound.recv().await {
+        // The replicas' lane carries only replica links; checking the key
+        // again costs a lookup and keeps this task right on its own.
         let from_replica = replicas.contains(&frame.from);
         match decode_frame(&frame.bytes, &frame.from, from_replica) {
             Ok(message) => {
@@ -121,11 +116,13 @@ pub(crate) async fn decode_loop(
                     .messages_received
                     .with_label_values(&[message.kind()])
                     .inc();
-                metrics
-                    .queue_depth
-                    .with_label_values(&["decoded"])
-                    .set((decoded.max_capacity() - decoded.capacity()) as i64);
-                if decoded.send((frame.from, message)).await.is_err() {
+                depth.set((decoded.max_capacity() - decoded.capacity()) as i64);
+                let item = Unchecked {
+                    from: frame.from,
+                    value: message,
+                    held: frame.held,
+                };
+                if decoded.send(item).await.is_err() {
                     debug!("verification stage stopped; decode task ends");
                     return;
                 }
@@ -152,21 +149,5 @@ pub(crate) async fn decode_loop(
             }
         }
     }
-    debug!("endpoint closed; decode task ends");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warnings_are_rate_limited_and_count_what_they_hold_back() {
-        let start = Instant::now();
-        let mut limit = RateLimited::new(Duration::from_secs(10));
-        assert_eq!(limit.allow(start), Some(0));
-        assert_eq!(limit.allow(start + Duration::from_secs(1)), None);
-        assert_eq!(limit.allow(start + Duration::from_secs(9)), None);
-        assert_eq!(limit.allow(start + Duration::from_secs(10)), Some(2));
-        assert_eq!(limit.allow(start + Duration::from_secs(11)), None);
-    }
+    debug!(?lane, "endpoint closed; decode task ends");
 }

@@ -5,10 +5,11 @@
 //! # Pipeline
 //!
 //! ```text
-//! QUIC endpoint ──InboundFrame──► decode task ──(peer, Message)──► verification stage
-//!   (pbft-net)                     Message::decode; garbage and     (pbft-net, batched, on
-//!                                  client-sent replica traffic      verify threads; drops
-//!                                  dropped and counted              bad signatures)
+//! QUIC endpoint ══InboundFrame══► decode tasks ══(peer, Message)══► verification stage
+//!   (pbft-net)     two lanes:       (one per lane) Message::decode;   (pbft-net, batched, on
+//!                  replicas ahead   garbage and client-sent replica    verify threads; replicas'
+//!                  of clients       traffic dropped and counted        lane first; drops bad
+//!                                                                      signatures)
 //!                                                                          │ Verified<Message>
 //!                                                                          ▼
 //!   endpoint.send ◄── outbox: sends held ◄──── protocol task: Replica::handle for a group of
@@ -17,7 +18,16 @@
 //!                            └──────── durable position (watch) ◄─────────── group queued meanwhile)
 //! ```
 //!
-//! * The **decode task** turns frames into [`Message`]s.
+//! * **Two lanes.** Frames from replicas and frames from clients travel in
+//!   separate queues from the endpoint through decoding to the verifier's
+//!   intake, which takes the replicas' first (keeping clients a share, see
+//!   [`pbft_net::lanes`]): replica traffic never waits behind a client
+//!   flood. Each lane has a byte budget in the endpoint
+//!   ([`NetConfig::replica_lane_bytes`], [`NetConfig::client_lane_bytes`]);
+//!   a frame's share ([`pbft_net::Held`]) stays with its message until the
+//!   protocol task takes it, so the budget bounds every queue before the
+//!   core, in bytes.
+//! * The **decode tasks** turn frames into [`Message`]s.
 //!   Bytes that do not decode are dropped with a debug log line and a counter,
 //!   never a panic. Peers that are not replicas (clients) may only send
 //!   `Request` and `StatusRequest`, and only their own (naming the link's
@@ -26,7 +36,7 @@
 //! * The **verification stage** ([`pbft_net::spawn_verifier`]) checks every
 //!   signature a message carries against the core [`Config`](pbft_core::Config)
 //!   in batches on [`Threads::verify`] dedicated threads, off the runtime,
-//!   with the replicas' keys decoded once, and forwards only [`Verified`]
+//!   with the replicas' keys decoded once, and forwards only [`Verified`](pbft_crypto::Verified)
 //!   messages, in arrival order.
 //! * The **protocol task** owns the [`Replica`], the log writer
 //!   ([`pbft_storage::LogWriter`], on a thread of its own, over the
@@ -88,8 +98,8 @@ use anyhow::{anyhow, bail, Context};
 use pbft_app::kv::KvStore;
 use pbft_config::{Durability, LogFormat, Node};
 use pbft_core::{Message, Replica};
-use pbft_crypto::{keyfile, PublicKey, Signer, Verified, Verifier};
-use pbft_net::{AcceptPolicy, Endpoint, NetConfig};
+use pbft_crypto::{keyfile, PublicKey, Signer, Verifier};
+use pbft_net::{AcceptPolicy, Checked, Endpoint, Lanes, NetConfig, Unchecked};
 use pbft_storage::Storage;
 use std::collections::HashSet;
 use std::future::Future;
@@ -404,20 +414,31 @@ async fn run_inner(
         }
         None => None,
     };
-    let (decoded_tx, decoded_rx) = mpsc::channel::<(PublicKey, Message)>(DECODED_QUEUE_LEN);
-    let (verified_tx, verified_rx) =
-        mpsc::channel::<(PublicKey, Verified<Message>)>(VERIFIED_QUEUE_LEN);
+    // Two lanes from the endpoint to the verifier's intake, replicas'
+    // ahead of clients' (see `pbft_net::lanes`), each with its own decode
+    // task, so that a client flood never delays replica traffic.
+    let (from_replicas, from_clients) = inbound.into_parts();
+    let (replicas_tx, replicas_rx) = mpsc::channel::<Unchecked<Message>>(DECODED_QUEUE_LEN);
+    let (clients_tx, clients_rx) = mpsc::channel::<Unchecked<Message>>(DECODED_QUEUE_LEN);
+    let (verified_tx, verified_rx) = mpsc::channel::<Checked<Message>>(VERIFIED_QUEUE_LEN);
     let verifier = pbft_net::spawn_verifier(
         Verifier::new(cluster.id).with_known_keys(cluster.keys.iter().copied()),
         Arc::new(config),
-        decoded_rx,
+        Lanes::new(replicas_rx, clients_rx),
         verified_tx,
         threads.verify_threads(),
     );
     let replica_keys: HashSet<PublicKey> = cluster.keys.iter().copied().collect();
-    let decoder = tokio::spawn(
-        inbound::decode_loop(inbound, decoded_tx, replica_keys, metrics.clone()).in_current_span(),
-    );
+    let decoders = [
+        (inbound::Lane::Replicas, from_replicas, replicas_tx),
+        (inbound::Lane::Clients, from_clients, clients_tx),
+    ]
+    .map(|(lane, frames, decoded)| {
+        tokio::spawn(
+            inbound::decode_loop(lane, frames, decoded, replica_keys.clone(), metrics.clone())
+                .in_current_span(),
+        )
+    });
     let (stop_tx, stop_rx) = oneshot::channel();
     #[cfg_attr(not(feature = "byzantine"), allow(unused_mut))]
     let (mut task, progress) = protocol::Protocol::new(
@@ -454,13 +475,15 @@ async fn run_inner(
         server.abort();
     }
     endpoint.shutdown().await;
-    // The endpoint's inbound channel is closed now, so the decoder ends; the
+    // The endpoint's inbound lanes are closed now, so the decoders end; the
     // verification stage ends with its output receiver (the protocol task's).
-    if tokio::time::timeout(std::time::Duration::from_secs(1), decoder)
-        .await
-        .is_err()
-    {
-        warn!("the decode task did not stop in time");
+    for decoder in decoders {
+        if tokio::time::timeout(std::time::Duration::from_secs(1), decoder)
+            .await
+            .is_err()
+        {
+            warn!("a decode task did not stop in time");
+        }
     }
     match &result {
         Ok(()) => info!("replica stopped"),

@@ -168,9 +168,10 @@ impl Metrics {
         let queue_depth = prometheus::IntGaugeVec::new(
             Opts::new(
                 "pbft_queue_depth",
-                "Items waiting between stages: decoded (to the verifier), verified (to the protocol \
-                 task), outbox (sends held until durable), log (groups submitted to the log \
-                 writer, not yet durable)",
+                "Items waiting between stages: decoded_replicas and decoded_clients (to the \
+                 verifier, one queue per lane), verified (to the protocol task), outbox (sends \
+                 held until durable), log (groups submitted to the log writer, not yet durable); \
+                 send_bytes is in bytes: frames in the endpoint's send queues",
             ),
             &["queue"],
         )?;
@@ -294,7 +295,12 @@ impl Metrics {
         for phase in PHASES {
             m.phase_seconds.with_label_values(&[phase]);
         }
-        for queue in ["decoded", "verified"] {
+        for queue in [
+            "decoded_replicas",
+            "decoded_clients",
+            "verified",
+            "send_bytes",
+        ] {
             m.queue_depth.with_label_values(&[queue]);
         }
         for direction in ["sent", "received"] {

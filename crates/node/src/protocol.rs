@@ -36,7 +36,7 @@ use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use pbft_core::{Input, Message, Output, Replica, SeqNum, View};
 use pbft_crypto::{PublicKey, Verified};
-use pbft_net::{Endpoint, VerifierHandle};
+use pbft_net::{Checked, Endpoint, VerifierHandle};
 use pbft_storage::{LogWriter, Notify, Progress, Stats, Storage, StorageError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,7 +234,7 @@ impl Protocol {
     pub(crate) async fn run(
         mut self,
         mut progress: watch::Receiver<WriterState>,
-        mut verified: mpsc::Receiver<(PublicKey, Verified<Message>)>,
+        mut verified: mpsc::Receiver<Checked<Message>>,
         mut stop: oneshot::Receiver<()>,
     ) -> anyhow::Result<()> {
         let result = self.steps(&mut progress, &mut verified, &mut stop).await;
@@ -261,7 +261,7 @@ impl Protocol {
     async fn steps(
         &mut self,
         progress: &mut watch::Receiver<WriterState>,
-        verified: &mut mpsc::Receiver<(PublicKey, Verified<Message>)>,
+        verified: &mut mpsc::Receiver<Checked<Message>>,
         stop: &mut oneshot::Receiver<()>,
     ) -> anyhow::Result<()> {
         let mut stats =
@@ -314,7 +314,9 @@ impl Protocol {
                     continue;
                 }
                 message = verified.recv(), if !paused => match message {
-                    Some((from, message)) if self.admit(&message) => self.input(from, message),
+                    // The message's share of the inbound budget is given
+                    // back here, as the core takes it.
+                    Some(Checked { from, value, .. }) if self.admit(&value) => self.input(from, value),
                     Some(_) => continue,
                     None => return Err(anyhow!("the verification stage stopped unexpectedly")),
                 },
@@ -383,7 +385,7 @@ impl Protocol {
     async fn step(
         &mut self,
         first: Input,
-        verified: &mut mpsc::Receiver<(PublicKey, Verified<Message>)>,
+        verified: &mut mpsc::Receiver<Checked<Message>>,
         progress: &watch::Receiver<WriterState>,
         out: &mut Vec<Output>,
     ) -> anyhow::Result<()> {
@@ -391,7 +393,12 @@ impl Protocol {
         self.replica.handle(self.clock.now(), first, out);
         let mut inputs = 1;
         while inputs < GROUP_INPUTS_MAX {
-            let Ok((from, message)) = verified.try_recv() else {
+            let Ok(Checked {
+                from,
+                value: message,
+                ..
+            }) = verified.try_recv()
+            else {
                 break;
             };
             inputs += 1;
@@ -608,6 +615,9 @@ impl Protocol {
             net.frames_received,
         );
         m.open_connections.set(net.open_connections as i64);
+        m.queue_depth
+            .with_label_values(&["send_bytes"])
+            .set(net.queued_send_bytes as i64);
         m.mirror_dropped("net", "frame_dropped", net.frames_dropped);
         m.mirror_dropped("net", "bad_frame", net.bad_frames);
         m.mirror_dropped("net", "oversize_close", net.oversize_closes);

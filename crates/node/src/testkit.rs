@@ -26,7 +26,6 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// What [`generate`] builds.
@@ -169,7 +168,7 @@ pub fn generate(dir: &Path, spec: &Spec) -> anyhow::Result<TestCluster> {
 #[derive(Debug)]
 pub struct TestClient {
     endpoint: Endpoint,
-    inbound: mpsc::Receiver<InboundFrame>,
+    inbound: pbft_net::Inbound,
     signer: Signer,
     verifier: Verifier,
     config: Config,
