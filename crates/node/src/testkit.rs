@@ -387,3 +387,22 @@ impl TestClient {
 pub fn start_all(exe: &Path, cluster: &TestCluster) -> anyhow::Result<NodeProcesses> {
     NodeProcesses::start_all(&NodeCommand::new(exe), &cluster.node_files, &cluster.dir)
 }
+
+/// `GET /metrics` from a replica's metrics address over a plain TCP
+/// connection (bounded by timeouts); `None` while nothing listens.
+pub fn scrape_metrics(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The value of the sample line of exactly `series` in a metrics page.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

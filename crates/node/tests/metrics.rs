@@ -3,29 +3,12 @@
 //! bounded; the process is killed when the test ends.
 
 use pbft_app::kv::KvOp;
-use pbft_node::testkit::{generate, start_all, Spec, TestClient};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use pbft_node::testkit::{
+    generate, metric_sample as sample, scrape_metrics as scrape, start_all, Spec, TestClient,
+};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pbft-node");
-
-/// `GET /metrics` over a plain TCP connection; `None` while nothing listens.
-fn scrape(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-/// The value of the sample line `name` (exact series), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_serves_the_documented_names_and_counts_work() {
