@@ -236,6 +236,7 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
         ClientAdmission {
             allow_any: false,
             allow: vec![client_key.public().to_hex()],
+            ..ClientAdmission::default()
         }
     } else {
         ClientAdmission::default()

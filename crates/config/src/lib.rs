@@ -241,13 +241,26 @@ pub struct ClientAdmission {
     pub allow_any: bool,
     /// With `allow_any = false`, the client public keys (hex) accepted.
     pub allow: Vec<String>,
+    /// Most client connections at once (handshaking or established).
+    /// Replicas never count against it.
+    pub max_connections: usize,
+    /// Most client connections from one IP address (clients behind one NAT
+    /// share it).
+    pub max_connections_per_address: usize,
 }
+
+/// The default of `[clients] max_connections`.
+pub const MAX_CLIENT_CONNECTIONS: usize = 512;
+/// The default of `[clients] max_connections_per_address`.
+pub const MAX_CLIENT_CONNECTIONS_PER_ADDRESS: usize = 256;
 
 impl Default for ClientAdmission {
     fn default() -> Self {
         ClientAdmission {
             allow_any: true,
             allow: Vec::new(),
+            max_connections: MAX_CLIENT_CONNECTIONS,
+            max_connections_per_address: MAX_CLIENT_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -344,6 +357,8 @@ pub struct Node {
     pub tuning: Tuning,
     /// Client admission: `None` for any client, else the allowed keys.
     pub allowed_clients: Option<Vec<PublicKey>>,
+    /// Most client connections at once, and from one IP address.
+    pub client_connections: (usize, usize),
     /// When an appended record counts as durable.
     pub durability: Durability,
     /// Log format.
@@ -373,6 +388,16 @@ impl NodeFile {
             .core_config(&file.tuning)
             .validate()
             .map_err(|e| invalid(path, format!("tuning: {e}")))?;
+        let limits = (
+            file.clients.max_connections,
+            file.clients.max_connections_per_address,
+        );
+        if limits.0 == 0 || limits.1 == 0 {
+            return Err(invalid(
+                path,
+                "clients.max_connections and clients.max_connections_per_address must be positive",
+            ));
+        }
         let allowed_clients = if file.clients.allow_any {
             None
         } else {
@@ -393,6 +418,7 @@ impl NodeFile {
             data_dir: resolve(path, &file.data_dir),
             tuning: file.tuning,
             allowed_clients,
+            client_connections: limits,
             durability: file.storage.durability,
             log_format: file.log_format,
             metrics: file.metrics,
@@ -489,6 +515,32 @@ mod tests {
         assert_eq!(node.tuning.in_flight_max, 2);
         assert_eq!(node.durability, Durability::Fsync);
         assert_eq!(node.segment_bytes, None);
+        assert_eq!(
+            node.client_connections,
+            (MAX_CLIENT_CONNECTIONS, MAX_CLIENT_CONNECTIONS_PER_ADDRESS)
+        );
+        let limited = write(
+            dir.path(),
+            "node-3.toml",
+            "id = 3\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n[clients]\nmax_connections = 64\nmax_connections_per_address = 8\n",
+        );
+        assert_eq!(
+            NodeFile::load(&limited)
+                .expect("node file")
+                .client_connections,
+            (64, 8)
+        );
+        let zero = write(
+            dir.path(),
+            "node-0.toml",
+            "id = 0\ncluster = \"cluster.toml\"\nkey = \"k\"\ndata_dir = \"d\"\n[clients]\nmax_connections_per_address = 0\n",
+        );
+        let e = NodeFile::load(&zero).expect_err("no connections allowed");
+        assert!(
+            e.to_string().contains("node-0.toml")
+                && e.to_string().contains("max_connections_per_address"),
+            "{e}"
+        );
         let small = write(
             dir.path(),
             "node-2.toml",

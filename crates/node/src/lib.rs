@@ -379,7 +379,13 @@ async fn run_inner(
         None => policy.allow_any_client(),
         Some(clients) => policy.with_clients(clients.iter().copied()),
     };
-    let (endpoint, inbound) = Endpoint::bind(node.listen, &key, policy, NetConfig::default())
+    let (max_connections, max_connections_per_address) = node.client_connections;
+    let net = NetConfig {
+        max_connections,
+        max_connections_per_address,
+        ..NetConfig::default()
+    };
+    let (endpoint, inbound) = Endpoint::bind(node.listen, &key, policy, net)
         .with_context(|| format!("replica {}: cannot listen on {}", id.0, node.listen))?;
     for (i, (peer, address)) in cluster.keys.iter().zip(&cluster.addresses).enumerate() {
         if i != id.index() {
