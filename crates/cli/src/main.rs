@@ -206,9 +206,19 @@ fn node(args: &NodeArgs) -> CmdResult {
         None => node.log_format,
     };
     pbft_node::init_tracing(format);
-    runtime()?
-        .block_on(pbft_node::run(node, pbft_node::shutdown_signal()))
-        .map_err(Failure::failed)
+    // The runtime the `pbft-node` binary uses, sized for replicas that share
+    // a host's cores (see `pbft_node::Threads`).
+    let threads = pbft_node::Threads::default();
+    let runtime = threads
+        .runtime()
+        .map_err(|e| Failure::failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(pbft_node::run_with(
+        node,
+        threads,
+        pbft_node::shutdown_signal(),
+    ));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result.map_err(Failure::failed)
 }
 
 fn main() -> ExitCode {
