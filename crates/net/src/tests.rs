@@ -192,38 +192,56 @@ async fn unknown_client_is_refused_and_allow_listed_one_accepted() {
     .await;
 }
 
+/// Replica `a` (limited by `limits` to two client slots, in all or per
+/// address), three clients (keys from `client_seed`) of which two get in
+/// and the third is refused, then replica `b`, which still gets in. Returns
+/// `a`, its inbound lanes, the clients, the keys of the two admitted, and `b`.
+async fn two_client_slots_then_a_replica(
+    limits: NetConfig,
+    client_seed: u8,
+) -> (
+    Endpoint,
+    Inbound,
+    Vec<(Endpoint, Inbound)>,
+    std::collections::BTreeSet<PublicKey>,
+    Endpoint,
+) {
+    let (ka, kb) = (key(1), key(2));
+    let policy = any_client_policy(&[ka.public(), kb.public()]);
+    let (a, mut ra) = Endpoint::bind(localhost(), &ka, policy.clone(), limits).expect("a");
+    let mut clients = Vec::new();
+    for n in 0..3u8 {
+        let (c, rc) = Endpoint::client(&key(client_seed + n), cfg()).expect("client");
+        c.add_peer(ka.public(), a.local_addr());
+        c.send(ka.public(), Bytes::from(vec![n])).expect("queued");
+        clients.push((c, rc));
+    }
+    let mut admitted = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        admitted.insert(recv(&mut ra).await.from);
+    }
+    wait_until("the third client refused", || a.stats().refused_peers >= 1).await;
+    quiet(&mut ra, Duration::from_millis(300)).await;
+    assert_eq!(admitted.len(), 2, "two client slots");
+
+    // Every client slot is held; a replica still gets in.
+    let (b, _rb) = Endpoint::bind(localhost(), &kb, policy, cfg()).expect("b");
+    b.add_peer(ka.public(), a.local_addr());
+    b.send(ka.public(), Bytes::from_static(b"replica"))
+        .expect("queued");
+    let got = recv(&mut ra).await;
+    assert_eq!((got.from, &got.bytes[..]), (kb.public(), &b"replica"[..]));
+    (a, ra, clients, admitted, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_holding_every_slot_leave_room_for_replicas() {
     bounded(async {
-        let (ka, kb) = (key(1), key(2));
         let limits = NetConfig {
             max_connections: 2,
             ..cfg()
         };
-        let policy = any_client_policy(&[ka.public(), kb.public()]);
-        let (a, mut ra) = Endpoint::bind(localhost(), &ka, policy.clone(), limits).expect("a");
-        let mut clients = Vec::new();
-        for n in 0..3u8 {
-            let (c, rc) = Endpoint::client(&key(20 + n), cfg()).expect("client");
-            c.add_peer(ka.public(), a.local_addr());
-            c.send(ka.public(), Bytes::from(vec![n])).expect("queued");
-            clients.push((c, rc));
-        }
-        let mut from_clients = std::collections::BTreeSet::new();
-        for _ in 0..2 {
-            from_clients.insert(recv(&mut ra).await.from);
-        }
-        wait_until("the third client refused", || a.stats().refused_peers >= 1).await;
-        quiet(&mut ra, Duration::from_millis(300)).await;
-        assert_eq!(from_clients.len(), 2, "two client slots");
-
-        // Every client slot is held; a replica still gets in.
-        let (b, _rb) = Endpoint::bind(localhost(), &kb, policy, cfg()).expect("b");
-        b.add_peer(ka.public(), a.local_addr());
-        b.send(ka.public(), Bytes::from_static(b"replica"))
-            .expect("queued");
-        let got = recv(&mut ra).await;
-        assert_eq!((got.from, &got.bytes[..]), (kb.public(), &b"replica"[..]));
+        let (a, _ra, clients, _, b) = two_client_slots_then_a_replica(limits, 20).await;
         for (c, _) in clients {
             c.shutdown().await;
         }
@@ -782,35 +800,13 @@ async fn quiet_for_a_while(rx: &Inbound, len: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_from_one_address_are_limited_and_replicas_still_get_in() {
     bounded(async {
-        let (ka, kb) = (key(1), key(2));
         let limits = NetConfig {
             max_connections_per_address: 2,
             ..cfg()
         };
-        let policy = any_client_policy(&[ka.public(), kb.public()]);
-        let (a, mut ra) = Endpoint::bind(localhost(), &ka, policy.clone(), limits).expect("a");
-        let mut clients = Vec::new();
-        for n in 0..3u8 {
-            let (c, rc) = Endpoint::client(&key(40 + n), cfg()).expect("client");
-            c.add_peer(ka.public(), a.local_addr());
-            c.send(ka.public(), Bytes::from(vec![n])).expect("queued");
-            clients.push((c, rc));
-        }
-        let mut from_clients = std::collections::BTreeSet::new();
-        for _ in 0..2 {
-            from_clients.insert(recv(&mut ra).await.from);
-        }
-        wait_until("the third client refused", || a.stats().refused_peers >= 1).await;
-        quiet(&mut ra, Duration::from_millis(300)).await;
-        assert_eq!(from_clients.len(), 2, "two clients from 127.0.0.1");
-
-        // The address's client slots are held; a replica on it still gets in.
-        let (b, _rb) = Endpoint::bind(localhost(), &kb, policy, cfg()).expect("b");
-        b.add_peer(ka.public(), a.local_addr());
-        b.send(ka.public(), Bytes::from_static(b"replica"))
-            .expect("queued");
-        let got = recv(&mut ra).await;
-        assert_eq!((got.from, &got.bytes[..]), (kb.public(), &b"replica"[..]));
+        let (a, mut ra, clients, from_clients, b) =
+            two_client_slots_then_a_replica(limits, 40).await;
+        let ka = key(1);
 
         // A client that leaves frees its slot for another (the refused one,
         // which keeps redialling, leaves first).
