@@ -283,6 +283,9 @@ pub(crate) struct StateFetch {
     source: Option<ReplicaId>,
     /// When the source must have answered.
     pub deadline: Instant,
+    /// When the transfer began (kept across retargets): until one
+    /// view-change timeout after it, the view-change timer waits for it.
+    pub started: Instant,
     /// The verified summary being assembled (at or above the target).
     summary: Option<Summary>,
     /// Verified groups of leaf digests.
@@ -307,6 +310,7 @@ impl StateFetch {
             next_source: 0,
             source: None,
             deadline: now,
+            started: now,
             summary: None,
             leaves: BTreeMap::new(),
             pages: BTreeMap::new(),
@@ -544,7 +548,10 @@ impl Replica {
                 }
                 f.outstanding.clear();
             }
-            None => self.state_fetch = Some(StateFetch::new(target, now)),
+            None => {
+                self.state_fetch = Some(StateFetch::new(target, now));
+                self.update_view_change_timer();
+            }
         }
         if let Some(f) = &self.state_fetch {
             tracing::info!(seq = f.target.seq.0, "fetching checkpoint state");

@@ -799,11 +799,23 @@ impl Replica {
     /// other requests does not move a waiting request's deadline (TOCS 4.5.2
     /// restarts one timer after every execution, which lets a primary that
     /// orders everyone but one client keep its view for ever).
+    ///
+    /// While the replica fetches a certified state, the timer fires no
+    /// sooner than one timeout after the fetch began: the requests it waits
+    /// for may have executed inside that state, and leaving the view just
+    /// before it arrives (as a primary that lost its own COMMITs would) takes
+    /// an honest replica out of the quorum for nothing. The start is kept
+    /// across retargets, so the wait is bounded by one timeout per transfer.
     pub(crate) fn update_view_change_timer(&mut self) {
         if !self.active {
             return;
         }
-        self.timer_view_change = self.pending.values().filter_map(|p| p.deadline).min();
+        let earliest = self.pending.values().filter_map(|p| p.deadline).min();
+        let patience = self
+            .state_fetch
+            .as_ref()
+            .map(|f| f.started + self.view_change_timeout());
+        self.timer_view_change = earliest.map(|d| patience.map_or(d, |p| d.max(p)));
     }
 
     /// The invariants of the module docs; a violation is a bug in this crate.

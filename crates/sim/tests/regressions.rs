@@ -197,3 +197,15 @@ fn laggard_f1_seed_3575() {
     check(Scenario::Laggard, 1, 4089);
     check(Scenario::CrashByz, 1, 4840);
 }
+
+/// The view-0 primary lost the COMMITs of its own n35 (1% loss after the
+/// heal); by the time a certificate came, n35 was below the new stable
+/// checkpoint, so it fetched that state. The request it had proposed at
+/// n35 reached its deadline 8 ms into the fetch, and the primary left its
+/// own view just before the state (which held the request's result)
+/// arrived. Fixed: while a replica fetches state, its view-change timer
+/// fires no sooner than one timeout after the fetch began.
+#[test]
+fn laggard_f2_seed_9844() {
+    check(Scenario::Laggard, 2, 9844);
+}
