@@ -3,7 +3,7 @@
 //! documented setting cannot drift from what the node accepts. The cluster
 //! example's keys are placeholders, so it is parsed, not loaded.
 
-use pbft_config::{ClientFile, ClusterFile, NodeFile};
+use pbft_config::{ClientFile, ClusterFile, NodeFile, Tuning};
 use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 
@@ -20,6 +20,8 @@ fn the_example_files_parse() {
     let node: NodeFile = parse("node.toml");
     assert_eq!(node.clients.max_connections, 512);
     assert_eq!(node.clients.max_connections_per_address, 256);
+    // The tuning it shows is the default one, so the example documents it.
+    assert_eq!(node.tuning, Tuning::default());
     let _: ClusterFile = parse("cluster.toml");
     let _: ClientFile = parse("client.toml");
 }
