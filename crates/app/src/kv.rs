@@ -51,6 +51,14 @@
 //!   entries in key order; [`StateMachine::restore`] accepts only canonical
 //!   snapshots (strictly increasing keys, sizes within the limits, no trailing
 //!   bytes) and either replaces the whole state or leaves it untouched.
+//! * The pages of [`StateMachine::snapshot_pages`] are a function of the
+//!   entries (and the page target) alone: the store keeps the pages of its
+//!   last call and cuts again only around the keys written since, but the
+//!   result is exactly the from-scratch cut (see the `pages` module), so
+//!   replicas agree on them whatever their history of calls, restores and
+//!   clones.
+
+mod pages;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -58,7 +66,8 @@ use std::ops::Bound;
 use pbft_crypto::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::{SnapshotError, StateMachine};
+use crate::{Page, SnapshotError, StateMachine};
+use pages::PageCache;
 
 /// The longest key the store accepts, in bytes (1 KiB).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -243,19 +252,39 @@ fn check_value(value: &[u8]) -> Result<(), KvError> {
 }
 
 /// The key-value store: a [`StateMachine`] over a [`BTreeMap`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Equality compares the entries and the page target, not the cached pages.
+#[derive(Clone)]
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     /// The page size [`StateMachine::snapshot_pages`] aims at.
     page_target: usize,
+    /// The pages of the last [`StateMachine::snapshot_pages`] call, with the
+    /// pages written since marked: every write to `map` must
+    /// [`PageCache::touch`] its key.
+    pages: PageCache,
 }
 
 impl Default for KvStore {
     fn default() -> Self {
-        KvStore {
-            map: BTreeMap::new(),
-            page_target: crate::PAGE_TARGET,
-        }
+        KvStore::with_page_target(crate::PAGE_TARGET)
+    }
+}
+
+impl PartialEq for KvStore {
+    fn eq(&self, other: &KvStore) -> bool {
+        self.map == other.map && self.page_target == other.page_target
+    }
+}
+
+impl Eq for KvStore {}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("map", &self.map)
+            .field("page_target", &self.page_target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -276,6 +305,7 @@ impl KvStore {
         KvStore {
             map: BTreeMap::new(),
             page_target: bytes.clamp(1, crate::PAGE_TARGET),
+            pages: PageCache::default(),
         }
     }
 
@@ -333,11 +363,15 @@ impl KvStore {
                 check_key(key)?;
                 check_value(value)?;
                 let previous = self.map.insert(key.clone(), value.clone());
+                self.pages.touch(key);
                 Ok(KvResult::Put { previous })
             }
             KvOp::Delete { key } => {
                 check_key(key)?;
                 let existed = self.map.remove(key.as_slice()).is_some();
+                if existed {
+                    self.pages.touch(key);
+                }
                 Ok(KvResult::Delete { existed })
             }
             KvOp::Cas { key, expected, new } => {
@@ -350,6 +384,7 @@ impl KvStore {
                 let swapped = current == *expected;
                 if swapped {
                     self.map.insert(key.clone(), new.clone());
+                    self.pages.touch(key);
                 }
                 Ok(KvResult::Cas { swapped, current })
             }
@@ -457,6 +492,7 @@ impl StateMachine for KvStore {
         }
         // Only now, with the whole snapshot validated, replace the state.
         self.map = entries.into_iter().collect();
+        self.pages.clear();
         Ok(())
     }
 
@@ -464,39 +500,24 @@ impl StateMachine for KvStore {
     /// target size, or a quarter of it at a key whose hash allows a
     /// boundary; an entry is at most 65 KiB, so pages stay below
     /// [`crate::PAGE_MAX`]. The first page starts with a header.
-    fn snapshot_pages(&self) -> Vec<Vec<u8>> {
-        let mut pages = Vec::new();
-        let mut page: Vec<(&[u8], &[u8])> = Vec::new();
-        let mut size = 0;
-        let encode = |page: &[(&[u8], &[u8])], first: bool| {
-            let mut out = Vec::new();
-            if first {
-                out.extend_from_slice(PAGES_MAGIC);
-                out.push(SNAPSHOT_VERSION);
-            }
-            out.extend_from_slice(&postcard::to_stdvec(page).unwrap_or_default());
-            out
-        };
-        for (key, value) in self.iter() {
-            page.push((key, value));
-            size += key.len() + value.len() + 8;
-            if size >= self.page_target || (size >= self.page_target / 4 && Self::boundary(key)) {
-                pages.push(encode(&page, pages.is_empty()));
-                page.clear();
-                size = 0;
-            }
-        }
-        if !page.is_empty() || pages.is_empty() {
-            pages.push(encode(&page, pages.is_empty()));
-        }
-        pages
+    ///
+    /// Incremental: pages whose key range saw no write since the last call
+    /// are returned as they were (shared, not re-encoded or re-hashed), and
+    /// only the pages around the written keys are cut again; the result is
+    /// the same as cutting the whole state from scratch.
+    fn snapshot_pages(&mut self) -> Vec<Page> {
+        self.cut_pages()
     }
 
-    fn restore_pages(&mut self, pages: &[Vec<u8>]) -> Result<(), SnapshotError> {
+    /// Replaces the state with the entries of `pages`, whichever way they
+    /// were cut; the store's own pages stay its canonical cut (pages that
+    /// are part of it are kept, the others are cut again here).
+    fn restore_pages(&mut self, pages: &[Page]) -> Result<(), SnapshotError> {
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for (i, page) in pages.iter().enumerate() {
             let body = if i == 0 {
                 let body = page
+                    .bytes()
                     .strip_prefix(PAGES_MAGIC.as_slice())
                     .ok_or_else(|| SnapshotError("missing key-value pages header".into()))?;
                 let (&version, body) = body
@@ -509,7 +530,7 @@ impl StateMachine for KvStore {
                 }
                 body
             } else {
-                page.as_slice()
+                page.bytes()
             };
             let part: Vec<(Vec<u8>, Vec<u8>)> =
                 decode_exact(body).map_err(|e| SnapshotError(format!("page {i}: {e}")))?;
@@ -535,6 +556,7 @@ impl StateMachine for KvStore {
             ));
         }
         self.map = entries.into_iter().collect();
+        self.seed_pages(pages);
         Ok(())
     }
 
@@ -1100,7 +1122,7 @@ mod tests {
         // Garbage, a missing header and out-of-order pages are refused.
         let mut c = KvStore::new();
         assert!(c.restore_pages(&[]).is_err());
-        assert!(c.restore_pages(&[b"junk".to_vec()]).is_err());
+        assert!(c.restore_pages(&[Page::new(b"junk".to_vec())]).is_err());
         let mut swapped = pages.clone();
         swapped.swap(1, 2);
         assert!(c.restore_pages(&swapped).is_err());

@@ -6,7 +6,9 @@
 //! (whatever `new` builds). [`kv::KvStore`] is the key-value store the product ships.
 
 pub mod kv;
+mod page;
 
+pub use page::{leaf_digest, Page};
 use pbft_crypto::Digest;
 
 /// A snapshot that cannot be restored.
@@ -40,24 +42,33 @@ pub trait StateMachine: Send {
     fn digest(&self) -> Digest;
 
     /// The whole state as pages of at most [`PAGE_MAX`] bytes each, for
-    /// checkpoints and chunked state transfer: the replica hashes each page
-    /// into the checkpoint's tree, and a replica that lags fetches only the
-    /// pages whose digests differ from its own. Deterministic like
-    /// `snapshot`. The default cuts `snapshot` into [`PAGE_TARGET`]-byte
-    /// pieces; a state machine whose pages survive unrelated changes (the
-    /// key-value store cuts between keys) lets transfers fetch less.
-    fn snapshot_pages(&self) -> Vec<Vec<u8>> {
+    /// checkpoints and chunked state transfer: the replica hashes the pages'
+    /// digests into the checkpoint's tree, persists each page it has not
+    /// persisted before, and a replica that lags fetches only the pages
+    /// whose digests differ from its own. Deterministic like `snapshot`.
+    /// The default cuts `snapshot` into [`PAGE_TARGET`]-byte pieces, so
+    /// every checkpoint costs the whole state; a state machine that keeps
+    /// the pages of its last call and cuts again only around what changed
+    /// (the key-value store does) makes a checkpoint cost what changed.
+    fn snapshot_pages(&mut self) -> Vec<Page> {
         let bytes = self.snapshot();
         if bytes.is_empty() {
-            return vec![Vec::new()];
+            return vec![Page::new(Vec::new())];
         }
-        bytes.chunks(PAGE_TARGET).map(<[u8]>::to_vec).collect()
+        bytes
+            .chunks(PAGE_TARGET)
+            .map(|c| Page::new(c.to_vec()))
+            .collect()
     }
 
     /// Replaces the state with the one `pages` (from `snapshot_pages`)
     /// encode; on error the state is unchanged.
-    fn restore_pages(&mut self, pages: &[Vec<u8>]) -> Result<(), SnapshotError> {
-        self.restore(&pages.concat())
+    fn restore_pages(&mut self, pages: &[Page]) -> Result<(), SnapshotError> {
+        let bytes: Vec<u8> = pages
+            .iter()
+            .flat_map(|p| p.bytes().iter().copied())
+            .collect();
+        self.restore(&bytes)
     }
 }
 

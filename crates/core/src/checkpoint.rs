@@ -23,7 +23,8 @@
 //! # Message flow
 //! ```text
 //! execute n, n % K == 0 -> expire the client table, image S, d = root(S)
-//!                       -> persist Snapshot(n, S), CHECKPOINT(n, d) to all
+//!                       -> persist the pages of S the log lacks, then
+//!                          Snapshot(n, leaves of S); CHECKPOINT(n, d) to all
 //! 2f+1 matching CHECKPOINT(n, d) -> stable: h := n, persist the proof,
 //!                                   discard the log at and below n
 //! stable n > last executed -> fetch from a signer of the proof (the source):
@@ -34,7 +35,8 @@
 //!   (pages whose leaf digest matches a page this replica holds are reused)
 //!   FETCH-STATE(n', Pages [i..]) <- STATE-DATA(Page i), one message each:
 //!                                H(page) == leaf_i
-//!   every page held -> decode, install, persist Checkpoint(proof', S')
+//!   every page held -> decode, install, persist the pages of S' the log
+//!                      lacks, then Checkpoint(proof', leaves of S')
 //! ```
 //!
 //! # Resuming, switching, retargeting
@@ -55,9 +57,17 @@
 //! most [`PAGES_PER_FETCH`] pages per request.
 //!
 //! # What is persisted
-//! Unchanged in format: `Record::Snapshot(n, S)` for its own checkpoints and
-//! `Record::Checkpoint(proof, S)` for a fetched one, `S` the encoded pages
-//! (one record however large: entries are capped at 4 GiB - 1). A transfer
+//! A snapshot is persisted as its pages and a list of their leaf digests:
+//! `Record::Page` for each page the log does not already hold, then
+//! `Record::Snapshot(n, leaves)` for an own checkpoint or
+//! `Record::Checkpoint(proof, leaves)` for a fetched one, all in one step
+//! (one group). [`crate::io::LoggedSnapshots`] follows what compaction keeps
+//! (the snapshots at or above the stable checkpoint and the highest one, and
+//! the first record of every page they list), so a checkpoint writes only
+//! the pages that changed since those snapshots: with the key-value store's
+//! incremental pages, its cost is what changed, not the size of the state.
+//! A restart reassembles each kept snapshot from its pages; a listed page
+//! missing from the log is an error, never a shorter state. A transfer
 //! interrupted by a crash starts again from the summary (fetched pages live
 //! in memory only).
 
@@ -74,7 +84,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-pub use pbft_app::PAGE_MAX;
+pub use pbft_app::{leaf_digest, Page, PAGE_MAX};
 
 /// Leaves per group of the tree.
 pub const GROUP_LEAVES: usize = 4096;
@@ -91,11 +101,6 @@ pub const SERVE_BYTES_PER_INTERVAL: usize = 64 << 20;
 const CLIENT_PAGE_TARGET: usize = 256 * 1024;
 /// The state format this code writes and reads (in page 0).
 const STATE_VERSION: u8 = 2;
-
-/// The digest of one page.
-pub fn leaf_digest(page: &[u8]) -> Digest {
-    Digest::of_parts(&[b"pbft-state/leaf", page])
-}
 
 /// The digest of one group of leaf digests.
 pub fn group_digest(leaves: &[Digest]) -> Digest {
@@ -131,7 +136,7 @@ struct Header {
 /// A checkpoint's state: its pages and their tree (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateImage {
-    pages: Vec<Vec<u8>>,
+    pages: Vec<Page>,
     leaves: Vec<Digest>,
     groups: Vec<Digest>,
     digest: Digest,
@@ -144,7 +149,7 @@ pub struct ImageError(pub String);
 
 impl StateImage {
     /// The state of `app` and `clients`.
-    pub fn build(app: &dyn StateMachine, clients: &ClientTable) -> StateImage {
+    pub fn build(app: &mut dyn StateMachine, clients: &ClientTable) -> StateImage {
         let mut client_pages = Vec::new();
         let mut page: Vec<(&ClientId, &ClientEntry)> = Vec::new();
         let mut size = 0;
@@ -152,32 +157,28 @@ impl StateImage {
             page.push((c, e));
             size += e.cost();
             if size >= CLIENT_PAGE_TARGET {
-                client_pages.push(postcard::to_stdvec(&page).unwrap_or_default());
+                client_pages.push(Page::new(postcard::to_stdvec(&page).unwrap_or_default()));
                 page.clear();
                 size = 0;
             }
         }
         if !page.is_empty() {
-            client_pages.push(postcard::to_stdvec(&page).unwrap_or_default());
+            client_pages.push(Page::new(postcard::to_stdvec(&page).unwrap_or_default()));
         }
         let header = Header {
             version: STATE_VERSION,
             floor: clients.floor(),
             client_pages: client_pages.len() as u32,
         };
-        let mut pages = vec![postcard::to_stdvec(&header).unwrap_or_default()];
+        let mut pages = vec![Page::new(postcard::to_stdvec(&header).unwrap_or_default())];
         pages.extend(client_pages);
         pages.extend(app.snapshot_pages());
         StateImage::from_pages(pages)
     }
 
-    /// Hashes `pages` into their tree.
-    pub fn from_pages(pages: Vec<Vec<u8>>) -> StateImage {
-        let leaves: Vec<Digest> = pages.iter().map(|p| leaf_digest(p)).collect();
-        StateImage::with_leaves(pages, leaves)
-    }
-
-    fn with_leaves(pages: Vec<Vec<u8>>, leaves: Vec<Digest>) -> StateImage {
+    /// The tree over `pages` (whose digests are already known).
+    pub fn from_pages(pages: Vec<Page>) -> StateImage {
+        let leaves: Vec<Digest> = pages.iter().map(Page::digest).collect();
         let groups: Vec<Digest> = leaves.chunks(GROUP_LEAVES).map(group_digest).collect();
         let digest = tree_root(pages.len() as u32, &groups);
         StateImage {
@@ -194,7 +195,7 @@ impl StateImage {
     }
 
     /// The pages.
-    pub fn pages(&self) -> &[Vec<u8>] {
+    pub fn pages(&self) -> &[Page] {
         &self.pages
     }
 
@@ -208,29 +209,37 @@ impl StateImage {
         &self.groups
     }
 
-    /// The persisted form: the pages.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(&self.pages).unwrap_or_default()
-    }
-
-    /// Decodes the persisted form (and hashes it).
-    pub fn decode(bytes: &[u8]) -> Result<StateImage, ImageError> {
-        let pages: Vec<Vec<u8>> =
-            postcard::from_bytes(bytes).map_err(|e| ImageError(e.to_string()))?;
-        if pages.is_empty() || pages.len() > PAGES_MAX {
-            return Err(ImageError(format!("{} pages", pages.len())));
+    /// The image whose leaves are `leaves`, its pages taken from `held`
+    /// (how a restart reassembles a persisted snapshot from its page
+    /// records).
+    pub fn assemble(
+        leaves: &[Digest],
+        held: &BTreeMap<Digest, Page>,
+    ) -> Result<StateImage, ImageError> {
+        if leaves.is_empty() || leaves.len() > PAGES_MAX {
+            return Err(ImageError(format!("{} pages", leaves.len())));
         }
+        let pages = leaves
+            .iter()
+            .map(|leaf| {
+                held.get(leaf)
+                    .cloned()
+                    .ok_or_else(|| ImageError(format!("page {leaf} was never persisted")))
+            })
+            .collect::<Result<Vec<Page>, ImageError>>()?;
         Ok(StateImage::from_pages(pages))
     }
 
     /// The client table and the application's pages.
-    pub fn split(&self) -> Result<(ClientTable, &[Vec<u8>]), ImageError> {
+    pub fn split(&self) -> Result<(ClientTable, &[Page]), ImageError> {
         let bad = |what: String| ImageError(what);
         let header: Header = self
             .pages
             .first()
             .ok_or_else(|| bad("no header page".into()))
-            .and_then(|p| postcard::from_bytes(p).map_err(|e| bad(format!("header: {e}"))))?;
+            .and_then(|p| {
+                postcard::from_bytes(p.bytes()).map_err(|e| bad(format!("header: {e}")))
+            })?;
         if header.version != STATE_VERSION {
             return Err(bad(format!("unsupported version {}", header.version)));
         }
@@ -241,8 +250,8 @@ impl StateImage {
         let mut entries = BTreeMap::new();
         let mut last: Option<ClientId> = None;
         for (i, page) in self.pages[1..client_end].iter().enumerate() {
-            let part: Vec<(ClientId, ClientEntry)> =
-                postcard::from_bytes(page).map_err(|e| bad(format!("client page {i}: {e}")))?;
+            let part: Vec<(ClientId, ClientEntry)> = postcard::from_bytes(page.bytes())
+                .map_err(|e| bad(format!("client page {i}: {e}")))?;
             for (c, e) in part {
                 if last.is_some_and(|l| l >= c) {
                     return Err(bad("clients not in strictly increasing order".into()));
@@ -291,7 +300,7 @@ pub(crate) struct StateFetch {
     /// Verified groups of leaf digests.
     leaves: BTreeMap<u32, Vec<Digest>>,
     /// Verified pages, by leaf digest (kept across retargets).
-    pages: BTreeMap<Digest, Vec<u8>>,
+    pages: BTreeMap<Digest, Page>,
     /// What the last request asked for and has not arrived.
     outstanding: BTreeSet<Item>,
     /// Pages fetched from peers.
@@ -390,9 +399,9 @@ impl Replica {
                 .retain(|c, p| !clients.settled(c, p.request.request_id));
             self.update_view_change_timer();
         }
-        let image = Arc::new(StateImage::build(self.app.as_ref(), &self.clients));
+        let image = Arc::new(StateImage::build(self.app.as_mut(), &self.clients));
         let digest = image.digest();
-        out.push(Output::Persist(Record::Snapshot(seq, image.encode())));
+        self.persist_snapshot(seq, &image, |leaves| Record::Snapshot(seq, leaves), out);
         self.own_checkpoints.insert(seq, image);
         let checkpoint = self.signer.sign(Checkpoint {
             seq,
@@ -403,6 +412,30 @@ impl Replica {
         out.push(Output::Checkpointed { seq, digest });
         out.push(Output::Broadcast(Message::Checkpoint(checkpoint.clone())));
         self.record_checkpoint_vote(checkpoint, out);
+    }
+
+    /// Persists `image`, the state after `seq`, as `record` (made from its
+    /// leaf digests), preceded by the pages it holds that the log does not:
+    /// a checkpoint writes what changed since the snapshots the log keeps,
+    /// not the whole state. Pages and record go out in one step, so they
+    /// are in one group: a crash keeps a prefix of it, and a snapshot
+    /// record that survives has its pages before it.
+    fn persist_snapshot(
+        &mut self,
+        seq: SeqNum,
+        image: &StateImage,
+        record: impl FnOnce(Vec<Digest>) -> Record,
+        out: &mut Vec<Output>,
+    ) {
+        let mut logged = self.logged_snapshots.pages();
+        for page in image.pages() {
+            if logged.insert(page.digest()) {
+                out.push(Output::Persist(Record::Page(page.clone())));
+            }
+        }
+        let leaves = image.leaves().to_vec();
+        self.logged_snapshots.snapshot(seq, leaves.clone());
+        out.push(Output::Persist(record(leaves)));
     }
 
     /// CHECKPOINT from a peer.
@@ -479,6 +512,7 @@ impl Replica {
         }
         let seq = proof.seq;
         out.push(Output::Persist(Record::Stable(proof.clone())));
+        self.logged_snapshots.stable(seq);
         // Serve the stable checkpoint's state only if it is this one's.
         let previous = self.stable_snapshot.take();
         match self.own_checkpoints.get(&seq) {
@@ -659,10 +693,10 @@ impl Replica {
             .into_iter()
             .flatten()
             .chain(self.own_checkpoints.values().next_back());
-        let mut held: BTreeMap<Digest, &Vec<u8>> = BTreeMap::new();
+        let mut held: BTreeMap<Digest, &Page> = BTreeMap::new();
         for image in locals {
-            for (leaf, page) in image.leaves().iter().zip(image.pages()) {
-                held.entry(*leaf).or_insert(page);
+            for page in image.pages() {
+                held.entry(page.digest()).or_insert(page);
             }
         }
         let wanted: Vec<Digest> = fetch
@@ -685,12 +719,19 @@ impl Replica {
             self.state_fetch = Some(fetch);
             return;
         };
-        let leaves: Vec<Digest> = fetch.leaves.values().flatten().copied().collect();
-        let pages: Vec<Vec<u8>> = leaves
-            .iter()
-            .map(|l| fetch.pages.get(l).cloned().unwrap_or_default())
+        let pages: Vec<Page> = fetch
+            .leaves
+            .values()
+            .flatten()
+            .map(|l| {
+                fetch
+                    .pages
+                    .get(l)
+                    .cloned()
+                    .unwrap_or_else(|| Page::new(Vec::new()))
+            })
             .collect();
-        let image = StateImage::with_leaves(pages, leaves);
+        let image = StateImage::from_pages(pages);
         let proof = summary.proof.clone();
         let seq = proof.seq;
         if image.digest() != proof.digest {
@@ -717,10 +758,13 @@ impl Replica {
             fetched = fetch.fetched,
             "state transferred"
         );
-        out.push(Output::Persist(Record::Checkpoint(
-            proof.clone(),
-            image.encode(),
-        )));
+        self.persist_snapshot(
+            seq,
+            &image,
+            |leaves| Record::Checkpoint(proof.clone(), leaves),
+            out,
+        );
+        self.logged_snapshots.stable(seq);
         out.push(Output::StateTransferred {
             seq,
             digest: proof.digest,
@@ -804,7 +848,7 @@ impl Replica {
                     };
                     bodies.push(StateBody::Page {
                         index,
-                        bytes: page.clone(),
+                        bytes: page.bytes().to_vec(),
                     });
                 }
                 bodies
@@ -961,10 +1005,14 @@ impl Replica {
                 let Some(leaf) = fetch.leaf(index) else {
                     return Err(Refusal("state page before its leaves", true));
                 };
-                if bytes.len() > PAGE_MAX || leaf_digest(&bytes) != leaf {
+                if bytes.len() > PAGE_MAX {
                     return Err(Refusal("state page does not match its leaf digest", true));
                 }
-                if fetch.pages.insert(leaf, bytes).is_none() {
+                let page = Page::new(bytes);
+                if page.digest() != leaf {
+                    return Err(Refusal("state page does not match its leaf digest", true));
+                }
+                if fetch.pages.insert(leaf, page).is_none() {
                     fetch.fetched += 1;
                 }
                 Ok(Some(Item::Page(index)))

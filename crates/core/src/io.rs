@@ -7,7 +7,7 @@ use crate::message::{
 };
 use pbft_crypto::{Digest, Signed, Verified};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// An input to [`crate::Replica::handle`].
 #[derive(Clone, Debug)]
@@ -116,6 +116,7 @@ pub struct PhaseTimes {
 ///   replica took, or a certified `Checkpoint` it fetched), plus every
 ///   snapshot at or above the stable checkpoint (what its CHECKPOINTs
 ///   vouched for, served to others);
+/// * the pages those snapshots list: of each, the first `Page` record;
 /// * `PrePrepare` and `Prepared` records above the stable checkpoint;
 /// * the latest `ViewChange` and `NewView`, and the highest `Executed`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,16 +130,22 @@ pub enum Record {
     ViewChange(Signed<ViewChange>),
     /// A new view this replica entered (or, as primary, issued).
     NewView(Signed<NewView>),
+    /// One page of a snapshot (see `checkpoint::StateImage`). A snapshot
+    /// record lists its pages by leaf digest, and each page is persisted
+    /// once, before the first snapshot record that lists it, in the same
+    /// group: a checkpoint writes only the pages that changed since the
+    /// snapshots still in the log, so its cost does not grow with the state.
+    Page(pbft_app::Page),
     /// A stable checkpoint and its snapshot (application state and client
-    /// table: `checkpoint::StateImage::encode`, its pages), fetched from a
-    /// peer by state transfer. One record however large the state (entries
-    /// are capped at 4 GiB - 1).
-    Checkpoint(CheckpointProof, Vec<u8>),
-    /// A checkpoint this replica took: the snapshot after executing `seq`.
-    /// Persisted before its CHECKPOINT is sent, so that the state it vouches
-    /// for survives a crash: 2f+1 CHECKPOINTs then always mean f+1 honest
-    /// replicas can serve the state, even after all of them restarted.
-    Snapshot(SeqNum, Vec<u8>),
+    /// table), fetched from a peer by state transfer: the proof and the
+    /// snapshot's leaf digests, in order (its pages are `Page` records).
+    Checkpoint(CheckpointProof, Vec<Digest>),
+    /// A checkpoint this replica took: the snapshot after executing `seq`,
+    /// as its leaf digests (its pages are `Page` records). Persisted before
+    /// its CHECKPOINT is sent, so that the state it vouches for survives a
+    /// crash: 2f+1 CHECKPOINTs then always mean f+1 honest replicas can
+    /// serve the state, even after all of them restarted.
+    Snapshot(SeqNum, Vec<Digest>),
     /// The stable checkpoint moved here (the low water mark). Persisted
     /// before anything in the new window is accepted or sent.
     Stable(CheckpointProof),
@@ -157,7 +164,9 @@ impl Record {
             Record::Prepared(p) => Some(p.pre_prepare.seq),
             Record::Checkpoint(proof, _) | Record::Stable(proof) => Some(proof.seq),
             Record::Snapshot(seq, _) => Some(*seq),
-            Record::ViewChange(_) | Record::NewView(_) | Record::Executed(_) => None,
+            Record::ViewChange(_) | Record::NewView(_) | Record::Executed(_) | Record::Page(_) => {
+                None
+            }
         }
     }
 }
@@ -212,6 +221,22 @@ pub fn retained(records: &[Record]) -> Vec<bool> {
         Record::Checkpoint(p, _) | Record::Stable(p) => p.seq == stable,
         _ => false,
     });
+    let snapshot_kept = |seq: SeqNum, i: usize| {
+        snapshot_at.get(&seq) == Some(&i) && (seq >= stable || Some(i) == base)
+    };
+    // The pages the kept snapshots list, each at its first record (a
+    // `Checkpoint` kept as the stable proof is checked against its pages at
+    // restart, so its pages are kept too).
+    let mut listed: BTreeSet<Digest> = BTreeSet::new();
+    for (i, r) in records.iter().enumerate() {
+        match r {
+            Record::Checkpoint(p, leaves) if Some(i) == proof || snapshot_kept(p.seq, i) => {
+                listed.extend(leaves)
+            }
+            Record::Snapshot(seq, leaves) if snapshot_kept(*seq, i) => listed.extend(leaves),
+            _ => {}
+        }
+    }
     let last_of = |pred: fn(&Record) -> bool| records.iter().rposition(pred);
     let last_view_change = last_of(|r| matches!(r, Record::ViewChange(_)));
     let last_new_view = last_of(|r| matches!(r, Record::NewView(_)));
@@ -228,13 +253,9 @@ pub fn retained(records: &[Record]) -> Vec<bool> {
         .iter()
         .enumerate()
         .map(|(i, r)| match r {
-            Record::Checkpoint(p, _) => {
-                Some(i) == proof
-                    || (snapshot_at.get(&p.seq) == Some(&i) && (p.seq >= stable || Some(i) == base))
-            }
-            Record::Snapshot(seq, _) => {
-                snapshot_at.get(seq) == Some(&i) && (*seq >= stable || Some(i) == base)
-            }
+            Record::Checkpoint(p, _) => Some(i) == proof || snapshot_kept(p.seq, i),
+            Record::Snapshot(seq, _) => snapshot_kept(*seq, i),
+            Record::Page(page) => listed.remove(&page.digest()),
             Record::Stable(_) => Some(i) == proof,
             Record::ViewChange(_) => Some(i) == last_view_change,
             Record::NewView(_) => Some(i) == last_new_view,
@@ -242,4 +263,131 @@ pub fn retained(records: &[Record]) -> Vec<bool> {
             Record::PrePrepare(..) | Record::Prepared(_) => r.seq().is_some_and(|s| s > stable),
         })
         .collect()
+}
+
+/// What a replica knows of the snapshot records its log keeps, so that a
+/// new snapshot writes only the pages the log lacks. It follows the rule of
+/// [`retained`] (the snapshots at or above the highest persisted stable
+/// checkpoint, and the highest snapshot) after every record that changes
+/// either, so it never lists a snapshot that compaction may have dropped:
+/// every page it lists has a `Page` record in the log (compaction keeps the
+/// first record of every page a kept snapshot lists).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LoggedSnapshots {
+    /// The highest stable checkpoint in a persisted record.
+    stable: SeqNum,
+    /// The kept snapshot records, by sequence number: their leaf digests.
+    snapshots: BTreeMap<SeqNum, Vec<Digest>>,
+}
+
+impl LoggedSnapshots {
+    /// A `Snapshot` or `Checkpoint` record for `seq` listing `leaves` went
+    /// out (after the pages the log lacked).
+    pub(crate) fn snapshot(&mut self, seq: SeqNum, leaves: Vec<Digest>) {
+        self.snapshots.insert(seq, leaves);
+        self.forget_compacted();
+    }
+
+    /// A `Stable` or `Checkpoint` record for `seq` went out.
+    pub(crate) fn stable(&mut self, seq: SeqNum) {
+        self.stable = self.stable.max(seq);
+        self.forget_compacted();
+    }
+
+    /// The pages the log holds for the snapshots it keeps.
+    pub(crate) fn pages(&self) -> BTreeSet<Digest> {
+        self.snapshots.values().flatten().copied().collect()
+    }
+
+    fn forget_compacted(&mut self) {
+        let (stable, highest) = (self.stable, self.snapshots.keys().next_back().copied());
+        self.snapshots
+            .retain(|s, _| *s >= stable || Some(*s) == highest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::CheckpointProof;
+    use pbft_app::Page;
+
+    /// A replica's record stream of snapshots and stable checkpoints in a
+    /// random order, its pages written by the rule of `LoggedSnapshots`, its
+    /// log compacted after some of the groups that move the stable
+    /// checkpoint (lazily, as the node's storage may): after every group,
+    /// every snapshot record in the log has its pages before it, and every
+    /// page `LoggedSnapshots` counts as logged is in the log.
+    #[test]
+    fn logged_snapshots_never_counts_a_page_compaction_dropped() {
+        let pages: Vec<Page> = (0..24u8).map(|k| Page::new(vec![k; 3])).collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for _run in 0..300 {
+            let mut log: Vec<Record> = Vec::new();
+            let mut shadow = LoggedSnapshots::default();
+            let mut stable = 0u64;
+            for _group in 0..40 {
+                let mut group = Vec::new();
+                let proof = |seq: u64| CheckpointProof {
+                    seq: SeqNum(seq),
+                    digest: Digest([seq as u8; 32]),
+                    checkpoints: Vec::new(),
+                };
+                for _ in 0..1 + next(3) {
+                    let seq = (stable + next(24)).saturating_sub(8);
+                    match next(4) {
+                        0 => {
+                            stable = stable.max(seq);
+                            group.push(Record::Stable(proof(seq)));
+                            shadow.stable(SeqNum(seq));
+                        }
+                        kind => {
+                            let leaves: Vec<&Page> = (0..1 + next(6))
+                                .map(|_| &pages[next(pages.len() as u64) as usize])
+                                .collect();
+                            let mut logged = shadow.pages();
+                            for page in &leaves {
+                                if logged.insert(page.digest()) {
+                                    group.push(Record::Page((*page).clone()));
+                                }
+                            }
+                            let digests = leaves.iter().map(|p| p.digest()).collect();
+                            shadow.snapshot(SeqNum(seq), Vec::clone(&digests));
+                            if kind == 1 {
+                                stable = stable.max(seq);
+                                group.push(Record::Checkpoint(proof(seq), digests));
+                                shadow.stable(SeqNum(seq));
+                            } else {
+                                group.push(Record::Snapshot(SeqNum(seq), digests));
+                            }
+                        }
+                    }
+                }
+                let compact_now = compacts(&group) && next(3) > 0;
+                log.extend(group);
+                if compact_now {
+                    compact(&mut log);
+                }
+                let mut held = BTreeSet::new();
+                for r in &log {
+                    match r {
+                        Record::Page(p) => {
+                            held.insert(p.digest());
+                        }
+                        Record::Snapshot(_, leaves) | Record::Checkpoint(_, leaves) => {
+                            assert!(leaves.iter().all(|l| held.contains(l)));
+                        }
+                        _ => {}
+                    }
+                }
+                assert!(shadow.pages().is_subset(&held));
+            }
+        }
+    }
 }

@@ -25,12 +25,12 @@ use crate::checkpoint::{Serving, StateFetch, StateImage};
 use crate::client_table::ClientTable;
 use crate::config::{Config, ConfigError};
 use crate::ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum, View};
-use crate::io::{Input, Output, Record};
+use crate::io::{Input, LoggedSnapshots, Output, Record};
 use crate::message::{
     Batch, CheckpointProof, Commit, Message, NewView, PrePrepare, Prepare, PreparedProof, Request,
     ViewChange,
 };
-use pbft_app::StateMachine;
+use pbft_app::{Page, StateMachine};
 use pbft_crypto::{Digest, Signed, Signer};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -209,6 +209,9 @@ pub struct Replica {
     pub(crate) local_pages: Option<Arc<StateImage>>,
     /// Own checkpoints above the stable one.
     pub(crate) own_checkpoints: BTreeMap<SeqNum, Arc<StateImage>>,
+    /// The snapshot records the log keeps: a page they list is in the log,
+    /// so a new snapshot does not write it again.
+    pub(crate) logged_snapshots: LoggedSnapshots,
     /// State served to each peer lately (a byte budget).
     pub(crate) serving: Serving,
     /// CHECKPOINT messages above the stable checkpoint, by sequence number.
@@ -263,14 +266,14 @@ impl Replica {
         config: Config,
         id: ReplicaId,
         signer: Signer,
-        app: Box<dyn StateMachine>,
+        mut app: Box<dyn StateMachine>,
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
         if id.index() >= config.n() {
             return Err(ConfigError::ReplicaCount(config.n()));
         }
         let clients = ClientTable::new();
-        let genesis = StateImage::build(app.as_ref(), &clients);
+        let genesis = StateImage::build(app.as_mut(), &clients);
         let genesis_digest = genesis.digest();
         Ok(Replica {
             id,
@@ -295,6 +298,7 @@ impl Replica {
             stable_snapshot: Some(Arc::new(genesis)),
             local_pages: None,
             own_checkpoints: BTreeMap::new(),
+            logged_snapshots: LoggedSnapshots::default(),
             serving: Serving::default(),
             checkpoint_votes: BTreeMap::new(),
             state_fetch: None,
@@ -342,7 +346,10 @@ impl Replica {
         r.restore_checkpoints(records)?;
         for record in records {
             match record {
-                Record::Checkpoint(..) | Record::Snapshot(..) | Record::Stable(_) => {}
+                Record::Checkpoint(..)
+                | Record::Snapshot(..)
+                | Record::Stable(_)
+                | Record::Page(_) => {}
                 Record::PrePrepare(pp, batch) => {
                     if pp.view > r.view {
                         r.view = pp.view;
@@ -464,17 +471,22 @@ impl Replica {
     /// checkpoint, a state transfer towards the stable checkpoint starts.
     fn restore_checkpoints(&mut self, records: &[Record]) -> Result<(), RestoreError> {
         let mut stable: Option<&CheckpointProof> = None;
-        let mut snapshots: BTreeMap<SeqNum, &Vec<u8>> = BTreeMap::new();
-        let decode = |seq: SeqNum, bytes: &[u8]| {
-            StateImage::decode(bytes).map_err(|e| RestoreError::Snapshot {
+        let mut snapshots: BTreeMap<SeqNum, &Vec<Digest>> = BTreeMap::new();
+        let mut pages: BTreeMap<Digest, Page> = BTreeMap::new();
+        let assemble = |seq: SeqNum, leaves: &[Digest], pages: &BTreeMap<Digest, Page>| {
+            StateImage::assemble(leaves, pages).map_err(|e| RestoreError::Snapshot {
                 seq,
                 reason: e.to_string(),
             })
         };
         for record in records {
             let proof = match record {
-                Record::Checkpoint(proof, snapshot) => {
-                    let actual = decode(proof.seq, snapshot)?.digest();
+                Record::Page(page) => {
+                    pages.entry(page.digest()).or_insert_with(|| page.clone());
+                    continue;
+                }
+                Record::Checkpoint(proof, leaves) => {
+                    let actual = assemble(proof.seq, leaves, &pages)?.digest();
                     if actual != proof.digest {
                         return Err(RestoreError::CheckpointDigest {
                             seq: proof.seq,
@@ -482,11 +494,11 @@ impl Replica {
                             actual,
                         });
                     }
-                    snapshots.insert(proof.seq, snapshot);
+                    snapshots.insert(proof.seq, leaves);
                     proof
                 }
-                Record::Snapshot(seq, snapshot) => {
-                    snapshots.insert(*seq, snapshot);
+                Record::Snapshot(seq, leaves) => {
+                    snapshots.insert(*seq, leaves);
                     continue;
                 }
                 Record::Stable(proof) => proof,
@@ -497,13 +509,15 @@ impl Replica {
             }
         }
         let h = stable.map_or(SeqNum(0), |p| p.seq);
+        self.logged_snapshots.stable(h);
         // Decode what a restart uses: the highest snapshot and those at or
         // above the stable checkpoint.
         let mut images: BTreeMap<SeqNum, Arc<StateImage>> = BTreeMap::new();
         let highest = snapshots.keys().next_back().copied();
-        for (&seq, bytes) in &snapshots {
+        for (&seq, leaves) in &snapshots {
             if seq >= h || Some(seq) == highest {
-                images.insert(seq, Arc::new(decode(seq, bytes)?));
+                images.insert(seq, Arc::new(assemble(seq, leaves, &pages)?));
+                self.logged_snapshots.snapshot(seq, leaves.to_vec());
             }
         }
         if let Some((&seq, image)) = images.last_key_value() {

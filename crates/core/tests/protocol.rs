@@ -795,7 +795,7 @@ fn new_view_plan_picks_highest_view_and_fills_gaps() {
 
 fn genesis_proof() -> pbft_core::message::CheckpointProof {
     let image = pbft_core::checkpoint::StateImage::build(
-        &pbft_app::kv::KvStore::new(),
+        &mut pbft_app::kv::KvStore::new(),
         &Default::default(),
     );
     pbft_core::message::CheckpointProof {

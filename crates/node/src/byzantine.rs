@@ -30,7 +30,7 @@
 use crate::behaviours;
 use anyhow::{bail, Context};
 use pbft_app::kv::{KvOp, KvStore};
-use pbft_app::{SnapshotError, StateMachine};
+use pbft_app::{Page, SnapshotError, StateMachine};
 use pbft_core::{ClientId, Config, Message, Output, ReplicaId};
 use pbft_crypto::{Digest, PublicKey, Signer};
 use pbft_sim::byzantine::{Behavior, Byzantine};
@@ -247,11 +247,11 @@ impl StateMachine for WrongState {
         self.inner.restore(snapshot)
     }
 
-    fn snapshot_pages(&self) -> Vec<Vec<u8>> {
+    fn snapshot_pages(&mut self) -> Vec<Page> {
         self.inner.snapshot_pages()
     }
 
-    fn restore_pages(&mut self, pages: &[Vec<u8>]) -> Result<(), SnapshotError> {
+    fn restore_pages(&mut self, pages: &[Page]) -> Result<(), SnapshotError> {
         self.inner.restore_pages(pages)
     }
 

@@ -199,7 +199,8 @@ async fn scenario() {
     let last = honest
         .invoke(
             &KvOp::Get {
-                key: b"honest/0".to_vec(),
+                // Written by the first put (puts cycle through honest/1..7, 0).
+                key: b"honest/1".to_vec(),
             },
             OP_TIMEOUT,
         )

@@ -91,12 +91,13 @@
 //! One limit, [`ENTRY_LEN_MAX`], binds the writer and the reader: an append
 //! refuses (with [`StorageError::EntryTooLarge`], before writing anything) a
 //! record the reader would refuse, so the log can always be read back. It is
-//! the largest length the u32 field holds, 4 GiB − 1: a checkpoint record
-//! holds the whole snapshot (application state and client table), and the
-//! service is meant to hold more than 1 GiB of data. Reading it back costs
-//! about twice the log's size in memory at start (the files, then the decoded
-//! records); larger states need the paged snapshot of ARCHITECTURE.md §6.
-//!
+//! the largest length the u32 field holds, 4 GiB − 1. No record comes near
+//! it in practice: a snapshot is persisted as pages of at most 1 MiB
+//! (`Record::Page`, each written once) and a list of their digests (32
+//! bytes a page, 32 MiB for the largest state of 2^20 pages), so the state
+//! can grow past any one entry. Reading the log back at start holds its
+//! records in memory: about the kept snapshots' pages plus the window.
+
 //! # Integrity
 //! * Only one write is ever unsynced: the writer syncs a group (or a batch
 //!   of groups) before it writes the next, and syncs a segment before it

@@ -28,20 +28,25 @@ fn proof(seq: u64) -> CheckpointProof {
     }
 }
 
-fn checkpoint_of(seq: u64, len: usize) -> Record {
-    let snapshot = vec![seq as u8; len];
+/// A snapshot record listing `pages` leaf digests (about 32 bytes each).
+fn snapshot(seq: u64, fill: u8, pages: usize) -> Record {
+    Record::Snapshot(SeqNum(seq), vec![Digest([fill; 32]); pages])
+}
+
+fn checkpoint_of(seq: u64, pages: usize) -> Record {
+    let leaves = vec![Digest([seq as u8; 32]); pages];
     Record::Checkpoint(
         CheckpointProof {
             seq: SeqNum(seq),
-            digest: Digest::of(&snapshot),
+            digest: Digest::of(&[seq as u8]),
             checkpoints: vec![],
         },
-        snapshot,
+        leaves,
     )
 }
 
 fn checkpoint(seq: u64) -> Record {
-    checkpoint_of(seq, 10)
+    checkpoint_of(seq, 1)
 }
 
 fn stable(seq: u64) -> Record {
@@ -163,7 +168,7 @@ fn a_full_segment_rolls_over_to_the_next() {
 fn a_group_larger_than_a_segment_gets_one_of_its_own() {
     let (dir, mut s) = fresh_with(small(2));
     s.append(&[pre_prepare(1)]).expect("append");
-    let big = Record::Snapshot(SeqNum(1), vec![7; 2000]);
+    let big = Record::Page(pbft_app::Page::new(vec![7; 2000]));
     s.append(&[big.clone(), pre_prepare(2)]).expect("append");
     s.append(&[pre_prepare(3)]).expect("append");
     drop(s);
@@ -220,7 +225,7 @@ fn compaction_deletes_older_segments_without_rewriting_the_newest() {
 fn retained_records_of_older_segments_are_carried_into_a_compacted_segment() {
     let (dir, mut s) = fresh_with(small(3));
     // The snapshot to start from, written long before the stable checkpoint.
-    let base = Record::Snapshot(SeqNum(0), vec![1; 20]);
+    let base = snapshot(0, 1, 1);
     let mut all = vec![base.clone()];
     s.append(std::slice::from_ref(&base)).expect("append");
     for seq in 1..=12 {
@@ -246,8 +251,7 @@ fn retained_records_of_older_segments_are_carried_into_a_compacted_segment() {
 #[test]
 fn a_compacted_segment_is_not_rewritten_when_nothing_would_go() {
     let (_dir, mut s) = fresh_with(small(3));
-    s.append(&[Record::Snapshot(SeqNum(0), vec![1; 20])])
-        .expect("append");
+    s.append(&[snapshot(0, 1, 1)]).expect("append");
     for seq in 1..=12 {
         s.append(&[pre_prepare(seq)]).expect("append");
     }
@@ -284,9 +288,9 @@ fn model_check_against_compact() {
             }
         }
         match next() % 6 {
-            0 => group.push(Record::Snapshot(SeqNum(seq), vec![seq as u8; 30])),
+            0 => group.push(snapshot(seq, seq as u8, 1)),
             1 => group.push(stable(seq.saturating_sub(next() % 4))),
-            2 if step % 5 == 0 => group.push(checkpoint_of(seq, 40)),
+            2 if step % 5 == 0 => group.push(checkpoint_of(seq, 2)),
             _ => {}
         }
         s.append(&group).expect("append");
@@ -316,7 +320,7 @@ fn snapshot_files(dir: &tempfile::TempDir) -> Vec<(u64, Vec<u8>)> {
 #[test]
 fn crash_between_the_compacted_segment_and_the_deletions_restores_once() {
     let (dir, mut s) = fresh_with(small(3));
-    let base = Record::Snapshot(SeqNum(0), vec![1; 20]);
+    let base = snapshot(0, 1, 1);
     let mut all = vec![base.clone()];
     s.append(std::slice::from_ref(&base)).expect("append");
     for seq in 1..=12 {
@@ -749,8 +753,7 @@ fn init_twice_is_refused() {
 fn data_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let (dir, mut s) = fresh_with(small(2));
-    s.append(&[Record::Snapshot(SeqNum(0), vec![1; 10])])
-        .expect("append");
+    s.append(&[snapshot(0, 1, 1)]).expect("append");
     for seq in 1..=6 {
         s.append(&[pre_prepare(seq)]).expect("append");
     }
