@@ -83,9 +83,9 @@ MUTATIONS = [
      "lossy,partition", "high_water_mark"),
     ("M11", "the stable checkpoint is persisted only with its state (the window moves in memory alone)",
      "crates/core/src/checkpoint.rs",
-     "        out.push(Output::Persist(Record::Stable(proof.clone())));\n        // Serve",
+     "        out.push(Output::Persist(Record::Stable(proof.clone())));\n        self.logged_snapshots.stable(seq);\n",
      "        if self.own_checkpoints.get(&seq).is_some_and(|image| image.digest() == proof.digest) {\n"
-     "            out.push(Output::Persist(Record::Stable(proof.clone())));\n        }\n        // Serve",
+     "            out.push(Output::Persist(Record::Stable(proof.clone())));\n            self.logged_snapshots.stable(seq);\n        }\n",
      "crash-byz", "persisted_window"),
     ("M12", "compaction keeps the latest Executed record instead of the highest",
      "crates/core/src/io.rs",
