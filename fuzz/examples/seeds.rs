@@ -74,7 +74,12 @@ fn main() {
     write(
         "kv",
         "checkpoint-snapshot",
-        &pbft_core::checkpoint::StateImage::build(&store, &Default::default()).encode(),
+        &pbft_core::checkpoint::StateImage::build(&mut store.clone(), &Default::default())
+            .pages()
+            .iter()
+            .map(|p| p.bytes())
+            .collect::<Vec<_>>()
+            .join(&0xff),
     );
 
     // A record log with one record of each kind the core persists.
@@ -99,14 +104,17 @@ fn main() {
     }
     storage.append(&records).expect("append");
     storage
-        .append(&[Record::Checkpoint(
-            CheckpointProof {
-                seq: SeqNum(0),
-                digest: Digest::of(b"s"),
-                checkpoints: vec![],
-            },
-            vec![1, 2, 3],
-        )])
+        .append(&[
+            Record::Page(pbft_app::Page::new(vec![1, 2, 3])),
+            Record::Checkpoint(
+                CheckpointProof {
+                    seq: SeqNum(0),
+                    digest: Digest::of(b"s"),
+                    checkpoints: vec![],
+                },
+                vec![pbft_app::Page::new(vec![1, 2, 3]).digest()],
+            ),
+        ])
         .expect("append");
     drop(storage);
     let log = std::fs::read(dir.join("records.log")).expect("read log");

@@ -42,5 +42,15 @@ fuzz_target!(|data: &[u8]| {
             .expect("a snapshot restores");
         assert_eq!(again.digest(), store.digest());
     }
-    let _ = pbft_core::checkpoint::StateImage::decode(data);
+    // A state's pages (cut at 0xff bytes): the image's header and client
+    // pages, and the store's own pages, decode or are refused.
+    let pages: Vec<pbft_app::Page> = data
+        .split(|b| *b == 0xff)
+        .map(|p| pbft_app::Page::new(p.to_vec()))
+        .collect();
+    let image = pbft_core::checkpoint::StateImage::from_pages(pages.clone());
+    if let Ok((_, app_pages)) = image.split() {
+        let _ = KvStore::new().restore_pages(app_pages);
+    }
+    let _ = KvStore::new().restore_pages(&pages);
 });
