@@ -248,6 +248,14 @@ impl KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How many of `after` share no page with `old` (were cut anew).
+    fn recut(old: &[Page], after: &[Page]) -> usize {
+        after
+            .iter()
+            .filter(|p| !old.iter().any(|o| o.shares(p)))
+            .count()
+    }
     use crate::kv::KvOp;
     use crate::StateMachine;
 
@@ -467,10 +475,7 @@ mod tests {
                 value: vec![7; len],
             });
             let after = check(&mut s, key);
-            let fresh = after
-                .iter()
-                .filter(|p| !old.iter().any(|o| o.shares(p)))
-                .count();
+            let fresh = recut(&old, &after);
             assert!(fresh <= 3, "{key}: {fresh} of {} pages recut", after.len());
             // No change since: every page is the previous call's.
             let again = s.snapshot_pages();
@@ -491,10 +496,7 @@ mod tests {
             let key = last.clone();
             s.execute(&KvOp::Delete { key });
             let after = check(&mut s, "merged pages");
-            let fresh = after
-                .iter()
-                .filter(|p| !old.iter().any(|o| o.shares(p)))
-                .count();
+            let fresh = recut(&old, &after);
             // Content-defined cuts fall back in step within a few pages
             // (a re-cut to the end would be hundreds).
             assert!(fresh <= 10, "{fresh} of {} pages recut", after.len());
