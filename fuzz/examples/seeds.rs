@@ -74,7 +74,7 @@ fn main() {
     write(
         "kv",
         "checkpoint-snapshot",
-        &pbft_core::checkpoint::StateImage::build(&mut store.clone(), &Default::default())
+        &pbft_core::checkpoint::StateImage::build(&mut store.clone(), &mut Default::default())
             .pages()
             .iter()
             .map(|p| p.bytes())

@@ -67,7 +67,7 @@ use pbft_crypto::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::{Page, SnapshotError, StateMachine};
-use pages::PageCache;
+use pages::KvPages;
 
 /// The longest key the store accepts, in bytes (1 KiB).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -261,8 +261,8 @@ pub struct KvStore {
     page_target: usize,
     /// The pages of the last [`StateMachine::snapshot_pages`] call, with the
     /// pages written since marked: every write to `map` must
-    /// [`PageCache::touch`] its key.
-    pages: PageCache,
+    /// [`crate::paging::PageCache::touch`] its key.
+    pages: KvPages,
 }
 
 impl Default for KvStore {
@@ -305,7 +305,7 @@ impl KvStore {
         KvStore {
             map: BTreeMap::new(),
             page_target: bytes.clamp(1, crate::PAGE_TARGET),
-            pages: PageCache::default(),
+            pages: KvPages::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod kv;
 mod page;
+pub mod paging;
 
 pub use page::{leaf_digest, Page};
 use pbft_crypto::Digest;

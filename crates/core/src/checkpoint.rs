@@ -71,8 +71,8 @@
 //! interrupted by a crash starts again from the summary (fetched pages live
 //! in memory only).
 
-use crate::client_table::{ClientEntry, ClientTable};
-use crate::ids::{ClientId, Instant, ReplicaId, RequestId, SeqNum};
+use crate::client_table::ClientTable;
+use crate::ids::{Instant, ReplicaId, RequestId, SeqNum};
 use crate::io::{Output, Record};
 use crate::message::{
     Checkpoint, CheckpointProof, FetchState, Message, StateBody, StateData, StatePart,
@@ -97,8 +97,6 @@ const GROUPS_PER_FETCH: usize = 4;
 /// Most bytes of state and batches a replica sends one peer, on its
 /// request, per retry interval.
 pub const SERVE_BYTES_PER_INTERVAL: usize = 64 << 20;
-/// Client-table pages aim at this size.
-const CLIENT_PAGE_TARGET: usize = 256 * 1024;
 /// The state format this code writes and reads (in page 0).
 const STATE_VERSION: u8 = 2;
 
@@ -148,23 +146,10 @@ pub struct StateImage {
 pub struct ImageError(pub String);
 
 impl StateImage {
-    /// The state of `app` and `clients`.
-    pub fn build(app: &mut dyn StateMachine, clients: &ClientTable) -> StateImage {
-        let mut client_pages = Vec::new();
-        let mut page: Vec<(&ClientId, &ClientEntry)> = Vec::new();
-        let mut size = 0;
-        for (c, e) in clients.iter() {
-            page.push((c, e));
-            size += e.cost();
-            if size >= CLIENT_PAGE_TARGET {
-                client_pages.push(Page::new(postcard::to_stdvec(&page).unwrap_or_default()));
-                page.clear();
-                size = 0;
-            }
-        }
-        if !page.is_empty() {
-            client_pages.push(Page::new(postcard::to_stdvec(&page).unwrap_or_default()));
-        }
+    /// The state of `app` and `clients` (both cut again only around what
+    /// changed since their last pages).
+    pub fn build(app: &mut dyn StateMachine, clients: &mut ClientTable) -> StateImage {
+        let client_pages = clients.pages();
         let header = Header {
             version: STATE_VERSION,
             floor: clients.floor(),
@@ -247,20 +232,8 @@ impl StateImage {
         if client_end > self.pages.len() {
             return Err(bad("more client pages than pages".into()));
         }
-        let mut entries = BTreeMap::new();
-        let mut last: Option<ClientId> = None;
-        for (i, page) in self.pages[1..client_end].iter().enumerate() {
-            let part: Vec<(ClientId, ClientEntry)> = postcard::from_bytes(page.bytes())
-                .map_err(|e| bad(format!("client page {i}: {e}")))?;
-            for (c, e) in part {
-                if last.is_some_and(|l| l >= c) {
-                    return Err(bad("clients not in strictly increasing order".into()));
-                }
-                last = Some(c);
-                entries.insert(c, e);
-            }
-        }
-        let clients = ClientTable::from_entries(entries, header.floor).map_err(bad)?;
+        let clients =
+            ClientTable::from_pages(&self.pages[1..client_end], header.floor).map_err(bad)?;
         Ok((clients, &self.pages[client_end..]))
     }
 }
@@ -399,7 +372,7 @@ impl Replica {
                 .retain(|c, p| !clients.settled(c, p.request.request_id));
             self.update_view_change_timer();
         }
-        let image = Arc::new(StateImage::build(self.app.as_mut(), &self.clients));
+        let image = Arc::new(StateImage::build(self.app.as_mut(), &mut self.clients));
         let digest = image.digest();
         self.persist_snapshot(seq, &image, |leaves| Record::Snapshot(seq, leaves), out);
         self.own_checkpoints.insert(seq, image);

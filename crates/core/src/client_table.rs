@@ -27,6 +27,15 @@
 //! and expiry depends only on the table, so every honest replica makes the
 //! same decisions.
 //!
+//! # Pages
+//! A checkpoint holds the entries in pages ([`ClientTable::pages`]), cut by
+//! [`pbft_app::paging`] at about [`CLIENT_PAGE_TARGET`] bytes, with
+//! boundaries chosen by the client ids. The table keeps its last cut and
+//! marks the page of every entry recorded or expired since, so a checkpoint
+//! encodes and hashes again only the pages of the clients that ran a request
+//! since the last one, not the whole table (up to
+//! [`Config::client_table_bytes_max`], 256 MiB by default).
+//!
 //! # What a client sees
 //! * A retransmission of its last request whose result was kept: the result
 //!   again ([`ReplyStatus::Result`]).
@@ -50,9 +59,14 @@
 use crate::config::Config;
 use crate::ids::{ClientId, RequestId};
 use crate::message::ReplyStatus;
+use pbft_app::paging::{Layout, PageCache};
+use pbft_app::Page;
 use pbft_crypto::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The size the table's pages aim at.
+pub const CLIENT_PAGE_TARGET: usize = 256 * 1024;
 
 /// Bytes an entry costs beyond its kept result (key, id, digest, map node).
 pub const ENTRY_OVERHEAD: usize = 96;
@@ -107,11 +121,47 @@ pub enum Admission<'a> {
     Expired,
 }
 
-/// The client table (see the module docs).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The client table (see the module docs). Equality compares the entries
+/// and the floor, not the cached pages.
+#[derive(Clone, Debug, Default)]
 pub struct ClientTable {
     entries: BTreeMap<ClientId, ClientEntry>,
     floor: RequestId,
+    /// The pages of the last [`ClientTable::pages`] call, with those changed
+    /// since marked: every change to `entries` must touch its client.
+    pages: PageCache<ClientId>,
+}
+
+impl PartialEq for ClientTable {
+    fn eq(&self, other: &ClientTable) -> bool {
+        self.entries == other.entries && self.floor == other.floor
+    }
+}
+
+impl Eq for ClientTable {}
+
+/// How the table is cut into pages: an entry counts its
+/// [`ClientEntry::cost`]; a page may end early after a client whose id's
+/// first byte is below 64 (ids are public keys: about one in four); a page
+/// is the postcard encoding of its `(client, entry)` pairs.
+struct ClientLayout;
+
+impl Layout<ClientId, ClientEntry> for ClientLayout {
+    fn target(&self) -> usize {
+        CLIENT_PAGE_TARGET
+    }
+
+    fn size(&self, _: &ClientId, entry: &ClientEntry) -> usize {
+        entry.cost()
+    }
+
+    fn boundary(&self, client: &ClientId) -> bool {
+        client.0 .0[0] < 64
+    }
+
+    fn encode(&self, _: usize, entries: &[(&ClientId, &ClientEntry)]) -> Vec<u8> {
+        postcard::to_stdvec(entries).unwrap_or_default()
+    }
 }
 
 impl ClientTable {
@@ -155,9 +205,42 @@ impl ClientTable {
         entries: BTreeMap<ClientId, ClientEntry>,
         floor: RequestId,
     ) -> Result<ClientTable, String> {
-        let table = ClientTable { entries, floor };
+        let table = ClientTable {
+            entries,
+            floor,
+            pages: PageCache::default(),
+        };
         table.check()?;
         Ok(table)
+    }
+
+    /// [`ClientTable::from_entries`], decoded from `pages`, which are kept
+    /// as the table's own cut where they are the canonical pages (see
+    /// [`PageCache::seed`]). The pages may be cut anyhow, but together they
+    /// must list the clients in strictly increasing order.
+    pub fn from_pages(pages: &[Page], floor: RequestId) -> Result<ClientTable, String> {
+        let mut entries = BTreeMap::new();
+        let mut last: Option<ClientId> = None;
+        for (i, page) in pages.iter().enumerate() {
+            let part: Vec<(ClientId, ClientEntry)> =
+                postcard::from_bytes(page.bytes()).map_err(|e| format!("client page {i}: {e}"))?;
+            for (c, e) in part {
+                if last.is_some_and(|l| l >= c) {
+                    return Err("clients not in strictly increasing order".into());
+                }
+                last = Some(c);
+                entries.insert(c, e);
+            }
+        }
+        let mut table = ClientTable::from_entries(entries, floor)?;
+        table.pages.seed(&table.entries, &ClientLayout, pages);
+        Ok(table)
+    }
+
+    /// The entries as pages (see the module docs): cut again only around
+    /// the clients whose entries changed since the last call.
+    pub fn pages(&mut self) -> Vec<Page> {
+        self.pages.cut(&self.entries, &ClientLayout)
     }
 
     /// Checks what a peer could get wrong in a (certified) snapshot's
@@ -202,6 +285,7 @@ impl ClientTable {
         };
         self.entries
             .insert(client, ClientEntry { request_id, result });
+        self.pages.touch(&client);
     }
 
     /// Expires entries until the table fits `config`'s budgets, lowest
@@ -225,6 +309,7 @@ impl ClientTable {
                 break;
             }
             if let Some(e) = self.entries.remove(&client) {
+                self.pages.touch(&client);
                 bytes -= e.cost();
                 self.floor = self.floor.max(id);
                 removed += 1;
@@ -327,5 +412,116 @@ mod tests {
         assert!(t.check().is_ok());
         t.floor = RequestId(4);
         assert!(t.check().is_err());
+    }
+
+    /// A client id from a 64-bit number (spread over the key bytes, as
+    /// public keys are).
+    fn spread(i: u64) -> ClientId {
+        ClientId(PublicKey(Digest::of(&i.to_le_bytes()).0))
+    }
+
+    /// The table's pages, checked against the from-scratch cut and a decode.
+    fn check_pages(t: &mut ClientTable, context: &str) -> Vec<Page> {
+        let pages = t.pages();
+        let reference = pbft_app::paging::cut_all(&t.entries, &ClientLayout);
+        assert_eq!(pages, reference, "{context}");
+        let back = ClientTable::from_pages(&pages, t.floor()).expect("own pages decode");
+        assert_eq!(back, *t, "{context}");
+        pages
+    }
+
+    #[test]
+    fn pages_are_cut_again_only_around_changed_clients() {
+        let mut t = ClientTable::new();
+        let empty = check_pages(&mut t, "empty");
+        assert_eq!(empty.len(), 1);
+        // 20,000 clients with results of 0 to 2 KiB: about 20 MiB in pages.
+        for i in 0..20_000u64 {
+            let result = vec![i as u8; (i as usize * 37) % 2048];
+            t.record(spread(i), RequestId(i + 1), &result, 4096);
+        }
+        let before = check_pages(&mut t, "filled");
+        assert!(before.len() > 50, "{} pages", before.len());
+        // One client runs a request: at most a couple of pages change.
+        t.record(spread(77), RequestId(30_000), b"new", 4096);
+        let after = check_pages(&mut t, "one record");
+        let fresh = after.iter().filter(|p| !before.iter().any(|b| b.shares(p)));
+        assert!(fresh.count() <= 2, "one record recut more than 2 pages");
+        // Nothing changed: every page shared.
+        let again = t.pages();
+        assert!(again.iter().zip(&after).all(|(a, b)| a.shares(b)));
+        // Expiry changes many entries; the cut still equals the reference.
+        let mut small = config(15_000, usize::MAX);
+        assert_eq!(t.expire(&small), 5_000);
+        check_pages(&mut t, "expired");
+        small.client_table_max = 10;
+        t.expire(&small);
+        check_pages(&mut t, "expired to 10");
+        // A decoded table starts from the pages it was given.
+        let given = t.pages();
+        let mut back = ClientTable::from_pages(&given, t.floor()).expect("decodes");
+        assert!(back.pages().iter().zip(&given).all(|(a, b)| a.shares(b)));
+    }
+
+    #[test]
+    fn decoding_refuses_unordered_or_repeated_clients() {
+        let mut t = ClientTable::new();
+        for i in 0..3u8 {
+            t.record(client(i), RequestId(9), b"r", 10);
+        }
+        let entries: Vec<(ClientId, ClientEntry)> =
+            t.iter().map(|(c, e)| (*c, e.clone())).collect();
+        let page = |list: &[(ClientId, ClientEntry)]| {
+            Page::new(postcard::to_stdvec(list).expect("encodes"))
+        };
+        let whole = [page(&entries)];
+        assert!(ClientTable::from_pages(&whole, RequestId(0)).is_ok());
+        let split = [page(&entries[..2]), page(&entries[1..])];
+        assert!(ClientTable::from_pages(&split, RequestId(0)).is_err());
+        let reversed: Vec<_> = entries.iter().rev().cloned().collect();
+        assert!(ClientTable::from_pages(&[page(&reversed)], RequestId(0)).is_err());
+        assert!(ClientTable::from_pages(&[Page::new(vec![0xff; 3])], RequestId(0)).is_err());
+        assert!(
+            ClientTable::from_pages(&whole, RequestId(10)).is_err(),
+            "below the floor"
+        );
+    }
+
+    /// Run with `cargo test --release -p pbft-core --lib client_table_figure
+    /// -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing figure over a full table"]
+    #[allow(clippy::disallowed_methods, reason = "a benchmark reads the clock")]
+    fn client_table_figure_incremental_against_full_cut() {
+        use std::time::Instant;
+        let mut t = ClientTable::new();
+        let clients = Config::new(ClusterId(0), vec![]).client_table_max as u64;
+        for i in 0..clients {
+            t.record(spread(i), RequestId(i + 1), &[i as u8; 2048], 4096);
+        }
+        let start = Instant::now();
+        let full = pbft_app::paging::cut_all(&t.entries, &ClientLayout);
+        let full_time = start.elapsed();
+        assert_eq!(t.pages(), full);
+        for changes in [1000u64, 50, 1, 0] {
+            for i in 0..changes {
+                t.record(
+                    spread(i * 61 % clients),
+                    RequestId(clients + i + 1),
+                    b"ok",
+                    4096,
+                );
+            }
+            let start = Instant::now();
+            let pages = t.pages();
+            let time = start.elapsed();
+            println!(
+                "{clients} clients, {} MiB in {} pages: full cut {full_time:?}; \
+                 {changes} clients changed: {:?}",
+                t.bytes() >> 20,
+                pages.len(),
+                time
+            );
+        }
     }
 }

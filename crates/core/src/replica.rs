@@ -272,8 +272,8 @@ impl Replica {
         if id.index() >= config.n() {
             return Err(ConfigError::ReplicaCount(config.n()));
         }
-        let clients = ClientTable::new();
-        let genesis = StateImage::build(app.as_mut(), &clients);
+        let mut clients = ClientTable::new();
+        let genesis = StateImage::build(app.as_mut(), &mut clients);
         let genesis_digest = genesis.digest();
         Ok(Replica {
             id,

@@ -796,7 +796,7 @@ fn new_view_plan_picks_highest_view_and_fills_gaps() {
 fn genesis_proof() -> pbft_core::message::CheckpointProof {
     let image = pbft_core::checkpoint::StateImage::build(
         &mut pbft_app::kv::KvStore::new(),
-        &Default::default(),
+        &mut Default::default(),
     );
     pbft_core::message::CheckpointProof {
         seq: SeqNum(0),

@@ -1,247 +1,65 @@
-//! Cutting the store into pages, incrementally.
-//!
-//! The pages are defined by a from-scratch cut ([`cut_all`], kept as the
-//! reference for the tests): whole entries in key order; a page ends after
-//! an entry once it holds the target size (counting `key + value + 8` bytes
-//! per entry), or a quarter of it at a key whose hash allows a boundary; the
-//! first page starts with a header. Every cut resets the size to zero, so
-//! what follows a cut depends only on the entries after it.
-//!
-//! [`KvStore`] keeps the pages of its last cut ([`PageCache`]): each with the
-//! first key of its range (page 0's range begins below every key, the last
-//! page's runs to the end) and a dirty flag, which every write sets on the
-//! page whose range holds the written key (a binary search over the pages:
-//! memory O(pages), whatever the number of writes). The next cut walks the
-//! old pages in order:
-//! * a clean page is reused as it is (an `Arc` clone, no re-encoding or
-//!   re-hashing): every earlier page is the same as before, so the
-//!   from-scratch cut reaches its first key with size zero and cuts it the
-//!   same way;
-//! * at a dirty page the cut restarts, with size zero, from the page's first
-//!   key (from the very first key for page 0, which carries the header), over
-//!   the current entries, until a cut lands exactly before the first key of
-//!   a later old page: the from-scratch cut is then at that key with size
-//!   zero too, so that page is reused if it is clean, or cut again from its
-//!   first key if not. A re-cut that reaches the last entry supersedes every
-//!   old page left.
-//!
-//! The result is always the from-scratch cut of the current entries, byte
-//! for byte; the cost is the re-cut pages plus O(pages) bookkeeping.
+//! The key-value store's pages: its entries cut by [`crate::paging`] (see
+//! there for the cut and how it is kept incremental), `key + value + 8`
+//! bytes counted per entry, a boundary where the key's hash allows one, and
+//! the first page starting with a header.
 
+#[cfg(test)]
 use std::collections::BTreeMap;
-use std::iter::Peekable;
-use std::ops::Bound;
-use std::vec;
 
+use crate::paging::{Layout, PageCache};
 use crate::Page;
 
 use super::{KvStore, PAGES_MAGIC, SNAPSHOT_VERSION};
 
-/// One page of the last cut.
-#[derive(Clone)]
-pub(super) struct CachedPage {
-    /// The page's first key (empty for a page without entries). Page 0's
-    /// range begins below every key whatever this says.
-    first: Vec<u8>,
-    /// The page itself.
-    page: Page,
-    /// Whether a key in the page's range has been written since the cut.
-    dirty: bool,
-}
+/// The store's cache of its last cut.
+pub(super) type KvPages = PageCache<Vec<u8>>;
 
-/// The pages of the store's last cut, in order; empty when there is none
-/// (never cut, or restored from a snapshot), so the next cut starts from
-/// scratch.
-#[derive(Clone, Default)]
-pub(super) struct PageCache {
-    pages: Vec<CachedPage>,
-}
+/// How the store's entries are cut: aiming at `0` bytes per page.
+pub(super) struct KvLayout(pub(super) usize);
 
-impl PageCache {
-    /// Forgets the pages: the next cut starts from scratch.
-    pub(super) fn clear(&mut self) {
-        self.pages.clear();
+impl Layout<Vec<u8>, Vec<u8>> for KvLayout {
+    fn target(&self) -> usize {
+        self.0
     }
 
-    /// Records a write of `key`: marks the page whose range holds it.
-    pub(super) fn touch(&mut self, key: &[u8]) {
-        if let Some(rest) = self.pages.get(1..) {
-            // The last page whose first key is at most `key`; page 0 for keys
-            // below page 1's first key.
-            let i = rest.partition_point(|p| p.first.as_slice() <= key);
-            self.pages[i].dirty = true;
+    fn size(&self, key: &Vec<u8>, value: &Vec<u8>) -> usize {
+        key.len() + value.len() + 8
+    }
+
+    fn boundary(&self, key: &Vec<u8>) -> bool {
+        KvStore::boundary(key)
+    }
+
+    fn encode(&self, index: usize, entries: &[(&Vec<u8>, &Vec<u8>)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        if index == 0 {
+            bytes.extend_from_slice(PAGES_MAGIC);
+            bytes.push(SNAPSHOT_VERSION);
         }
-    }
-
-    /// The number of pages held.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.pages.len()
+        bytes.extend_from_slice(&postcard::to_stdvec(entries).unwrap_or_default());
+        bytes
     }
 }
 
-/// Whether a page holding `size` bytes ends after `key`.
-fn ends_page(size: usize, key: &[u8], target: usize) -> bool {
-    size >= target || (size >= target / 4 && KvStore::boundary(key))
-}
-
-/// The entries of the store.
-type Map = BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// Turns the bytes of the `index`th page of a cut into a [`Page`].
-type MakePage<'a> = dyn FnMut(usize, Vec<u8>) -> Page + 'a;
-
-/// Cuts `map` into pages, reusing the pages of `old` (the cache of an
-/// earlier cut of the same map with the same target, dirty flags set on
-/// every page whose range was written since) that are still part of the
-/// cut. `make` turns the bytes of each new page into a [`Page`].
-fn cut(map: &Map, target: usize, old: Vec<CachedPage>, make: &mut MakePage<'_>) -> Vec<CachedPage> {
-    let mut out = Vec::with_capacity(old.len().max(1));
-    let mut old = old.into_iter().peekable();
-    if old.peek().is_none() {
-        // No cache: cut everything.
-        recut(map, target, Bound::Unbounded, &mut old, &mut out, make);
-        return out;
-    }
-    while let Some(page) = old.next() {
-        if !page.dirty {
-            out.push(page);
-            continue;
-        }
-        // Nothing emitted yet: this is page 0, whose range (and the header)
-        // begins below every key.
-        let start = if out.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Included(page.first)
-        };
-        recut(map, target, start, &mut old, &mut out, make);
-    }
-    out
-}
-
-/// Cuts the entries from `start` on, starting a page there with size zero,
-/// until a cut lands just before the first key of a page of `old` (left at
-/// the front of `old`: the caller reuses it if it is clean, or cuts again
-/// from there) or the entries end (`old` is drained: every page left is
-/// superseded). Old pages that begin before the cut's position are dropped
-/// as it passes them.
-fn recut(
-    map: &Map,
-    target: usize,
-    start: Bound<Vec<u8>>,
-    old: &mut Peekable<vec::IntoIter<CachedPage>>,
-    out: &mut Vec<CachedPage>,
-    make: &mut MakePage<'_>,
-) {
-    let start = match &start {
-        Bound::Included(key) => Bound::Included(key.as_slice()),
-        _ => Bound::Unbounded,
-    };
-    let mut entries = map.range::<[u8], _>((start, Bound::Unbounded)).peekable();
-    let mut page: Vec<(&[u8], &[u8])> = Vec::new();
-    let mut size = 0;
-    while let Some((key, value)) = entries.next() {
-        page.push((key, value));
-        size += key.len() + value.len() + 8;
-        if !ends_page(size, key, target) {
-            continue;
-        }
-        emit(&page, out, make);
-        page.clear();
-        size = 0;
-        if let Some((next, _)) = entries.peek() {
-            // Old pages that begin before the next entry are superseded.
-            while old.next_if(|p| p.first < **next).is_some() {}
-            if old.peek().is_some_and(|p| p.first == **next) {
-                return;
-            }
-        }
-    }
-    if !page.is_empty() || out.is_empty() {
-        emit(&page, out, make);
-    }
-    old.for_each(drop);
-}
-
-/// Appends the page holding `entries` to `out`.
-fn emit(entries: &[(&[u8], &[u8])], out: &mut Vec<CachedPage>, make: &mut MakePage<'_>) {
-    let mut bytes = Vec::new();
-    if out.is_empty() {
-        bytes.extend_from_slice(PAGES_MAGIC);
-        bytes.push(SNAPSHOT_VERSION);
-    }
-    bytes.extend_from_slice(&postcard::to_stdvec(entries).unwrap_or_default());
-    let first = entries.first().map(|(k, _)| k.to_vec()).unwrap_or_default();
-    let page = make(out.len(), bytes);
-    out.push(CachedPage {
-        first,
-        page,
-        dirty: false,
-    });
-}
-
-/// The from-scratch cut: the definition of the pages, which the incremental
-/// cut must reproduce exactly.
+/// The from-scratch cut of `map`, the reference for the tests.
 #[cfg(test)]
-pub(super) fn cut_all(map: &Map, page_target: usize) -> Vec<Page> {
-    let mut pages = Vec::new();
-    let mut page: Vec<(&[u8], &[u8])> = Vec::new();
-    let mut size = 0;
-    let encode = |page: &[(&[u8], &[u8])], first: bool| {
-        let mut out = Vec::new();
-        if first {
-            out.extend_from_slice(PAGES_MAGIC);
-            out.push(SNAPSHOT_VERSION);
-        }
-        out.extend_from_slice(&postcard::to_stdvec(page).unwrap_or_default());
-        Page::new(out)
-    };
-    for (key, value) in map.iter().map(|(k, v)| (k.as_slice(), v.as_slice())) {
-        page.push((key, value));
-        size += key.len() + value.len() + 8;
-        if size >= page_target || (size >= page_target / 4 && KvStore::boundary(key)) {
-            pages.push(encode(&page, pages.is_empty()));
-            page.clear();
-            size = 0;
-        }
-    }
-    if !page.is_empty() || pages.is_empty() {
-        pages.push(encode(&page, pages.is_empty()));
-    }
-    pages
+pub(super) fn cut_all(map: &BTreeMap<Vec<u8>, Vec<u8>>, page_target: usize) -> Vec<Page> {
+    crate::paging::cut_all(map, &KvLayout(page_target))
 }
 
 impl KvStore {
     /// The pages of the current state, cut again only around the writes
     /// since the last call; keeps them for the next call.
     pub(super) fn cut_pages(&mut self) -> Vec<Page> {
-        let old = std::mem::take(&mut self.pages.pages);
-        let new = cut(&self.map, self.page_target, old, &mut |_, bytes| {
-            Page::new(bytes)
-        });
-        let pages = new.iter().map(|p| p.page.clone()).collect();
-        self.pages.pages = new;
-        pages
+        self.pages.cut(&self.map, &KvLayout(self.page_target))
     }
 
     /// After the state was restored from `given`: cuts the new state from
-    /// scratch and keeps the cut, taking each page from `given` where its
-    /// bytes are the same (so honest pages are shared, not re-hashed). Pages
-    /// that were not cut the canonical way (another target, another
-    /// implementation, a Byzantine sender) are never kept as they are, so the
-    /// next cuts are canonical whatever the store was restored from.
+    /// scratch and keeps the cut, sharing the pages of `given` that are part
+    /// of it (see [`PageCache::seed`]).
     pub(super) fn seed_pages(&mut self, given: &[Page]) {
-        let new = cut(
-            &self.map,
-            self.page_target,
-            Vec::new(),
-            &mut |i, bytes| match given.get(i) {
-                Some(page) if page.bytes() == bytes.as_slice() => page.clone(),
-                _ => Page::new(bytes),
-            },
-        );
-        self.pages.pages = new;
+        self.pages
+            .seed(&self.map, &KvLayout(self.page_target), given);
     }
 }
 
@@ -258,6 +76,7 @@ mod tests {
     }
     use crate::kv::KvOp;
     use crate::StateMachine;
+    use std::ops::Bound;
 
     /// A small deterministic generator (xorshift64*).
     struct Rng(u64);
@@ -435,8 +254,9 @@ mod tests {
                 check(&mut s, "below and past");
             }
             // Deleting the first key of every page, then a missing key.
-            for page in s.pages.pages.clone() {
-                s.execute(&KvOp::Delete { key: page.first });
+            let firsts: Vec<Vec<u8>> = s.pages.first_keys().flatten().cloned().collect();
+            for key in firsts {
+                s.execute(&KvOp::Delete { key });
             }
             s.execute(&KvOp::Delete {
                 key: b"missing".to_vec(),
@@ -487,7 +307,13 @@ mod tests {
         // key and falls back in step with the old cuts further on.
         for middle in [40, 41, 90, 200, 300] {
             let old = s.snapshot_pages();
-            let next_first = s.pages.pages[middle + 1].first.clone();
+            let next_first = s
+                .pages
+                .first_keys()
+                .nth(middle + 1)
+                .flatten()
+                .cloned()
+                .expect("a next page");
             let (last, _) = s
                 .map
                 .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(next_first.as_slice())))
