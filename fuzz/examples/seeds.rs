@@ -117,9 +117,13 @@ fn main() {
         ])
         .expect("append");
     drop(storage);
-    let log = std::fs::read(dir.join("records.log")).expect("read log");
-    write("record_log", "log", &log[20..]);
-    write("record_log", "log-with-header", &log);
+    // The first segment, up to its valid end (the rest is preallocated).
+    let segment = std::fs::read(dir.join(pbft_storage::segment_file_name(1))).expect("read log");
+    let (_, valid) = pbft_storage::decode_segment(&segment, pbft_fuzz::CLUSTER, ReplicaId(0), 1)
+        .expect("decode the segment just written");
+    let header = pbft_storage::segment_header(pbft_fuzz::CLUSTER, ReplicaId(0), 1).len();
+    write("record_log", "log", &segment[header..valid]);
+    write("record_log", "log-with-header", &segment[..valid]);
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut cluster = format!(
