@@ -118,19 +118,15 @@ fn compaction_keeps_the_pages_restarts_need_through_repeated_restarts() {
                 &format!("key{:03}", round * 5 + i),
             );
         }
-        let s0 = cluster.replica(0).status();
-        let s1 = cluster.replica(1).status();
+        let (r0, r1) = (cluster.replica(0), cluster.replica(1));
         assert_eq!(
-            (s1.last_executed, s1.state_digest),
-            (s0.last_executed, s0.state_digest)
+            (r1.status().last_executed, r1.state_digest()),
+            (r0.status().last_executed, r0.state_digest())
         );
     }
     pbft_core::io::compact(&mut cluster.storage[1]);
     let restored = restore(&cluster, 1, &cluster.storage[1]).expect("restore");
-    assert_eq!(
-        restored.status().state_digest,
-        cluster.replica(0).status().state_digest
-    );
+    assert_eq!(restored.state_digest(), cluster.replica(0).state_digest());
 }
 
 #[test]

@@ -54,7 +54,7 @@ fn normal_case_executes_everywhere() {
             );
         }
         let digests: Vec<_> = (0..n as u32)
-            .map(|r| cluster.replica(r).status().state_digest)
+            .map(|r| cluster.replica(r).state_digest())
             .collect();
         assert!(digests.windows(2).all(|w| w[0] == w[1]));
         for r in 0..n as u32 {
@@ -617,7 +617,10 @@ fn lagging_replica_catches_up_by_state_transfer() {
     let s0 = cluster.replica(0).status();
     assert!(s3.last_executed >= SeqNum(12), "caught up: {s3:?}");
     assert_eq!(s3.last_executed, s0.last_executed);
-    assert_eq!(s3.state_digest, s0.state_digest);
+    assert_eq!(
+        cluster.replica(3).state_digest(),
+        cluster.replica(0).state_digest()
+    );
 }
 
 /// Section 3 of ARCHITECTURE.md: a crashed replica restarts from what it
@@ -640,8 +643,8 @@ fn restart_from_persisted_records() {
     }
     cluster.advance(Duration::from_millis(200));
     assert_eq!(
-        cluster.replica(2).status().state_digest,
-        cluster.replica(0).status().state_digest
+        cluster.replica(2).state_digest(),
+        cluster.replica(0).state_digest()
     );
 }
 
@@ -1148,4 +1151,58 @@ fn a_primary_orders_direct_requests_first_then_relays_in_turn() {
         })
         .collect();
     assert_eq!(order, vec![4, 3, 0, 1, 2], "direct, then r2 and r3 in turn");
+}
+
+/// A key-value store that counts how often its whole state is hashed.
+struct CountingDigests {
+    store: pbft_app::kv::KvStore,
+    digests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl pbft_app::StateMachine for CountingDigests {
+    fn apply(&mut self, op: &[u8]) -> Vec<u8> {
+        self.store.apply(op)
+    }
+    fn query(&self, op: &[u8]) -> Vec<u8> {
+        self.store.query(op)
+    }
+    fn is_read_only(&self, op: &[u8]) -> bool {
+        self.store.is_read_only(op)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.store.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), pbft_app::SnapshotError> {
+        self.store.restore(snapshot)
+    }
+    fn digest(&self) -> pbft_crypto::Digest {
+        self.digests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.store.digest()
+    }
+}
+
+/// The node reads `status()` for its metrics twice a second: it must not
+/// cost the state's size (it hashed the whole state, so a replica holding
+/// 1 GiB spent more than the period hashing and fell into view changes).
+#[test]
+fn progress_figures_never_hash_the_state() {
+    let (config, signers) = harness::config(4);
+    let digests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = CountingDigests {
+        store: pbft_app::kv::KvStore::new(),
+        digests: digests.clone(),
+    };
+    let replica = pbft_core::Replica::new(config, ReplicaId(0), signers[0].clone(), Box::new(app))
+        .expect("replica");
+    let before = digests.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..10 {
+        assert_eq!(replica.status().last_executed, SeqNum(0));
+    }
+    assert_eq!(digests.load(std::sync::atomic::Ordering::Relaxed), before);
+    replica.state_digest();
+    assert_eq!(
+        digests.load(std::sync::atomic::Ordering::Relaxed),
+        before + 1
+    );
 }

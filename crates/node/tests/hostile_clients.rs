@@ -20,7 +20,7 @@ use pbft_core::message::Request;
 use pbft_core::{Message, ReplicaId, RequestId};
 use pbft_crypto::KeyPair;
 use pbft_node::testkit::{
-    generate, metric_sample, scrape_metrics, start_all, Spec, TestClient, TestCluster,
+    generate, metric_sample, rss_mib, scrape_metrics, start_all, Spec, TestClient, TestCluster,
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -50,18 +50,6 @@ const HONEST_OPS_MIN: usize = 5;
 const RSS_CAP_MIB: u64 = 320;
 /// A bound on the whole test.
 const TEST_MAX: Duration = Duration::from_secs(150);
-
-/// A process's resident and peak resident memory in MiB, from
-/// `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
-fn rss_mib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
 
 /// Requests replica 0 has executed so far.
 fn executed(cluster: &TestCluster) -> f64 {

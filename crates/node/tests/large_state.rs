@@ -5,13 +5,18 @@
 //! must reach the others' last executed sequence number and state digest by
 //! fetching the state in pages of at most 1 MiB.
 //!
+//! `a_replica_rejoins_a_gigabyte_state` (ignored: minutes, and about 2.5 GiB
+//! of memory per replica) does the same with 1 GiB and reports the time the
+//! rejoin took and each replica's peak memory:
+//! `cargo test --release -p pbft-node --test large_state -- --ignored --nocapture`.
+//!
 //! Every wait is bounded; the replica processes are killed when the test ends.
 
 use pbft_app::kv::{KvOp, KvResult};
 use pbft_core::message::StatusReport;
 use pbft_core::ReplicaId;
 use pbft_crypto::KeyPair;
-use pbft_node::testkit::{generate, start_all, Spec, TestClient, TestCluster};
+use pbft_node::testkit::{generate, rss_mib, start_all, Spec, TestClient, TestCluster};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -19,14 +24,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_pbft-node");
 const N: usize = 4;
 const VICTIM: usize = 3;
 const K: u64 = 16;
-/// 304 values of 64 KiB: 19 MiB, more than one 16 MiB frame could carry.
-const PUTS: u64 = 304;
 const WRITERS: u64 = 4;
 const VALUE_LEN: usize = 64 * 1024;
 const OP_TIMEOUT: Duration = Duration::from_secs(20);
 const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
-const REJOIN_MAX: Duration = Duration::from_secs(60);
-const TEST_MAX: Duration = Duration::from_secs(240);
+
+/// How much state, and how long the test may take.
+struct Size {
+    /// Values of 64 KiB written while the victim is down.
+    puts: u64,
+    /// Bound on the rejoin, from the restart.
+    rejoin_max: Duration,
+    /// Bound on the whole test.
+    test_max: Duration,
+}
 
 fn client(cluster: &TestCluster) -> TestClient {
     let mut c = TestClient::connect(
@@ -53,12 +64,37 @@ async fn poll(status: &mut TestClient) -> Vec<Option<StatusReport>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_rejoins_a_state_larger_than_a_frame() {
-    tokio::time::timeout(TEST_MAX, scenario())
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_MAX:?}"));
+    // 304 values of 64 KiB: 19 MiB, more than one 16 MiB frame could carry.
+    run(Size {
+        puts: 304,
+        rejoin_max: Duration::from_secs(60),
+        test_max: Duration::from_secs(240),
+    })
+    .await;
 }
 
-async fn scenario() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "1 GiB of state: minutes, and about 2.5 GiB of memory per replica"]
+async fn a_replica_rejoins_a_gigabyte_state() {
+    run(Size {
+        puts: 16_384,
+        rejoin_max: Duration::from_secs(600),
+        test_max: Duration::from_secs(1800),
+    })
+    .await;
+}
+
+async fn run(size: Size) {
+    let test_max = size.test_max;
+    tokio::time::timeout(test_max, scenario(size))
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {test_max:?}"));
+}
+
+async fn scenario(size: Size) {
+    let Size {
+        puts, rejoin_max, ..
+    } = size;
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = Spec {
         n: N,
@@ -81,12 +117,12 @@ async fn scenario() {
     for w in 0..WRITERS {
         let mut c = client(&cluster);
         writers.spawn(async move {
-            for i in (w..PUTS).step_by(WRITERS as usize) {
+            for i in (w..puts).step_by(WRITERS as usize) {
                 let value: Vec<u8> = (0..VALUE_LEN)
                     .map(|j| ((i * 31 + j as u64) % 251) as u8)
                     .collect();
                 let op = KvOp::Put {
-                    key: format!("big-{i:04}").into_bytes(),
+                    key: format!("big-{i:05}").into_bytes(),
                     value,
                 };
                 let result = c.invoke(&op, OP_TIMEOUT).await.expect("put");
@@ -102,7 +138,7 @@ async fn scenario() {
     }
     let written = Instant::now();
     println!(
-        "{PUTS} puts of {} KiB in {:.1} s",
+        "{puts} puts of {} KiB in {:.1} s",
         VALUE_LEN / 1024,
         (written - killed_at).as_secs_f64()
     );
@@ -133,12 +169,17 @@ async fn scenario() {
                     first.last_executed.0,
                     restarted.elapsed().as_secs_f64()
                 );
+                for i in 0..N {
+                    if let Some((rss, peak)) = nodes.pid(i).and_then(rss_mib) {
+                        println!("replica {i}: RSS {rss} MiB, peak {peak} MiB");
+                    }
+                }
                 break;
             }
         }
         assert!(
-            restarted.elapsed() < REJOIN_MAX,
-            "replica {VICTIM} did not rejoin within {REJOIN_MAX:?}: {reports:?}\n{}",
+            restarted.elapsed() < rejoin_max,
+            "replica {VICTIM} did not rejoin within {rejoin_max:?}: {reports:?}\n{}",
             nodes.log_tail(VICTIM, 20)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
