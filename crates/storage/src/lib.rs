@@ -64,14 +64,22 @@
 //! * if no older segment holds a retained record, the older segments are
 //!   deleted, oldest first;
 //! * otherwise their retained records (typically the last view change and
-//!   new view, and a snapshot written before the last rollover) are written,
-//!   in order, into a *compacted* segment whose id is the highest older id
-//!   `y` and whose header says `covers_from = x`, the lowest older id: it
-//!   replaces segments `x..=y`. It is made under a `.tmp` name, synced and
-//!   renamed over segment `y`; then segments `x..y` are deleted, oldest
-//!   first;
-//! * nothing is done while every older segment holds only retained records
-//!   (a compacted segment is not rewritten just to write it again).
+//!   new view, and the pages of the snapshots kept, written before the last
+//!   rollover) are written, in order, into a *compacted* segment whose id is
+//!   the highest older id `y` and whose header says `covers_from = x`, the
+//!   lowest older id: it replaces segments `x..=y`. It is made under a
+//!   `.tmp` name, synced and renamed over segment `y`; then segments `x..y`
+//!   are deleted, oldest first;
+//! * but only once the older segments hold at least as many bytes of
+//!   records a restart no longer needs as of retained ones. A snapshot's
+//!   pages stay retained while the state does not change them, so copying
+//!   them whenever anything could go would cost the size of the state at
+//!   every checkpoint (a 1 GiB state copied every 16 requests); this way
+//!   each byte copied frees at least one byte that appends put there, so
+//!   compaction copies at most as much as is appended, and the older
+//!   segments hold at most twice what they retain (plus one segment). A
+//!   compacted segment is in particular never rewritten while it holds only
+//!   retained records.
 //!
 //! The records in the directory are then always the records ever appended
 //! minus some that `compact` drops, in order: restoring from them gives the
@@ -248,10 +256,21 @@ pub struct Stats {
     pub segments_created: u64,
     /// Segments deleted by compaction.
     pub segments_deleted: u64,
+    /// Bytes of retained entries compaction copied into compacted segments.
+    pub compacted_bytes: u64,
     /// Time spent writing appended records and syncing them (with
     /// [`Options::sync`]), in nanoseconds; segment creation and compaction
     /// are not counted.
     pub write_nanos: u64,
+}
+
+/// What one segment holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct SegmentUse {
+    /// Records.
+    records: usize,
+    /// Bytes of entries (headers included, the segment's header not).
+    bytes: u64,
 }
 
 /// The segment being appended to.
@@ -269,8 +288,8 @@ pub struct Storage {
     replica: ReplicaId,
     options: Options,
     active: Active,
-    /// Every segment in the directory, by id: how many records it holds.
-    segments: BTreeMap<u64, usize>,
+    /// Every segment in the directory, by id: what it holds.
+    segments: BTreeMap<u64, SegmentUse>,
     /// The records a restart needs (compacted), with the segment each is in.
     live: Vec<(u64, Record)>,
     stats: Stats,
@@ -546,7 +565,13 @@ impl Storage {
             if decoded.dirty > decoded.valid {
                 clear_torn(&path, decoded.valid, decoded.dirty)?;
             }
-            segments.insert(*id, decoded.records.len());
+            segments.insert(
+                *id,
+                SegmentUse {
+                    records: decoded.records.len(),
+                    bytes: (decoded.valid as u64).saturating_sub(HEADER_LEN as u64),
+                },
+            );
             ids.extend(std::iter::repeat_n(*id, decoded.records.len()));
             records.extend(decoded.records);
             active_len = decoded.valid as u64;
@@ -662,7 +687,9 @@ impl Storage {
         self.stats.groups += groups.len() as u64;
         let id = self.active.id;
         let count = groups.iter().map(Vec::len).sum::<usize>();
-        *self.segments.entry(id).or_default() += count;
+        let segment = self.segments.entry(id).or_default();
+        segment.records += count;
+        segment.bytes += bytes.len() as u64;
         self.live
             .extend(groups.into_iter().flatten().map(|r| (id, r)));
         Ok(())
@@ -682,7 +709,7 @@ impl Storage {
         };
         let file = make_segment(&self.dir, &header, &[], self.options.segment_bytes)?;
         self.stats.segments_created += 1;
-        self.segments.insert(id, 0);
+        self.segments.insert(id, SegmentUse::default());
         self.active = Active {
             id,
             file,
@@ -717,7 +744,7 @@ impl Storage {
         }
         let nothing_to_gain = older
             .iter()
-            .all(|id| live_in.get(id).copied().unwrap_or(0) == self.segments[id]);
+            .all(|id| live_in.get(id).copied().unwrap_or(0) == self.segments[id].records);
         if nothing_to_gain {
             return Ok(());
         }
@@ -727,6 +754,14 @@ impl Storage {
             .filter(|(id, _)| *id < self.active.id)
             .map(|(_, r)| r.clone())
             .collect();
+        if !carried.is_empty() {
+            // Copy only once at least as many bytes would go as are copied.
+            let carried_bytes: u64 = carried.iter().map(entry_len).sum();
+            let older_bytes: u64 = older.iter().map(|id| self.segments[id].bytes).sum();
+            if older_bytes.saturating_sub(carried_bytes) < carried_bytes {
+                return Ok(());
+            }
+        }
         let doomed = if carried.is_empty() {
             older.clone()
         } else {
@@ -741,10 +776,17 @@ impl Storage {
             // Exactly its size: nothing is ever appended to it.
             make_segment(&self.dir, &header, &body, 0)?;
             self.stats.segments_created += 1;
+            self.stats.compacted_bytes += body.len() as u64;
             for (id, _) in self.live.iter_mut().filter(|(id, _)| *id < highest) {
                 *id = highest;
             }
-            self.segments.insert(highest, carried.len());
+            self.segments.insert(
+                highest,
+                SegmentUse {
+                    records: carried.len(),
+                    bytes: body.len() as u64,
+                },
+            );
             older[..older.len() - 1].to_vec()
         };
         for id in &doomed {
@@ -763,6 +805,12 @@ impl Storage {
         );
         Ok(())
     }
+}
+
+/// The bytes `record`'s entry takes in a segment (header and payload).
+fn entry_len(record: &Record) -> u64 {
+    let payload = postcard::experimental::serialized_size(record).unwrap_or(0);
+    (segment::ENTRY_HEADER_LEN + payload) as u64
 }
 
 /// Reads every segment's bytes and header, in id order.

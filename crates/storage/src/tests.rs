@@ -263,6 +263,48 @@ fn a_compacted_segment_is_not_rewritten_when_nothing_would_go() {
     assert_eq!(s.stats().segments_created, created);
 }
 
+/// A state of 20 pages that the checkpoints after it never change: each
+/// lists the same pages, so they stay retained. Compaction must not copy
+/// them whenever a checkpoint frees anything (that cost the state's size
+/// per checkpoint); it waits until there is as much to free as to copy.
+#[test]
+fn a_large_unchanged_snapshot_is_not_copied_at_every_checkpoint() {
+    let (dir, mut s) = fresh_with(small(4));
+    let pages: Vec<pbft_app::Page> = (0..20u8)
+        .map(|i| pbft_app::Page::new(vec![i; 2000]))
+        .collect();
+    let leaves: Vec<Digest> = pages.iter().map(pbft_app::Page::digest).collect();
+    let mut all: Vec<Record> = pages.iter().cloned().map(Record::Page).collect();
+    all.push(Record::Snapshot(SeqNum(0), leaves.clone()));
+    s.append(&all).expect("append");
+    for round in 1..=100u64 {
+        let seq = round * 4;
+        let mut group: Vec<Record> = (seq - 3..=seq).map(pre_prepare).collect();
+        group.push(Record::Snapshot(SeqNum(seq), leaves.clone()));
+        s.append(&group).expect("append");
+        s.append(&[stable(seq)]).expect("append");
+        all.extend(group);
+        all.push(stable(seq));
+    }
+    let stats = s.stats();
+    assert!(stats.segments_deleted > 0, "compaction ran");
+    assert!(
+        stats.compacted_bytes <= stats.bytes,
+        "copied {} bytes for {} appended",
+        stats.compacted_bytes,
+        stats.bytes
+    );
+    drop(s);
+    let on_disk: u64 = segment_ids(&dir)
+        .iter()
+        .map(|id| fs::metadata(segment::path(dir.path(), *id)).expect("meta").len())
+        .sum();
+    assert!(on_disk < 3 * 40_000, "{on_disk} bytes on disk for a 40 kB state");
+    let records = reopen(&dir).expect("reopen");
+    assert!(is_subsequence(&records, &all));
+    assert_eq!(compacted(&records), compacted(&all));
+}
+
 /// A long run of appends, checkpoints, rollovers and compactions: after
 /// every group, the log reads back as a subsequence of what was appended
 /// that compacts to the same records (so it restores the same replica).
