@@ -297,9 +297,16 @@ fn a_large_unchanged_snapshot_is_not_copied_at_every_checkpoint() {
     drop(s);
     let on_disk: u64 = segment_ids(&dir)
         .iter()
-        .map(|id| fs::metadata(segment::path(dir.path(), *id)).expect("meta").len())
+        .map(|id| {
+            fs::metadata(segment::path(dir.path(), *id))
+                .expect("meta")
+                .len()
+        })
         .sum();
-    assert!(on_disk < 3 * 40_000, "{on_disk} bytes on disk for a 40 kB state");
+    assert!(
+        on_disk < 3 * 40_000,
+        "{on_disk} bytes on disk for a 40 kB state"
+    );
     let records = reopen(&dir).expect("reopen");
     assert!(is_subsequence(&records, &all));
     assert_eq!(compacted(&records), compacted(&all));
