@@ -61,25 +61,29 @@
 //! the log drops what a restart no longer needs ([`pbft_core::io::retained`],
 //! the records [`pbft_core::io::compact`] keeps), without rewriting the log:
 //! * the newest segment (still appended to) is left as it is;
-//! * if no older segment holds a retained record, the older segments are
-//!   deleted, oldest first;
-//! * otherwise their retained records (typically the last view change and
-//!   new view, and the pages of the snapshots kept, written before the last
-//!   rollover) are written, in order, into a *compacted* segment whose id is
-//!   the highest older id `y` and whose header says `covers_from = x`, the
-//!   lowest older id: it replaces segments `x..=y`. It is made under a
+//! * the oldest older segments that hold no retained record are deleted;
+//! * of the rest, runs of consecutive segments `x..=y` are replaced by a
+//!   *compacted* segment holding their retained records (typically the last
+//!   view change and new view, and the pages of the snapshots kept), in
+//!   order: its id is `y` and its header says `covers_from` = where `x`'s
+//!   did (`x` itself unless `x` was compacted before). It is made under a
 //!   `.tmp` name, synced and renamed over segment `y`; then segments `x..y`
 //!   are deleted, oldest first;
-//! * but only once the older segments hold at least as many bytes of
-//!   records a restart no longer needs as of retained ones. A snapshot's
+//! * a run is compacted only if it frees at least as many bytes of records
+//!   a restart no longer needs as it copies retained ones. A snapshot's
 //!   pages stay retained while the state does not change them, so copying
 //!   them whenever anything could go would cost the size of the state at
 //!   every checkpoint (a 1 GiB state copied every 16 requests); this way
 //!   each byte copied frees at least one byte that appends put there, so
 //!   compaction copies at most as much as is appended, and the older
-//!   segments hold at most twice what they retain (plus one segment). A
-//!   compacted segment is in particular never rewritten while it holds only
-//!   retained records.
+//!   segments hold at most about twice what they retain. A compacted
+//!   segment is never rewritten while it holds only retained records;
+//! * one compaction copies at most [`COMPACTION_BYTES_MAX`] (32 MiB; more
+//!   only if one segment alone carries more) and leaves the rest to the
+//!   next: compaction runs on the log writer, between appends, so this
+//!   bounds how long an append waits for it. From the oldest segment on, it
+//!   takes the longest run that frees enough within what is left of the
+//!   bound, then goes on from the segment after it.
 //!
 //! The records in the directory are then always the records ever appended
 //! minus some that `compact` drops, in order: restoring from them gives the
@@ -271,7 +275,13 @@ struct SegmentUse {
     records: usize,
     /// Bytes of entries (headers included, the segment's header not).
     bytes: u64,
+    /// The lowest id it stands for (its own unless it is compacted).
+    covers_from: u64,
 }
+
+/// Most bytes one compaction copies (unless a single segment carries more):
+/// it runs on the log writer, so this bounds how long appends wait for it.
+pub const COMPACTION_BYTES_MAX: u64 = 32 << 20;
 
 /// The segment being appended to.
 struct Active {
@@ -295,6 +305,8 @@ pub struct Storage {
     stats: Stats,
     /// [`ENTRY_LEN_MAX`], lowered by tests.
     entry_len_max: usize,
+    /// [`COMPACTION_BYTES_MAX`], lowered by tests.
+    compaction_bytes_max: u64,
     _lock: File,
 }
 
@@ -551,7 +563,7 @@ impl Storage {
         let mut ids = Vec::new();
         let mut segments = BTreeMap::new();
         let mut active_len = 0;
-        for (id, bytes, _) in &files {
+        for (id, bytes, header) in &files {
             let path = segment::path(dir, *id);
             let decoded = segment::decode(
                 &path,
@@ -570,6 +582,7 @@ impl Storage {
                 SegmentUse {
                     records: decoded.records.len(),
                     bytes: (decoded.valid as u64).saturating_sub(HEADER_LEN as u64),
+                    covers_from: header.covers_from,
                 },
             );
             ids.extend(std::iter::repeat_n(*id, decoded.records.len()));
@@ -607,6 +620,7 @@ impl Storage {
                 live,
                 stats: Stats::default(),
                 entry_len_max,
+                compaction_bytes_max: COMPACTION_BYTES_MAX,
                 _lock: lock,
             },
             records,
@@ -709,7 +723,13 @@ impl Storage {
         };
         let file = make_segment(&self.dir, &header, &[], self.options.segment_bytes)?;
         self.stats.segments_created += 1;
-        self.segments.insert(id, SegmentUse::default());
+        self.segments.insert(
+            id,
+            SegmentUse {
+                covers_from: id,
+                ..SegmentUse::default()
+            },
+        );
         self.active = Active {
             id,
             file,
@@ -730,79 +750,116 @@ impl Storage {
             i += 1;
             keep[i - 1]
         });
-        let older: Vec<u64> = self
+        // What each older segment still has to carry.
+        let mut carried = BTreeMap::<u64, SegmentUse>::new();
+        for (id, record) in self.live.iter().filter(|(id, _)| *id < self.active.id) {
+            let c = carried.entry(*id).or_default();
+            c.records += 1;
+            c.bytes += entry_len(record);
+        }
+        let older: Vec<(u64, SegmentUse, SegmentUse)> = self
             .segments
             .range(..self.active.id)
-            .map(|(id, _)| *id)
+            .map(|(id, held)| (*id, *held, carried.get(id).copied().unwrap_or_default()))
             .collect();
-        let (Some(&lowest), Some(&highest)) = (older.first(), older.last()) else {
-            return Ok(());
+        // The oldest segments that carry nothing go as they are.
+        let dead = older.iter().take_while(|(_, _, c)| c.records == 0).count();
+        let mut deleted = 0;
+        for (id, _, _) in &older[..dead] {
+            self.delete_segment(*id)?;
+            deleted += 1;
+        }
+        // Then runs of the others, each copied only if it frees at least as
+        // many bytes as it copies; at most `compaction_bytes_max` in all (one
+        // segment may carry more: it goes alone, first), the rest next time.
+        let mut copied = 0;
+        let mut start = dead;
+        while start < older.len() {
+            let mut best = None;
+            let (mut held, mut carry) = (0u64, 0u64);
+            for (end, (_, h, c)) in older.iter().enumerate().skip(start) {
+                let alone = end == start && copied == 0;
+                if copied + carry + c.bytes > self.compaction_bytes_max && !alone {
+                    break;
+                }
+                held += h.bytes;
+                carry += c.bytes;
+                let frees = held.saturating_sub(carry);
+                if frees > 0 && frees >= carry {
+                    best = Some(end);
+                }
+            }
+            let Some(end) = best else {
+                start += 1;
+                continue;
+            };
+            let run: Vec<u64> = older[start..=end].iter().map(|(id, _, _)| *id).collect();
+            copied += self.compact_run(&run)?;
+            deleted += run.len() - 1;
+            start = end + 1;
+        }
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        if deleted > 0 || copied > 0 {
+            tracing::debug!(deleted, copied, "compacted the record log");
+        }
+        Ok(())
+    }
+
+    /// Replaces the segments `run` (consecutive ids, all older than the
+    /// active one) with one compacted segment holding their live records:
+    /// it takes the highest id and covers from where the first one did.
+    /// Returns the bytes copied.
+    fn compact_run(&mut self, run: &[u64]) -> Result<u64, StorageError> {
+        let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
+            return Ok(0);
         };
-        let mut live_in = BTreeMap::<u64, usize>::new();
-        for (id, _) in &self.live {
-            *live_in.entry(*id).or_default() += 1;
-        }
-        let nothing_to_gain = older
-            .iter()
-            .all(|id| live_in.get(id).copied().unwrap_or(0) == self.segments[id].records);
-        if nothing_to_gain {
-            return Ok(());
-        }
         let carried: Vec<Record> = self
             .live
             .iter()
-            .filter(|(id, _)| *id < self.active.id)
+            .filter(|(id, _)| (first..=last).contains(id))
             .map(|(_, r)| r.clone())
             .collect();
-        if !carried.is_empty() {
-            // Copy only once at least as many bytes would go as are copied.
-            let carried_bytes: u64 = carried.iter().map(entry_len).sum();
-            let older_bytes: u64 = older.iter().map(|id| self.segments[id].bytes).sum();
-            if older_bytes.saturating_sub(carried_bytes) < carried_bytes {
-                return Ok(());
-            }
-        }
-        let doomed = if carried.is_empty() {
-            older.clone()
-        } else {
-            let mut body = Vec::new();
-            encode(&carried, &mut body, ENTRY_LEN_MAX)?;
-            let header = Header {
-                cluster: self.cluster,
-                replica: self.replica,
-                id: highest,
-                covers_from: lowest,
-            };
-            // Exactly its size: nothing is ever appended to it.
-            make_segment(&self.dir, &header, &body, 0)?;
-            self.stats.segments_created += 1;
-            self.stats.compacted_bytes += body.len() as u64;
-            for (id, _) in self.live.iter_mut().filter(|(id, _)| *id < highest) {
-                *id = highest;
-            }
-            self.segments.insert(
-                highest,
-                SegmentUse {
-                    records: carried.len(),
-                    bytes: body.len() as u64,
-                },
-            );
-            older[..older.len() - 1].to_vec()
+        let mut body = Vec::new();
+        encode(&carried, &mut body, ENTRY_LEN_MAX)?;
+        let header = Header {
+            cluster: self.cluster,
+            replica: self.replica,
+            id: last,
+            covers_from: self.segments[&first].covers_from,
         };
-        for id in &doomed {
-            let path = segment::path(&self.dir, *id);
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            self.segments.remove(id);
-            self.stats.segments_deleted += 1;
+        // Exactly its size: nothing is ever appended to it.
+        make_segment(&self.dir, &header, &body, 0)?;
+        self.stats.segments_created += 1;
+        self.stats.compacted_bytes += body.len() as u64;
+        for (id, _) in self
+            .live
+            .iter_mut()
+            .filter(|(id, _)| (first..last).contains(id))
+        {
+            *id = last;
         }
-        if !doomed.is_empty() {
-            sync_dir(&self.dir)?;
-        }
-        tracing::debug!(
-            deleted = doomed.len(),
-            carried = carried.len(),
-            "compacted the record log"
+        self.segments.insert(
+            last,
+            SegmentUse {
+                records: carried.len(),
+                bytes: body.len() as u64,
+                covers_from: header.covers_from,
+            },
         );
+        for id in &run[..run.len() - 1] {
+            self.delete_segment(*id)?;
+        }
+        Ok(body.len() as u64)
+    }
+
+    /// Deletes segment `id` (the caller syncs the directory).
+    fn delete_segment(&mut self, id: u64) -> Result<(), StorageError> {
+        let path = segment::path(&self.dir, id);
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        self.segments.remove(&id);
+        self.stats.segments_deleted += 1;
         Ok(())
     }
 }

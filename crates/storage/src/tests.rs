@@ -312,12 +312,78 @@ fn a_large_unchanged_snapshot_is_not_copied_at_every_checkpoint() {
     assert_eq!(compacted(&records), compacted(&all));
 }
 
+/// A state whose pages were written over many segments, each beside more
+/// bytes of records that later go: compaction replaces runs of segments,
+/// each copying at most the budget (plus what one segment carries), never
+/// the whole state at once, and the log still reads back as the same
+/// replica.
+#[test]
+fn one_compaction_copies_at_most_its_budget() {
+    const BUDGET: u64 = 6_000;
+    let (dir, mut s) = fresh_with(small(8));
+    s.compaction_bytes_max = BUDGET;
+    let pages: Vec<pbft_app::Page> = (0..40u8)
+        .map(|i| pbft_app::Page::new(vec![i; 300]))
+        .collect();
+    let leaves: Vec<Digest> = pages.iter().map(pbft_app::Page::digest).collect();
+    let mut all = Vec::new();
+    let mut seq = 0;
+    for page in &pages {
+        let mut group = vec![Record::Page(page.clone())];
+        group.extend((seq + 1..=seq + 3).map(pre_prepare));
+        seq += 3;
+        s.append(&group).expect("append");
+        all.extend(group);
+    }
+    let (mut largest, mut copied) = (0, 0);
+    for round in 0..100u64 {
+        let mut group: Vec<Record> = (seq + 1..=seq + 3).map(pre_prepare).collect();
+        seq += 3;
+        group.push(Record::Snapshot(SeqNum(seq), leaves.clone()));
+        group.push(stable(seq));
+        let before = s.stats().compacted_bytes;
+        s.append(&group).expect("append");
+        all.extend(group);
+        let now = s.stats().compacted_bytes - before;
+        largest = largest.max(now);
+        copied += now;
+        if round % 25 == 24 {
+            drop(s);
+            let (reopened, records) =
+                Storage::open_with(dir.path(), 1, ReplicaId(0), small(8)).expect("reopen");
+            assert!(is_subsequence(&records, &all), "round {round}");
+            assert_eq!(compacted(&records), compacted(&all), "round {round}");
+            s = reopened;
+            s.compaction_bytes_max = BUDGET;
+        }
+    }
+    // The state (40 pages of 300 bytes) is copied, in several runs.
+    assert!(copied > 12_000, "compaction copied {copied} bytes");
+    assert!(
+        largest <= BUDGET + small(8).segment_bytes,
+        "one compaction copied {largest} bytes"
+    );
+    assert!(s.segments() < 20, "{} segments", s.segments());
+}
+
 /// A long run of appends, checkpoints, rollovers and compactions: after
 /// every group, the log reads back as a subsequence of what was appended
 /// that compacts to the same records (so it restores the same replica).
 #[test]
 fn model_check_against_compact() {
+    model_check(COMPACTION_BYTES_MAX);
+}
+
+/// The same with a budget of about two records per compaction, so runs in
+/// the middle of the log are compacted and the rest left for later.
+#[test]
+fn model_check_against_compact_in_small_runs() {
+    model_check(300);
+}
+
+fn model_check(budget: u64) {
     let (dir, mut s) = fresh_with(small(4));
+    s.compaction_bytes_max = budget;
     let mut all: Vec<Record> = Vec::new();
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = move || {
@@ -352,6 +418,7 @@ fn model_check_against_compact() {
             assert_eq!(compacted(&records), compacted(&all), "step {step}");
             assert_eq!(reopened.live_records(), compacted(&all).len());
             s = reopened;
+            s.compaction_bytes_max = budget;
         }
     }
     assert!(s.stats().segments_deleted > 0 || s.segments() < 10);
