@@ -326,7 +326,10 @@ pub struct StatusReport {
     pub last_executed: SeqNum,
     /// The stable checkpoint.
     pub stable_checkpoint: SeqNum,
-    /// The application state digest.
+    /// The digest of the state (application and client table) after
+    /// `last_executed`, as a checkpoint there would certify
+    /// (`Replica::state_root`): equal at equal `last_executed` on honest
+    /// replicas.
     pub state_digest: Digest,
     /// The request's nonce.
     pub nonce: u64,

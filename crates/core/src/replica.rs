@@ -611,10 +611,20 @@ impl Replica {
 
     /// The application's digest of its current state. It hashes the whole
     /// state (O(state)): for tests and start-up, never on a periodic path
-    /// (a STATUS request is answered with a digest hashed at most once per
-    /// retry interval).
+    /// (a STATUS request is answered with [`Replica::state_root`]).
     pub fn state_digest(&self) -> Digest {
         self.app.digest()
+    }
+
+    /// The digest a checkpoint taken now would certify: the root of the
+    /// tree over the pages of the application and the client table (see
+    /// [`crate::checkpoint`]). Both cut again only the pages changed since
+    /// their last cut (with the key-value store; a state machine without
+    /// incremental pages costs its whole snapshot), so a status report
+    /// costs what changed, not the size of the state; the pages are the
+    /// canonical cut, so the next checkpoint is the same as without it.
+    pub fn state_root(&mut self) -> Digest {
+        StateImage::build(self.app.as_mut(), &mut self.clients).digest()
     }
 
     /// Whether a state transfer is under way.
@@ -718,7 +728,7 @@ impl Replica {
         }
     }
 
-    /// The last executed sequence number and the state digest after it, for
+    /// The last executed sequence number and the state root after it, for
     /// a status report: current if the state was hashed since the last
     /// execution or a retry interval ago; otherwise the last pair hashed, so
     /// that status requests cannot make the replica hash its whole state
@@ -730,7 +740,7 @@ impl Replica {
                 (seq, digest)
             }
             _ => {
-                let digest = self.app.digest();
+                let digest = self.state_root();
                 self.status_digest = Some((self.last_executed, now, digest));
                 (self.last_executed, digest)
             }

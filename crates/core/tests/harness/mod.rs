@@ -115,6 +115,10 @@ impl Cluster {
         self.replicas[i as usize].as_ref().expect("replica is up")
     }
 
+    pub fn replica_mut(&mut self, i: u32) -> &mut Replica {
+        self.replicas[i as usize].as_mut().expect("replica is up")
+    }
+
     fn input(&mut self, id: ReplicaId, input: Input) {
         let Some(replica) = self.replicas[id.index()].as_mut() else {
             return;
