@@ -4,10 +4,12 @@
 //! # The state as a tree of pages
 //! A checkpoint's state is a list of pages ([`StateImage`]): page 0 a header
 //! (format, the client table's floor, how many client pages follow), then
-//! the client table's entries in pages, then the application's pages
-//! ([`pbft_app::StateMachine::snapshot_pages`]; the key-value store cuts
-//! between keys, at boundaries chosen by the keys' hashes, so a change moves
-//! only the pages around it). Every page is at most [`PAGE_MAX`] bytes, far
+//! the client table's entries in pages ([`ClientTable::pages`]), then the
+//! application's pages ([`pbft_app::StateMachine::snapshot_pages`]). The
+//! key-value store and the client table both cut with [`pbft_app::paging`]:
+//! between entries, at boundaries chosen by the keys, so a change moves only
+//! the pages around it, and each keeps its last cut and cuts again only the
+//! pages written since, so building an image costs what changed. Every page is at most [`PAGE_MAX`] bytes, far
 //! below the network's frame limit. Above the pages, a tree of fixed depth:
 //!
 //! ```text
