@@ -44,7 +44,7 @@
 //! # Resuming, switching, retargeting
 //! Every part is checked on arrival against the certified digest, so nothing
 //! unchecked is kept, and what is kept stays good: pages are held by their
-//! leaf digest. The source gets [`Replica::retry_interval`] (base/2) per
+//! leaf digest. The source gets `Replica::retry_interval` (base/2) per
 //! request; a source that does not answer in time, or answers with anything
 //! that fails a check, is replaced at once by the next signer of the proof,
 //! and the transfer resumes with what is still missing. A source whose stable
@@ -63,7 +63,7 @@
 //! `Record::Page` for each page the log does not already hold, then
 //! `Record::Snapshot(n, leaves)` for an own checkpoint or
 //! `Record::Checkpoint(proof, leaves)` for a fetched one, all in one step
-//! (one group). [`crate::io::LoggedSnapshots`] follows what compaction keeps
+//! (one group). `crate::io::LoggedSnapshots` follows what compaction keeps
 //! (the snapshots at or above the stable checkpoint and the highest one, and
 //! the first record of every page they list), so a checkpoint writes only
 //! the pages that changed since those snapshots: with the key-value store's

@@ -18,7 +18,7 @@
 //! signatures an honest message of that kind would carry, not the 150,000 a
 //! 16 MiB frame has room for. Lists whose entries take far more memory than
 //! wire bytes (a batch is one byte on the wire when empty) are bounded while
-//! they are decoded ([`bounded`]).
+//! they are decoded (`bounded`).
 
 use crate::config::Config;
 use crate::ids::{ClientId, ReplicaId, RequestId, SeqNum, View};
@@ -192,7 +192,7 @@ pub enum ReplyStatus {
 /// between its replica and the client, which TLS authenticates with both
 /// keys pinned, and nobody but that client ever needs to check it. The
 /// receiver must see that the link's key is the key of `replica`
-/// ([`Reply::came_from`]); [`Message::verify`] checks nothing for it.
+/// ([`Reply::came_from`]); `Message::verify` checks nothing for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     /// The replica's current view, so clients learn the primary.

@@ -5,7 +5,7 @@
 //! * `view`/`active`: the current view; `active == false` while changing to it
 //!   (then only CHECKPOINT, VIEW-CHANGE, NEW-VIEW and state transfer are
 //!   processed; normal-case messages for the new view wait in `deferred`).
-//! * `log`: one [`Slot`] per sequence number in `(h, h+L]`, `h = stable.seq`
+//! * `log`: one `Slot` per sequence number in `(h, h+L]`, `h = stable.seq`
 //!   the low water mark.
 //! * `clients`: per client, the last executed request id and its result
 //!   (exactly-once), expired at checkpoints (see [`crate::client_table`]);

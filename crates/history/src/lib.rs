@@ -7,7 +7,7 @@
 //!   the Wing & Gong search per key against the sequential model
 //!   ([`pbft_app::kv::KvStore`]); an operation without a response (unknown
 //!   outcome) may or may not have taken effect.
-//! * [`file`]: the on-disk form of a recorded history, one JSON object per
+//! * [`file`](mod@file): the on-disk form of a recorded history, one JSON object per
 //!   line, so a history recorded against real processes can be checked (and
 //!   re-checked) later.
 

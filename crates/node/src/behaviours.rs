@@ -1,5 +1,5 @@
 //! The names of the Byzantine behaviours `pbft-node --byzantine` takes (in a
-//! build with the `byzantine` feature, [`crate::byzantine`]), always
+//! build with the `byzantine` feature, `crate::byzantine`), always
 //! compiled so that tools driving such replicas (`pbft chaos`) use the same
 //! list as the node that parses it.
 

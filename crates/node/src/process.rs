@@ -1,6 +1,6 @@
 //! Replica processes: start, kill (SIGKILL), restart from the same node file
 //! and data directory, and never outlive their owner. Shared by the tests
-//! (through [`crate::testkit`]) and the `pbft` tool (`demo`, `bench`).
+//! (through `crate::testkit`) and the `pbft` tool (`demo`, `bench`).
 
 use anyhow::{bail, Context};
 use std::ffi::OsString;

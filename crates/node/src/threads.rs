@@ -17,7 +17,7 @@ const DEFAULT_RUNTIME_MAX: usize = 4;
 const DEFAULT_VERIFY_MAX: usize = 8;
 
 /// Thread counts of one replica process; `None` picks the default for the
-/// host's cores (see the [module docs](self)).
+/// host's cores (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Threads {
     /// Tokio runtime threads; 1 is a current-thread runtime.
