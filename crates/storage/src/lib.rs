@@ -51,10 +51,14 @@
 //! a file whose size and blocks are already durable, so the `fdatasync`
 //! after each append has no metadata to write (zeros are written rather than
 //! `fallocate`d: an allocated-but-unwritten extent turns into a written one
-//! on the first write, which is a metadata change). When a group does not
-//! fit in what is left, the writer starts the next segment (id + 1). A group
-//! larger than a whole segment goes alone into a fresh segment, which grows
-//! past its preallocated size.
+//! on the first write, which is a metadata change). Records that do not
+//! fit in what is left go on in the next segment (id + 1): the full segment
+//! is synced first, so a crash keeps a prefix of what was being written, as
+//! a torn tail would, and a large group (a rejoining replica's snapshot
+//! pages) is spread over segments of their normal size rather than made
+//! one huge segment that compaction would later copy at once. Only a single
+//! record larger than a segment grows its segment past the preallocated
+//! size.
 //!
 //! # Compaction: deleting segments
 //! After a group that moves the stable checkpoint ([`pbft_core::io::compacts`])
@@ -76,8 +80,10 @@
 //!   every checkpoint (a 1 GiB state copied every 16 requests); this way
 //!   each byte copied frees at least one byte that appends put there, so
 //!   compaction copies at most as much as is appended, and the older
-//!   segments hold at most about twice what they retain. A compacted
-//!   segment is never rewritten while it holds only retained records;
+//!   segments hold at most about twice what they retain. A small compacted
+//!   segment at the start of a run is copied again with the garbage after
+//!   it (within that bound: at most about 2x write amplification; skipping
+//!   it would let small compacted segments pile up instead);
 //! * one compaction copies at most [`COMPACTION_BYTES_MAX`] (32 MiB; more
 //!   only if one segment alone carries more) and leaves the rest to the
 //!   next: compaction runs on the log writer, between appends, so this
@@ -668,28 +674,58 @@ impl Storage {
     }
 
     /// Writes `groups` with one write and (with [`Options::sync`]) one
-    /// `fdatasync`. Refuses them all, writing nothing, if one record is too
-    /// large.
+    /// `fdatasync`, or, when they do not fit in what is left of the active
+    /// segment, with one write per segment they fill (each full segment is
+    /// synced before the next is started, so a crash keeps a prefix of the
+    /// records, as a torn tail would). Refuses them all, writing nothing, if
+    /// one record is too large.
     fn write_groups(&mut self, groups: Vec<Vec<Record>>) -> Result<(), StorageError> {
         let mut bytes = Vec::new();
-        for group in &groups {
-            encode(group, &mut bytes, self.entry_len_max)?;
+        let mut ends = Vec::new();
+        for record in groups.iter().flatten() {
+            segment::encode_entry(record, &mut bytes, self.entry_len_max)?;
+            ends.push(bytes.len());
         }
         if bytes.is_empty() {
             return Ok(());
         }
-        if self.active.len > HEADER_LEN as u64
-            && self.active.len + bytes.len() as u64 > self.options.segment_bytes
-        {
-            self.roll_over()?;
+        self.stats.groups += groups.len() as u64;
+        let mut records = groups.into_iter().flatten();
+        let (mut first, mut from) = (0, 0);
+        while first < ends.len() {
+            let room = self.options.segment_bytes.saturating_sub(self.active.len);
+            // The entries that fit; at least one in an empty segment (an
+            // entry larger than a segment grows it past its size).
+            let fit = ends[first..].partition_point(|end| (end - from) as u64 <= room);
+            let empty = self.active.len <= HEADER_LEN as u64;
+            if fit == 0 && !empty {
+                self.roll_over()?;
+                continue;
+            }
+            let last = first + fit.max(1);
+            let to = ends[last - 1];
+            self.write_active(&bytes[from..to], last == ends.len())?;
+            let id = self.active.id;
+            let segment = self.segments.entry(id).or_default();
+            segment.records += last - first;
+            segment.bytes += (to - from) as u64;
+            self.live
+                .extend(records.by_ref().take(last - first).map(|r| (id, r)));
+            (first, from) = (last, to);
         }
+        Ok(())
+    }
+
+    /// Writes `bytes` (whole entries) at the end of the active segment, and
+    /// syncs it if `sync` (and [`Options::sync`]).
+    fn write_active(&mut self, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
         let path = segment::path(&self.dir, self.active.id);
         let file = &mut self.active.file;
         let started = std::time::Instant::now();
         file.seek(SeekFrom::Start(self.active.len))
-            .and_then(|_| file.write_all(&bytes))
+            .and_then(|_| file.write_all(bytes))
             .map_err(io_err(&path))?;
-        if self.options.sync {
+        if sync && self.options.sync {
             file.sync_data().map_err(io_err(&path))?;
             self.stats.syncs += 1;
         }
@@ -698,14 +734,6 @@ impl Storage {
         self.active.len += bytes.len() as u64;
         self.stats.writes += 1;
         self.stats.bytes += bytes.len() as u64;
-        self.stats.groups += groups.len() as u64;
-        let id = self.active.id;
-        let count = groups.iter().map(Vec::len).sum::<usize>();
-        let segment = self.segments.entry(id).or_default();
-        segment.records += count;
-        segment.bytes += bytes.len() as u64;
-        self.live
-            .extend(groups.into_iter().flatten().map(|r| (id, r)));
         Ok(())
     }
 
