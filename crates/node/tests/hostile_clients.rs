@@ -42,8 +42,11 @@ const FLOOD_FOR: Duration = Duration::from_secs(15);
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// At least this many honest operations must complete during the flood (each
 /// within `OP_TIMEOUT`: that is the liveness check; the count only shows the
-/// client kept going, so it is low enough for a loaded 2-core machine).
-const HONEST_OPS_MIN: usize = 5;
+/// client kept going, so it is low enough for a loaded 2-core machine: on a
+/// slow day, debug build, honest puts took 2-7 s at p50 and 2-15 of them
+/// completed in the 15 s, on this code and on the code before it; 5 failed
+/// 2 runs of 4 there).
+const HONEST_OPS_MIN: usize = 2;
 /// The cap on each replica's peak resident memory. Measured on a loaded
 /// 2-core machine: peaks of 160-200 MiB with the send queues bounded in
 /// bytes, 408-545 MiB (and rising with the flood's length) without.
