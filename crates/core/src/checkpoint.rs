@@ -9,8 +9,9 @@
 //! key-value store and the client table both cut with [`pbft_app::paging`]:
 //! between entries, at boundaries chosen by the keys, so a change moves only
 //! the pages around it, and each keeps its last cut and cuts again only the
-//! pages written since, so building an image costs what changed. Every page is at most [`PAGE_MAX`] bytes, far
-//! below the network's frame limit. Above the pages, a tree of fixed depth:
+//! pages written since, so building an image costs what changed. Every page
+//! is at most [`PAGE_MAX`] bytes, far below the network's frame limit. Above
+//! the pages, a tree of fixed depth:
 //!
 //! ```text
 //! leaf_i  = H("leaf", page_i)
