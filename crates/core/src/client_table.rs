@@ -201,7 +201,7 @@ impl ClientTable {
     }
 
     /// A table of `entries` under `floor`, checked like [`ClientTable::check`].
-    pub fn from_entries(
+    fn from_entries(
         entries: BTreeMap<ClientId, ClientEntry>,
         floor: RequestId,
     ) -> Result<ClientTable, String> {
