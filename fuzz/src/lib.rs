@@ -46,6 +46,7 @@ fn request(id: u64, op: Vec<u8>) -> pbft_crypto::Signed<Request> {
         request_id: RequestId(id),
         op,
         read_only: false,
+        repliers: pbft_core::message::Repliers::ALL,
     })
 }
 

@@ -7,10 +7,12 @@
 //! The counting itself is [`crate::quorum`] (shared with the simulator).
 
 use crate::error::ClientError;
-use crate::quorum::{learned_view, next_request_id, replies_needed, Outcome, ReplyTally};
+use crate::quorum::{
+    learned_view, next_request_id, replies_needed, Outcome, ReplierChoice, ReplyTally,
+};
 use bytes::Bytes;
 use pbft_config::{ClientSettings, Cluster, Tuning};
-use pbft_core::message::{Reply, Request, StatusReport, StatusRequest};
+use pbft_core::message::{Repliers, Reply, Request, StatusReport, StatusRequest};
 use pbft_core::{ClientId, Message, ReadMode, ReplicaId, RequestId, View};
 use pbft_crypto::{KeyPair, Signer, Verifier};
 use pbft_net::{Endpoint, InboundFrame, NetConfig};
@@ -37,6 +39,11 @@ pub struct ClientOptions {
     pub retransmit: Duration,
     /// The longest retransmission interval (default 8 s).
     pub retransmit_max: Duration,
+    /// Once one of the replicas an ordered request named has replied, how
+    /// long to wait for the others before asking every replica (default
+    /// 50 ms): a faulty or lagging named replica, or a lost reply, costs
+    /// this much, not a whole `retransmit` interval.
+    pub reply_grace: Duration,
     /// How long the read-only fast path (in a cluster whose read mode is
     /// `fast`) waits for 2f+1 matching answers before falling back to an
     /// ordered request (default 1 s).
@@ -64,6 +71,7 @@ impl ClientOptions {
             timeout,
             retransmit: Duration::from_millis(500),
             retransmit_max: Duration::from_secs(8),
+            reply_grace: Duration::from_millis(50),
             read_only_wait: Duration::from_secs(1),
             read_only_grace: Duration::from_millis(50),
             status_timeout: Duration::from_secs(2),
@@ -102,7 +110,13 @@ struct State {
     last_request_id: RequestId,
     /// The latest view each replica reported.
     views: BTreeMap<ReplicaId, View>,
+    /// Which replicas ordered requests ask to reply.
+    repliers: ReplierChoice<Instant>,
 }
+
+/// How long a replica that was asked to reply and did not agree in time is
+/// not asked again (unless it answers a broadcast correctly meanwhile).
+const SUSPICION: Duration = Duration::from_secs(30);
 
 /// A client of one PBFT cluster.
 ///
@@ -168,11 +182,17 @@ impl Client {
             endpoint.add_peer(*k, *addr);
         }
         let id = ClientId(key.public());
+        let config = cluster.core_config(&Tuning::default());
+        let repliers = ReplierChoice::new(
+            config.n(),
+            replies_needed(config.f(), config.read_mode, false),
+            usize::from(id.0 .0[0]),
+        );
         Ok(Client {
             endpoint,
             signer: Signer::new(key, cluster.id),
             verifier: Verifier::new(cluster.id),
-            config: cluster.core_config(&Tuning::default()),
+            config,
             cluster: cluster.clone(),
             options,
             id,
@@ -181,6 +201,7 @@ impl Client {
                 inbound,
                 last_request_id: RequestId(0),
                 views: BTreeMap::new(),
+                repliers,
             }),
         })
     }
@@ -267,7 +288,7 @@ impl Client {
         }
         let deadline = start + self.options.timeout;
         let request_id = self.next_id(&mut state);
-        let frame = self.request_frame(request_id, op.clone(), true);
+        let frame = self.request_frame(request_id, op.clone(), true, Repliers::ALL);
         self.broadcast(&frame);
         let mut wait_until = (start + self.options.read_only_wait).min(deadline);
         let needed = replies_needed(self.config.f(), self.config.read_mode, true);
@@ -367,9 +388,13 @@ impl Client {
     ) -> Result<Vec<u8>, ClientError> {
         let started = Instant::now();
         let request_id = self.next_id(state);
-        let frame = self.request_frame(request_id, op, false);
         let primary = self.config.primary(self.view());
+        // Only the named replicas reply to this copy; retransmissions are
+        // another copy that asks every replica.
+        let named = state.repliers.pick(primary, started);
+        let frame = self.request_frame(request_id, op.clone(), false, named);
         self.send(primary, &frame);
+        let mut to_all = None;
         let mut interval = self.options.retransmit;
         let mut retransmit_at = started + interval;
         let needed = self.ordered_quorum();
@@ -378,16 +403,32 @@ impl Client {
             let until = retransmit_at.min(deadline);
             match self.next_incoming(state, until).await? {
                 Some(Incoming::Reply(reply)) => {
-                    if tally.add(&reply) {
-                        match tally.outcome(needed) {
-                            Some(Outcome::Result(result)) => return Ok(result.to_vec()),
-                            Some(Outcome::Withheld) => {
-                                return Err(ClientError::ResultNotKept { request_id })
-                            }
-                            Some(Outcome::Expired) => {
-                                return Err(ClientError::Expired { request_id })
-                            }
-                            None => {}
+                    if !tally.add(&reply) {
+                        continue;
+                    }
+                    if let Some(outcome) = tally.outcome(needed) {
+                        let agreeing = tally.agreeing(needed);
+                        state
+                            .repliers
+                            .settle(named, &agreeing, Instant::now() + SUSPICION);
+                        return match outcome {
+                            Outcome::Result(result) => Ok(result.to_vec()),
+                            Outcome::Withheld => Err(ClientError::ResultNotKept { request_id }),
+                            Outcome::Expired => Err(ClientError::Expired { request_id }),
+                        };
+                    }
+                    if to_all.is_none() {
+                        if tally.all_voted(named, self.config.n()) {
+                            // Every named replica answered and they
+                            // disagree: ask everyone now.
+                            retransmit_at = Instant::now();
+                        } else if tally.voters() == 1 {
+                            // It executed; the other named replicas answer
+                            // within moments unless one is faulty, slow, or
+                            // lost its reply. Ask everyone then, not only
+                            // when the primary is suspected.
+                            retransmit_at =
+                                retransmit_at.min(Instant::now() + self.options.reply_grace);
                         }
                     }
                 }
@@ -402,7 +443,10 @@ impl Client {
                 }
                 None => {
                     debug!(%request_id, ?interval, "no decision yet; broadcasting the request");
-                    self.broadcast(&frame);
+                    let frame = to_all.get_or_insert_with(|| {
+                        self.request_frame(request_id, op.clone(), false, Repliers::ALL)
+                    });
+                    self.broadcast(frame);
                     interval = (interval * 2).min(self.options.retransmit_max);
                     retransmit_at = Instant::now() + interval;
                 }
@@ -478,12 +522,19 @@ impl Client {
         id
     }
 
-    fn request_frame(&self, request_id: RequestId, op: Vec<u8>, read_only: bool) -> Bytes {
+    fn request_frame(
+        &self,
+        request_id: RequestId,
+        op: Vec<u8>,
+        read_only: bool,
+        repliers: Repliers,
+    ) -> Bytes {
         let request = self.signer.sign(Request {
             client: self.id,
             request_id,
             op,
             read_only,
+            repliers,
         });
         Bytes::from(Message::Request(request).encode())
     }

@@ -24,11 +24,21 @@
 //!   [`ReplyStatus::Expired`]: the replicas forgot the client, whether it ran
 //!   is unknown; see `client_table`). [`ReplyTally::outcome`] reports these
 //!   once as many replicas agree on them as a result would need. A client may
-//!   then re-issue a read as a new request, never a write.
+//!   then re-issue a read as a new request, never a write. A withheld
+//!   answer also vouches for a result sent by others whose digest it
+//!   carries: f+1 replicas agree on the digest, and the bytes match it.
+//! * An ordered request names the replicas asked to reply
+//!   ([`crate::message::Repliers`]): as many as decide, backups first
+//!   ([`ReplierChoice::pick`]). A retransmission asks every replica. A named
+//!   replica that did not agree by the time the request was decided is
+//!   passed over for a while ([`ReplierChoice::settle`]), so a faulty one
+//!   costs a client one retransmission interval per suspicion period, not
+//!   one per request.
 
 use crate::config::ReadMode;
 use crate::ids::{ReplicaId, RequestId, View};
-use crate::message::{Reply, ReplyStatus};
+use crate::message::{Repliers, Reply, ReplyStatus};
+use pbft_crypto::Digest;
 use std::collections::BTreeMap;
 
 /// How many matching replies from distinct replicas decide a request, in a
@@ -92,15 +102,42 @@ impl ReplyTally {
         self.votes.len()
     }
 
-    /// The result that at least `needed` distinct replicas sent, if any.
+    /// The result that at least `needed` distinct replicas sent, or vouched
+    /// for with its digest ([`ReplyStatus::Withheld`]: a replica that
+    /// answers a retransmission from its client table may have kept only
+    /// the digest), if any.
     pub fn decided(&self, needed: usize) -> Option<&[u8]> {
-        decide(
-            self.votes
-                .values()
-                .filter(|(s, _)| *s == ReplyStatus::Result)
-                .map(|(_, r)| r.as_slice()),
-            needed,
-        )
+        let results = self
+            .votes
+            .values()
+            .filter(|(s, _)| *s == ReplyStatus::Result)
+            .map(|(_, r)| r.as_slice());
+        if !self
+            .votes
+            .values()
+            .any(|(s, _)| *s == ReplyStatus::Withheld)
+        {
+            return decide(results, needed);
+        }
+        let mut results: Vec<&[u8]> = results.collect();
+        results.sort_unstable();
+        results.dedup();
+        results
+            .into_iter()
+            .find(|r| self.supporters(r).count() >= needed.max(1))
+    }
+
+    /// The replicas that sent `result`, or its digest as withheld.
+    fn supporters<'a>(&'a self, result: &'a [u8]) -> impl Iterator<Item = ReplicaId> + 'a {
+        let digest = Digest::of(result);
+        self.votes
+            .iter()
+            .filter(move |(_, (status, r))| match status {
+                ReplyStatus::Result => r.as_slice() == result,
+                ReplyStatus::Withheld => r.as_slice() == digest.0,
+                ReplyStatus::Expired => false,
+            })
+            .map(|(replica, _)| *replica)
     }
 
     /// What at least `needed` distinct replicas agree on: a result, or that
@@ -123,6 +160,32 @@ impl ReplyTally {
             })
     }
 
+    /// The replicas whose vote is what at least `needed` of them agree on
+    /// ([`ReplyTally::outcome`]); empty while nothing is decided.
+    pub fn agreeing(&self, needed: usize) -> Vec<ReplicaId> {
+        let Some(outcome) = self.outcome(needed) else {
+            return Vec::new();
+        };
+        let status = match outcome {
+            Outcome::Result(r) => return self.supporters(r).collect(),
+            Outcome::Withheld => ReplyStatus::Withheld,
+            Outcome::Expired => ReplyStatus::Expired,
+        };
+        self.votes
+            .iter()
+            .filter(|(_, (s, _))| *s == status)
+            .map(|(replica, _)| *replica)
+            .collect()
+    }
+
+    /// Whether every replica of the `n` that `asked` names has voted.
+    pub fn all_voted(&self, asked: Repliers, n: usize) -> bool {
+        (0..n as u32)
+            .map(ReplicaId)
+            .filter(|r| asked.asks(*r))
+            .all(|r| self.votes.contains_key(&r))
+    }
+
     /// Whether no result can reach `needed` votes any more, given `n` replicas.
     pub fn hopeless(&self, needed: usize, n: usize) -> bool {
         let missing = n.saturating_sub(self.votes.len());
@@ -132,6 +195,86 @@ impl ReplyTally {
         }
         let best = counts.values().copied().max().unwrap_or(0);
         best + missing < needed
+    }
+}
+
+/// Which replicas one client asks to reply to its ordered requests, and which
+/// it passes over. Generic over the clock (`T`: the SDK's `Instant`, the
+/// simulator's microseconds).
+#[derive(Clone, Debug)]
+pub struct ReplierChoice<T> {
+    n: usize,
+    needed: usize,
+    /// Where this client starts among the backups, so that clients spread
+    /// their replies over the replicas.
+    offset: usize,
+    /// Until when each replica is passed over.
+    suspected_until: Vec<Option<T>>,
+}
+
+impl<T: Copy + Ord> ReplierChoice<T> {
+    /// For a client of `n` replicas whose ordered results need `needed`
+    /// matching replies ([`replies_needed`]), starting at `offset` (any
+    /// number that differs between clients, such as a byte of its key).
+    pub fn new(n: usize, needed: usize, offset: usize) -> Self {
+        ReplierChoice {
+            n,
+            needed,
+            offset,
+            suspected_until: vec![None; n],
+        }
+    }
+
+    fn suspected(&self, replica: usize, now: T) -> bool {
+        self.suspected_until[replica].is_some_and(|until| now < until)
+    }
+
+    /// The replicas to ask for a new request while `primary` is believed to
+    /// be the primary: `needed` of them, backups first (the primary has the
+    /// most to send already), from this client's offset on, passing over
+    /// the suspected ones; every replica when fewer are left, or when the
+    /// cluster is too large to name its replicas.
+    pub fn pick(&self, primary: ReplicaId, now: T) -> Repliers {
+        let n = self.n;
+        if n > Repliers::NAMEABLE as usize {
+            return Repliers::ALL;
+        }
+        let primary = primary.index() % n.max(1);
+        let backups =
+            (0..n.saturating_sub(1)).map(|k| (primary + 1 + (self.offset + k) % (n - 1)) % n);
+        let chosen: Vec<ReplicaId> = backups
+            .chain([primary])
+            .filter(|r| !self.suspected(*r, now))
+            .take(self.needed)
+            .map(|r| ReplicaId(r as u32))
+            .collect();
+        if chosen.len() < self.needed {
+            Repliers::ALL
+        } else {
+            Repliers::of(chosen)
+        }
+    }
+
+    /// A request that asked `asked` was decided by `agreeing`: each replica
+    /// it named that is not among them (silent, slow, or answering
+    /// otherwise) is passed over until `until`; the agreeing ones are
+    /// trusted again. A request that asked every replica suspects nobody
+    /// (the ones not counted were merely slower).
+    pub fn settle(&mut self, asked: Repliers, agreeing: &[ReplicaId], until: T) {
+        for r in agreeing {
+            if let Some(s) = self.suspected_until.get_mut(r.index()) {
+                *s = None;
+            }
+        }
+        if asked.is_all() {
+            return;
+        }
+        for (i, s) in self.suspected_until.iter_mut().enumerate() {
+            let r = ReplicaId(i as u32);
+            if asked.asks(r) && !agreeing.contains(&r) {
+                *s = Some(until);
+            }
+        }
     }
 }
 
@@ -211,6 +354,108 @@ mod tests {
         t.add(&reply(1, 5, b"r", false));
         t.add(&reply(2, 5, b"r", false));
         assert_eq!(t.outcome(2), Some(Outcome::Result(b"r")));
+    }
+
+    fn named(r: Repliers, n: u32) -> Vec<u32> {
+        (0..n).filter(|i| r.asks(ReplicaId(*i))).collect()
+    }
+
+    #[test]
+    fn a_client_names_as_many_backups_as_decide_and_passes_over_suspects() {
+        // n = 4, f = 1: two backups, from the client's offset on.
+        let c = ReplierChoice::<u64>::new(4, 2, 0);
+        assert_eq!(named(c.pick(ReplicaId(0), 0), 4), [1, 2]);
+        assert_eq!(named(c.pick(ReplicaId(2), 0), 4), [0, 3]);
+        let c = ReplierChoice::<u64>::new(4, 2, 1);
+        assert_eq!(named(c.pick(ReplicaId(0), 0), 4), [2, 3]);
+        // Clients spread over the backups: every backup is named by some.
+        let mut load = [0; 4];
+        for offset in 0..6 {
+            for r in named(
+                ReplierChoice::<u64>::new(4, 2, offset).pick(ReplicaId(0), 0),
+                4,
+            ) {
+                load[r as usize] += 1;
+            }
+        }
+        assert_eq!(load, [0, 4, 4, 4]);
+
+        // Replica 2 was named and did not agree: passed over until time 10,
+        // when the primary fills in if need be.
+        let mut c = ReplierChoice::<u64>::new(4, 2, 0);
+        let asked = c.pick(ReplicaId(0), 0);
+        c.settle(asked, &[ReplicaId(1), ReplicaId(3)], 10);
+        assert_eq!(named(c.pick(ReplicaId(0), 5), 4), [1, 3]);
+        c.settle(c.pick(ReplicaId(0), 5), &[ReplicaId(1)], 10);
+        assert_eq!(named(c.pick(ReplicaId(0), 5), 4), [0, 1]);
+        // Suspicion ends with time, or when the replica agrees again.
+        assert_eq!(named(c.pick(ReplicaId(0), 10), 4), [1, 2]);
+        c.settle(Repliers::ALL, &[ReplicaId(2), ReplicaId(3)], 20);
+        assert_eq!(named(c.pick(ReplicaId(0), 5), 4), [1, 2]);
+        // Asking everyone suspects nobody.
+        let mut c = ReplierChoice::<u64>::new(4, 2, 0);
+        c.settle(Repliers::ALL, &[ReplicaId(0), ReplicaId(3)], 10);
+        assert_eq!(named(c.pick(ReplicaId(0), 5), 4), [1, 2]);
+        // Too few unsuspected replicas: everyone is asked.
+        let mut c = ReplierChoice::<u64>::new(4, 3, 0);
+        c.settle(c.pick(ReplicaId(0), 0), &[ReplicaId(1)], 10);
+        assert!(c.pick(ReplicaId(0), 5).is_all());
+        // One replica: it is the one asked.
+        assert_eq!(
+            named(ReplierChoice::<u64>::new(1, 1, 7).pick(ReplicaId(0), 0), 1),
+            [0]
+        );
+        // Clusters too large to name their replicas ask everyone.
+        assert!(ReplierChoice::<u64>::new(67, 23, 0)
+            .pick(ReplicaId(0), 0)
+            .is_all());
+    }
+
+    #[test]
+    fn a_withheld_digest_vouches_for_the_result_it_matches() {
+        let mut t = ReplyTally::new(RequestId(5), false);
+        t.add(&reply(1, 5, b"ok", false));
+        let mut withheld = reply(2, 5, &Digest::of(b"ok").0, false);
+        withheld.status = ReplyStatus::Withheld;
+        t.add(&withheld);
+        assert_eq!(t.outcome(2), Some(Outcome::Result(b"ok")));
+        assert_eq!(t.agreeing(2), [ReplicaId(1), ReplicaId(2)]);
+        // Not the digest of another result.
+        let mut t = ReplyTally::new(RequestId(5), false);
+        t.add(&reply(1, 5, b"forged", false));
+        t.add(&withheld);
+        assert_eq!(t.outcome(2), None);
+        // And not alone: it takes needed supporters in all.
+        withheld.replica = ReplicaId(3);
+        t.add(&withheld);
+        assert_eq!(t.outcome(3), None);
+        t.add(&reply(0, 5, b"ok", false));
+        assert_eq!(t.outcome(3), Some(Outcome::Result(b"ok")));
+        assert_eq!(t.outcome(4), None);
+    }
+
+    #[test]
+    fn the_agreeing_replicas_and_whether_all_named_voted() {
+        let mut t = ReplyTally::new(RequestId(5), false);
+        let asked = Repliers::of([ReplicaId(1), ReplicaId(2)]);
+        t.add(&reply(1, 5, b"ok", false));
+        assert!(!t.all_voted(asked, 4));
+        assert!(t.agreeing(2).is_empty());
+        t.add(&reply(2, 5, b"bad", false));
+        assert!(t.all_voted(asked, 4));
+        t.add(&reply(3, 5, b"ok", false));
+        assert_eq!(t.agreeing(2), [ReplicaId(1), ReplicaId(3)]);
+        assert!(!t.all_voted(Repliers::ALL, 4));
+    }
+
+    #[test]
+    fn repliers_name_replicas_below_64_and_empty_means_all() {
+        let r = Repliers::of([ReplicaId(0), ReplicaId(63), ReplicaId(70)]);
+        assert!(r.asks(ReplicaId(0)) && r.asks(ReplicaId(63)));
+        assert!(!r.asks(ReplicaId(1)) && !r.is_all());
+        // Ids of 64 and more cannot be named: they always reply.
+        assert!(r.asks(ReplicaId(64)) && r.asks(ReplicaId(70)));
+        assert!(Repliers::of([]).is_all() && Repliers::ALL.asks(ReplicaId(5)));
     }
 
     #[test]

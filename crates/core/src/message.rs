@@ -44,6 +44,54 @@ pub struct Request {
     pub op: Vec<u8>,
     /// Ask for the read-only fast path (answered without ordering).
     pub read_only: bool,
+    /// The replicas asked to reply once the request has executed.
+    pub repliers: Repliers,
+}
+
+/// The replicas a client asks to reply to an ordered request once it has
+/// executed: as a bit mask, bit i for replica i; empty ([`Repliers::ALL`])
+/// asks every replica.
+///
+/// A client needs only f+1 matching replies (2f+1 in a `fast` cluster), so
+/// it names that many replicas instead of having all n send one: on this
+/// kind of deployment a reply costs a datagram at both ends, about a third
+/// of a request's whole cost. The names are the client's, signed with the
+/// request: a primary cannot change them. A replica not named still keeps
+/// the result in its client table and answers retransmissions, and a client
+/// that does not decide in time retransmits with [`Repliers::ALL`], so a
+/// named replica that is faulty costs the client one retransmission
+/// interval, after which it names others
+/// ([`crate::client_quorum::ReplierChoice`]). Replicas with an id of 64 or
+/// more cannot be named and always reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Repliers(u64);
+
+impl Repliers {
+    /// Every replica replies.
+    pub const ALL: Repliers = Repliers(0);
+    /// Replicas with an id at or above this always reply.
+    pub const NAMEABLE: u32 = 64;
+
+    /// Exactly these replicas (those with an id of 64 or more always reply
+    /// anyway); no replica at all means every replica.
+    pub fn of(replicas: impl IntoIterator<Item = ReplicaId>) -> Repliers {
+        Repliers(
+            replicas
+                .into_iter()
+                .filter(|r| r.0 < Self::NAMEABLE)
+                .fold(0, |mask, r| mask | 1 << r.0),
+        )
+    }
+
+    /// Whether `replica` is asked to reply.
+    pub fn asks(self, replica: ReplicaId) -> bool {
+        self.0 == 0 || replica.0 >= Self::NAMEABLE || self.0 & (1 << replica.0) != 0
+    }
+
+    /// Whether every replica is asked.
+    pub fn is_all(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// The ordered contents of one sequence number. Its digest commits to the

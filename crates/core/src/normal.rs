@@ -8,6 +8,10 @@
 //!   (persist the certificate, then) --COMMIT(v,n,d)--> all
 //!   committed-local = prepared + 2f+1 matching commits
 //!   execute in sequence order --REPLY--> client (f+1 matching replies decide)
+//!     sent by the replicas the request names (`Repliers`: f+1 of them, or
+//!     all), by those a retransmitted copy names, and by every replica when
+//!     the result is too large for the client table to keep; the others
+//!     keep the result and answer retransmissions from the client table
 //! ```
 //!
 //! Filters (each failure drops the message with a counter): the view is the
@@ -78,13 +82,21 @@ impl Replica {
                 // it again, but at most once per retry interval, so copies
                 // relayed between replicas (which may disagree on the view)
                 // die out instead of circulating. Known only as relayed so
-                // far, it now has the client's word that it waits.
-                if p.deadline.is_none() {
-                    let deadline = self.now + self.view_change_timeout();
-                    if let Some(p) = self.pending.get_mut(&client) {
+                // far, it now has the client's word that it waits. Its copy
+                // names the replicas the client now wants replies from (all
+                // of them, from the SDK).
+                let asks = request.repliers.asks(self.id);
+                let deadline = self.now + self.view_change_timeout();
+                let mut timer_changed = false;
+                if let Some(p) = self.pending.get_mut(&client) {
+                    p.reply_asked |= asks;
+                    if p.deadline.is_none() {
                         p.deadline = Some(deadline);
                         p.relayed_by = None;
+                        timer_changed = true;
                     }
+                }
+                if timer_changed {
                     self.update_view_change_timer();
                 }
                 self.forward_to_primary(client, out);
@@ -101,6 +113,7 @@ impl Replica {
             return self.drop_input("too many pending requests");
         }
         self.pending_order.push_back((client, request.request_id));
+        let reply_asked = request.repliers.asks(self.id);
         let deadline = relayed_by
             .is_none()
             .then(|| self.now + self.view_change_timeout());
@@ -113,6 +126,7 @@ impl Replica {
                 deadline,
                 relayed_by,
                 forwarded: None,
+                reply_asked,
             },
         );
         if self.is_primary() {
@@ -484,6 +498,7 @@ impl Replica {
                 deadline: Some(deadline),
                 relayed_by: None,
                 forwarded: None,
+                reply_asked: request.repliers.asks(self.id),
             },
         );
     }
@@ -653,12 +668,26 @@ impl Replica {
             .min()
     }
 
+    /// Whether to reply to `request` as it executes: if the copy in the batch
+    /// or one this replica received from the client asks it to
+    /// ([`crate::message::Repliers`]). The result is kept in the client table
+    /// either way, for retransmissions (where it is too large to keep, every
+    /// replica replies: see `execute_batch`).
+    fn reply_asked(&self, request: &Request) -> bool {
+        request.repliers.asks(self.id)
+            || self
+                .pending
+                .get(&request.client)
+                .is_some_and(|p| p.request.request_id == request.request_id && p.reply_asked)
+    }
+
     /// Applies each request that has not executed before, in batch order, and
-    /// replies. Returns how many ran.
+    /// replies where asked. Returns how many ran.
     fn execute_batch(&mut self, batch: &Batch, out: &mut Vec<Output>) -> usize {
         let mut ran = 0;
         for request in &batch.requests {
             let client = request.client;
+            let reply_asked = self.reply_asked(request);
             match self.clients.admit(&client, request.request_id) {
                 Admission::New => {}
                 // Executed at most once per (client, id).
@@ -672,8 +701,11 @@ impl Replica {
                     {
                         self.pending.remove(&client);
                     }
-                    let reply = self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
-                    out.push(Output::Reply(client, reply));
+                    if reply_asked {
+                        let reply =
+                            self.reply_status(&request.value, Vec::new(), ReplyStatus::Expired);
+                        out.push(Output::Reply(client, reply));
+                    }
                     continue;
                 }
             }
@@ -684,7 +716,6 @@ impl Replica {
                 &result,
                 self.config.client_result_max,
             );
-            let reply = self.reply(&request.value, result, false);
             if self
                 .pending
                 .get(&client)
@@ -692,7 +723,14 @@ impl Replica {
             {
                 self.pending.remove(&client);
             }
-            out.push(Output::Reply(client, reply));
+            // A result too large to keep cannot be sent again on a
+            // retransmission: every replica sends it now.
+            if reply_asked || result.len() > self.config.client_result_max {
+                out.push(Output::Reply(
+                    client,
+                    self.reply(&request.value, result, false),
+                ));
+            }
             ran += 1;
         }
         ran

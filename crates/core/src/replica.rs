@@ -117,6 +117,9 @@ pub(crate) struct Pending {
     pub relayed_by: Option<ReplicaId>,
     /// When this backup last relayed it to the primary.
     pub forwarded: Option<Instant>,
+    /// Whether a copy of it that this replica received asks it to reply
+    /// ([`crate::message::Repliers`]): the first copy, or a retransmission.
+    pub reply_asked: bool,
 }
 
 /// A snapshot of a replica's progress, for status endpoints, metrics and

@@ -1,12 +1,13 @@
 //! The client table at the replica (`client_table`): idle clients are
 //! forgotten at checkpoints, a forgotten client's old request is refused as
 //! expired (never run twice), its new requests run, and a large result is
-//! re-sent as withheld.
+//! re-sent as withheld. Only the replicas a request names reply as it
+//! executes; the others answer its retransmission from the table.
 
 mod harness;
 
 use harness::{config, get, put, Client, Cluster};
-use pbft_core::message::{Message, ReplyStatus, Request};
+use pbft_core::message::{Message, Repliers, ReplyStatus, Request};
 use pbft_core::{ReplicaId, RequestId, SeqNum};
 use pbft_crypto::Signed;
 
@@ -86,4 +87,91 @@ fn a_large_result_is_re_sent_as_withheld() {
     assert_eq!(got, vec![ReplyStatus::Withheld]);
     let reply = &cluster.replies[&client.id()][0];
     assert_eq!(reply.result.len(), 32, "the result's digest");
+}
+
+fn repliers_of(cluster: &Cluster, client: &Client, id: RequestId) -> Vec<u32> {
+    let mut who: Vec<u32> = cluster
+        .replies
+        .get(&client.id())
+        .into_iter()
+        .flatten()
+        .filter(|r| r.request_id == id)
+        .map(|r| r.replica.0)
+        .collect();
+    who.sort_unstable();
+    who
+}
+
+#[test]
+fn only_the_named_replicas_reply_and_the_others_answer_a_retransmission() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    let named = Repliers::of([ReplicaId(1), ReplicaId(3)]);
+    let first = client.request_naming(put("k", "v"), named);
+    send(&mut cluster, &first);
+    assert_eq!(repliers_of(&cluster, &client, first.request_id), [1, 3]);
+    assert!(client.result(&cluster, first.request_id.0).is_some());
+    // Executed everywhere: a copy asking everyone is answered by all four
+    // from the client table, and the put does not run again.
+    let executed = cluster.replica(2).status().last_executed;
+    cluster.replies.clear();
+    let again = client.signer.sign(Request {
+        repliers: Repliers::ALL,
+        ..first.value.clone()
+    });
+    for r in 0..4 {
+        cluster.deliver(ReplicaId(r), Message::Request(again.clone()));
+    }
+    cluster.run();
+    assert_eq!(
+        repliers_of(&cluster, &client, first.request_id),
+        [0, 1, 2, 3]
+    );
+    assert_eq!(
+        statuses(&cluster, &client, first.request_id),
+        vec![ReplyStatus::Result; 4]
+    );
+    assert_eq!(cluster.replica(2).status().last_executed, executed);
+}
+
+#[test]
+fn a_later_copy_asking_a_replica_before_execution_makes_it_reply() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    let named = Repliers::of([ReplicaId(1), ReplicaId(2)]);
+    let first = client.request_naming(put("k", "v"), named);
+    // Before the primary proposes the first copy, replica 3 gets it (it
+    // does not name replica 3) and then a copy naming everyone.
+    let all = client.signer.sign(Request {
+        repliers: Repliers::ALL,
+        ..first.value.clone()
+    });
+    cluster.deliver(ReplicaId(3), Message::Request(first.clone()));
+    cluster.deliver(ReplicaId(3), Message::Request(all));
+    send(&mut cluster, &first);
+    assert_eq!(repliers_of(&cluster, &client, first.request_id), [1, 2, 3]);
+}
+
+#[test]
+fn every_replica_sends_a_result_too_large_to_keep() {
+    let (mut config, signers) = config(4);
+    config.client_result_max = 4;
+    let mut cluster = Cluster::with_config(config, signers);
+    let mut client = Client::new(1, &cluster);
+    let named = Repliers::of([ReplicaId(1), ReplicaId(2)]);
+    send(
+        &mut cluster,
+        &client.request_naming(put("k", "a value longer than four"), named),
+    );
+    // The result (the value) is larger than the table keeps.
+    let read = client.request_naming(get("k"), named);
+    send(&mut cluster, &read);
+    assert_eq!(
+        repliers_of(&cluster, &client, read.request_id),
+        [0, 1, 2, 3]
+    );
+    // A small one: only the named.
+    let small = client.request_naming(put("j", "x"), named);
+    send(&mut cluster, &small);
+    assert_eq!(repliers_of(&cluster, &client, small.request_id), [1, 2]);
 }

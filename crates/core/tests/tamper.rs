@@ -44,6 +44,7 @@ fn messages(fx: &Fixture) -> Vec<Message> {
         request_id: RequestId(5),
         op: b"op".to_vec(),
         read_only: false,
+        repliers: pbft_core::message::Repliers::ALL,
     });
     let batch = Batch {
         requests: vec![request.clone()],

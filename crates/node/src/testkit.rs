@@ -262,6 +262,7 @@ impl TestClient {
             request_id,
             op: op.encode(),
             read_only: false,
+            repliers: pbft_core::message::Repliers::ALL,
         });
         let message = Message::Request(request);
         let deadline = Instant::now() + timeout;

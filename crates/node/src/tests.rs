@@ -143,6 +143,7 @@ fn send_put(c: &TestClient, request_id: RequestId) {
         request_id,
         op: put("k", "v").encode(),
         read_only: false,
+        repliers: pbft_core::message::Repliers::ALL,
     });
     c.send(ReplicaId(0), &Message::Request(request))
         .expect("send the request");
@@ -259,6 +260,7 @@ fn decoder_drops_garbage_and_client_sent_replica_traffic() {
         request_id: RequestId(1),
         op: vec![1, 2, 3],
         read_only: false,
+        repliers: pbft_core::message::Repliers::ALL,
     }));
     let bytes = request.encode();
     assert_eq!(decode_frame(&bytes, &me, false), Ok(request.clone()));
@@ -314,6 +316,7 @@ async fn requests_signed_for_another_client_are_dropped() {
             request_id: RequestId(77),
             op: put("stolen", "x").encode(),
             read_only: false,
+            repliers: pbft_core::message::Repliers::ALL,
         }));
         for i in 0..4 {
             let _ = attacker.send(ReplicaId(i), &forged);
@@ -603,6 +606,7 @@ async fn garbage_frames_do_not_crash_a_node() {
             request_id: RequestId(1_000),
             op: put("x", "y").encode(),
             read_only: false,
+            repliers: pbft_core::message::Repliers::ALL,
         }));
         let bytes = valid.encode();
         let _ = c.send_raw(r0, bytes[..bytes.len() / 2].to_vec());

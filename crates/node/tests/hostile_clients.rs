@@ -81,6 +81,7 @@ async fn flood(flooder: TestClient, until: Instant) -> u64 {
             request_id: RequestId(sent),
             op: scan.clone(),
             read_only: false,
+            repliers: pbft_core::message::Repliers::ALL,
         }));
         for i in 0..N {
             let _ = flooder.send(ReplicaId(i as u32), &request);

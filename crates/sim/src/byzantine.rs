@@ -505,6 +505,9 @@ impl Byzantine {
                         }
                         .encode(),
                         read_only: false,
+                        repliers: pbft_core::message::Repliers::of([ReplicaId(
+                            rng.gen_range(0..self.config.n() as u32),
+                        )]),
                     }),
                 )
             }

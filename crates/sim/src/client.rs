@@ -10,6 +10,12 @@
 //! accepted on 2f+1 matching read-only replies, otherwise retried as an
 //! ordered request.
 //!
+//! An ordered request names the replicas asked to reply (as many as decide,
+//! backups first, passing over those that failed to agree before: the SDK's
+//! [`ReplierChoice`]); retransmissions ask every replica: a quarter of the
+//! timeout base after the first named replica replied without a decision
+//! following, at once when every named one answered without agreeing.
+//!
 //! Counting replies and learning the view are the SDK's own logic,
 //! [`pbft_core::client_quorum`] (one implementation; it lives in the core so
 //! the simulator needs no network stack): [`ReplyTally`] per request,
@@ -19,9 +25,9 @@
 use crate::checker::linearizability::{op_key, History};
 use pbft_app::kv::{KvOp, KvResult};
 use pbft_core::client_quorum::{
-    learned_view, next_request_id, replies_needed, Outcome, ReplyTally,
+    learned_view, next_request_id, replies_needed, Outcome, ReplierChoice, ReplyTally,
 };
-use pbft_core::message::{Reply, Request};
+use pbft_core::message::{Repliers, Reply, ReplyStatus, Request};
 use pbft_core::{ClientId, Message, ReadMode, ReplicaId, RequestId, View};
 use pbft_crypto::{Signed, Signer};
 use rand::Rng;
@@ -60,6 +66,10 @@ struct Outstanding {
     views: BTreeMap<ReplicaId, View>,
     /// The current retransmission timeout.
     timeout: u64,
+    /// The replicas the first copy of an ordered request asked to reply.
+    named: Repliers,
+    /// Whether it was retransmitted (to every replica).
+    retransmitted: bool,
     /// Index in the history.
     history: usize,
 }
@@ -88,6 +98,16 @@ impl ClientParams {
     fn max_timeout(&self) -> u64 {
         32 * self.timeout_base
     }
+
+    /// How long the other named replicas may take once one has replied.
+    fn reply_grace(&self) -> u64 {
+        self.timeout_base / 4
+    }
+
+    /// How long a named replica that did not agree is not named again.
+    fn suspicion(&self) -> u64 {
+        40 * self.timeout_base
+    }
 }
 
 /// One simulated client.
@@ -96,6 +116,7 @@ pub(crate) struct Client {
     pub id: ClientId,
     signer: Signer,
     params: ClientParams,
+    repliers: ReplierChoice<u64>,
     last_request_id: u64,
     view: u64,
     pub ops_left: usize,
@@ -104,6 +125,8 @@ pub(crate) struct Client {
     seen: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Requests the replicas answered as run with the result withheld.
     pub withheld: usize,
+    /// Replies carrying a withheld result's digest.
+    pub withheld_replies: u64,
     /// Requests the replicas answered as expired.
     pub expired: usize,
     /// Writes that ended with their outcome unknown (history index, when):
@@ -113,17 +136,21 @@ pub(crate) struct Client {
 
 impl Client {
     pub fn new(index: usize, signer: Signer, params: ClientParams, ops: usize) -> Client {
+        let id = ClientId(signer.public_key());
+        let needed = replies_needed(params.f, params.read_mode, false);
         Client {
             index,
-            id: ClientId(signer.public_key()),
+            id,
             signer,
             params,
+            repliers: ReplierChoice::new(params.n, needed, usize::from(id.0 .0[0])),
             last_request_id: 0,
             view: 0,
             ops_left: ops,
             current: None,
             seen: BTreeMap::new(),
             withheld: 0,
+            withheld_replies: 0,
             expired: 0,
             abandoned: Vec::new(),
         }
@@ -156,13 +183,25 @@ impl Client {
         }
     }
 
-    fn sign(&self, request_id: RequestId, op: &KvOp, read_only: bool) -> Signed<Request> {
+    fn sign(
+        &self,
+        request_id: RequestId,
+        op: &KvOp,
+        read_only: bool,
+        repliers: Repliers,
+    ) -> Signed<Request> {
         self.signer.sign(Request {
             client: self.id,
             request_id,
             op: op.encode(),
             read_only,
+            repliers,
         })
+    }
+
+    /// Whom a new ordered request asks to reply.
+    fn pick_repliers(&self, now: u64) -> Repliers {
+        self.repliers.pick(ReplicaId(self.primary() as u32), now)
     }
 
     fn primary(&self) -> usize {
@@ -190,7 +229,12 @@ impl Client {
             && self.params.read_only > 0.0
             && rng.gen_bool(self.params.read_only);
         let h = history.invoke(self.index, op.clone(), now);
-        let request = self.sign(request_id, &op, read_only);
+        let named = if read_only {
+            Repliers::ALL
+        } else {
+            self.pick_repliers(now)
+        };
+        let request = self.sign(request_id, &op, read_only, named);
         let mut actions = Vec::new();
         let (mode, timeout) = if read_only {
             for r in 0..self.params.n {
@@ -212,6 +256,8 @@ impl Client {
             tally: ReplyTally::new(request_id, read_only),
             views: BTreeMap::new(),
             timeout,
+            named,
+            retransmitted: false,
             history: h,
         });
         actions
@@ -221,6 +267,7 @@ impl Client {
     fn fall_back(&mut self, now: u64) -> Vec<ClientAction> {
         let initial = self.params.initial_timeout();
         let primary = self.primary();
+        let named = self.pick_repliers(now);
         let Some(cur) = self.current.as_mut() else {
             return Vec::new();
         };
@@ -228,8 +275,10 @@ impl Client {
         cur.tally = ReplyTally::new(cur.request_id, false);
         cur.views.clear();
         cur.timeout = initial;
+        cur.named = named;
+        cur.retransmitted = false;
         let (id, op) = (cur.request_id, cur.op.clone());
-        let request = self.sign(id, &op, false);
+        let request = self.sign(id, &op, false, named);
         vec![
             ClientAction::Send(primary, Message::Request(request)),
             ClientAction::SetTimer(now + initial),
@@ -247,9 +296,10 @@ impl Client {
             Mode::ReadOnly => self.fall_back(now),
             Mode::Ordered => {
                 cur.timeout = (cur.timeout * 2).min(max);
+                cur.retransmitted = true;
                 let timeout = cur.timeout;
                 let (id, op) = (cur.request_id, cur.op.clone());
-                let request = self.sign(id, &op, false);
+                let request = self.sign(id, &op, false, Repliers::ALL);
                 let mut actions: Vec<ClientAction> = (0..n)
                     .map(|r| ClientAction::Send(r, Message::Request(request.clone())))
                     .collect();
@@ -266,6 +316,7 @@ impl Client {
     fn not_answered(&mut self, now: u64, withheld: bool) -> Vec<ClientAction> {
         let initial = self.params.initial_timeout();
         let primary = self.primary();
+        let named = self.pick_repliers(now);
         let Some(cur) = self.current.as_mut() else {
             return Vec::new();
         };
@@ -286,8 +337,10 @@ impl Client {
         cur.tally = ReplyTally::new(request_id, false);
         cur.views.clear();
         cur.timeout = initial;
+        cur.named = named;
+        cur.retransmitted = false;
         let op = cur.op.clone();
-        let request = self.sign(request_id, &op, false);
+        let request = self.sign(request_id, &op, false, named);
         vec![
             ClientAction::Send(primary, Message::Request(request)),
             ClientAction::SetTimer(now + initial),
@@ -307,9 +360,17 @@ impl Client {
         if !cur.tally.add(&reply) {
             return Vec::new();
         }
+        if reply.status == ReplyStatus::Withheld {
+            self.withheld_replies += 1;
+        }
         cur.views.insert(reply.replica, reply.view);
         let read_only = cur.mode == Mode::ReadOnly;
         let needed = replies_needed(f, read_mode, read_only);
+        if !read_only && cur.tally.outcome(needed).is_some() {
+            let agreeing = cur.tally.agreeing(needed);
+            let until = now + self.params.suspicion();
+            self.repliers.settle(cur.named, &agreeing, until);
+        }
         let result = match cur.tally.outcome(needed) {
             Some(Outcome::Result(result)) => result.to_vec(),
             Some(Outcome::Withheld) => return self.not_answered(now, true),
@@ -317,6 +378,18 @@ impl Client {
             None => {
                 if read_only && cur.tally.hopeless(needed, n) {
                     return self.fall_back(now);
+                }
+                if !read_only && !cur.retransmitted {
+                    // Every named replica answered, and they disagree: ask
+                    // everyone now.
+                    if cur.tally.all_voted(cur.named, n) {
+                        return self.on_timer(now);
+                    }
+                    // It executed: the other named replicas have a grace
+                    // period, then everyone is asked.
+                    if cur.tally.voters() == 1 {
+                        return vec![ClientAction::SetTimer(now + self.params.reply_grace())];
+                    }
                 }
                 return Vec::new();
             }

@@ -99,8 +99,12 @@ pub struct RunReport {
     /// Pages those transfers fetched (pages already held are not fetched).
     pub pages_fetched: u64,
     /// Retransmitted requests the replicas answered as run with the result
-    /// not kept (the client table keeps only a digest of large results).
+    /// not kept (the client table keeps only a digest of large results), and
+    /// no replica had sent the result itself.
     pub withheld_results: u64,
+    /// Replies that carried a withheld result's digest (counted towards the
+    /// result it matches, if a replica sent that).
+    pub withheld_replies: u64,
     /// Requests the replicas answered as expired (below the client table's
     /// floor after the client was forgotten).
     pub expired_requests: u64,

@@ -1334,6 +1334,7 @@ impl Sim {
             chunked_transfers: self.chunked_transfers,
             pages_fetched: self.pages_fetched,
             withheld_results: self.clients.iter().map(|c| c.client.withheld as u64).sum(),
+            withheld_replies: self.clients.iter().map(|c| c.client.withheld_replies).sum(),
             expired_requests: self.clients.iter().map(|c| c.client.expired as u64).sum(),
             censored_requests: self.censored_requests,
             rejoin_us: self

@@ -29,11 +29,13 @@
 //!   opened and the marker written.
 //!
 //! A `records.log` (the single-file log of older versions, `PBFTLOG1` or
-//! `PBFTLOG2`) is refused with [`StorageError::Corrupted`] naming its format.
+//! `PBFTLOG2`) is refused with [`StorageError::Corrupted`] naming its format,
+//! and so is a segment of format 3 (`PBFTLOG3`, whose requests did not name
+//! their repliers).
 //!
 //! # File format (one segment)
 //! ```text
-//! header:  "PBFTLOG3" | cluster id (u64 LE) | replica id (u32 LE) | segment id (u64 LE)
+//! header:  "PBFTLOG4" | cluster id (u64 LE) | replica id (u32 LE) | segment id (u64 LE)
 //!          | covers_from (u64 LE) | crc32 of the 36 bytes before (u32 LE)
 //! entry*:  length (u32 LE) | crc32 of payload (u32 LE) | crc32 of the 8 bytes before (u32 LE)
 //!          | payload (postcard Record, `length` bytes)

@@ -5,7 +5,10 @@ use crate::StorageError;
 use pbft_core::{Record, ReplicaId};
 use std::path::{Path, PathBuf};
 
-pub(crate) const MAGIC: &[u8; 8] = b"PBFTLOG3";
+/// Version 4: requests name the replicas asked to reply.
+pub(crate) const MAGIC: &[u8; 8] = b"PBFTLOG4";
+/// Segments whose records encode requests without `repliers`.
+pub(crate) const MAGIC_V3: &[u8; 8] = b"PBFTLOG3";
 pub(crate) const MAGIC_V2: &[u8; 8] = b"PBFTLOG2";
 pub(crate) const MAGIC_V1: &[u8; 8] = b"PBFTLOG1";
 /// magic | cluster | replica | id | covers_from | crc32 of the bytes before.
@@ -79,7 +82,7 @@ impl Header {
             reason,
         };
         let magic = bytes.get(..8);
-        if magic == Some(MAGIC_V1) || magic == Some(MAGIC_V2) {
+        if magic == Some(MAGIC_V1) || magic == Some(MAGIC_V2) || magic == Some(MAGIC_V3) {
             return Err(corrupted(0, old_format(bytes[7])));
         }
         if bytes.len() < HEADER_LEN || magic != Some(MAGIC) {
@@ -135,7 +138,7 @@ pub(crate) fn old_format(version: u8) -> String {
     let version = char::from(version);
     format!(
         "record log format v{version} (PBFTLOG{version}), written by an older version; this \
-         version reads segmented logs (PBFTLOG3) only"
+         version reads PBFTLOG4 logs only"
     )
 }
 

@@ -814,11 +814,13 @@ fn other_replica_garbage_or_old_formats_are_refused() {
     assert!(matches!(err, StorageError::Corrupted { .. }), "{err}");
     // And an old magic in a segment.
     fs::remove_file(dir.path().join(OLD_LOG_FILE)).expect("rm");
-    let mut v2 = good.clone();
-    v2[..8].copy_from_slice(b"PBFTLOG2");
-    fs::write(&path, v2).expect("write");
-    let err = reopen(&dir).expect_err("v2 magic");
-    assert!(err.to_string().contains("older version"), "{err}");
+    for magic in [b"PBFTLOG2", b"PBFTLOG3"] {
+        let mut old = good.clone();
+        old[..8].copy_from_slice(magic);
+        fs::write(&path, old).expect("write");
+        let err = reopen(&dir).expect_err("old magic");
+        assert!(err.to_string().contains("older version"), "{err}");
+    }
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn requests(payload: usize) -> Vec<Message> {
                 request_id: RequestId(1),
                 op: op.encode(),
                 read_only: false,
+                repliers: pbft_core::message::Repliers::ALL,
             }))
         })
         .collect()

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use pbft_app::kv::{KvOp, KvResult, KvStore};
-use pbft_core::message::{Message, Reply, Request};
+use pbft_core::message::{Message, Repliers, Reply, Request};
 use pbft_core::{
     ClientId, Config, Input, Instant, Output, Record, Replica, ReplicaId, RequestId, SeqNum,
 };
@@ -346,7 +346,13 @@ impl Client {
         ClientId(self.key.public())
     }
 
+    /// The next request, asking every replica to reply.
     pub fn request(&mut self, op: KvOp) -> Signed<Request> {
+        self.request_naming(op, Repliers::ALL)
+    }
+
+    /// The next request, asking `repliers` to reply.
+    pub fn request_naming(&mut self, op: KvOp, repliers: Repliers) -> Signed<Request> {
         let id = self.next_id;
         self.next_id += 1;
         self.signer.sign(Request {
@@ -354,6 +360,7 @@ impl Client {
             request_id: RequestId(id),
             op: op.encode(),
             read_only: false,
+            repliers,
         })
     }
 
