@@ -88,6 +88,7 @@ pub(crate) struct Metrics {
     pub(crate) verify_batches: IntCounter,
     /// Process values, read at each scrape.
     cpu_seconds: Counter,
+    resident_bytes: IntGauge,
     signatures_checked: IntCounter,
     signature_check_calls: IntCounter,
     signature_batches: IntCounter,
@@ -265,6 +266,11 @@ impl Metrics {
                 "process_cpu_seconds_total",
                 "User and system CPU time of this process, in seconds",
             )?,
+            resident_bytes: gauge(
+                &r,
+                "process_resident_memory_bytes",
+                "Resident memory of this process, in bytes",
+            )?,
             signatures_checked: counter(
                 &r,
                 "pbft_signatures_checked_total",
@@ -341,6 +347,10 @@ impl Metrics {
                 self.cpu_seconds.inc_by(delta);
             }
         }
+        if let Some(bytes) = process_resident_bytes() {
+            self.resident_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let s = pbft_crypto::stats::check_stats();
         mirror(&self.signatures_checked, s.signatures);
         mirror(&self.signature_check_calls, s.calls);
@@ -367,6 +377,11 @@ pub(crate) fn mirror(counter: &IntCounter, total: u64) {
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Some(t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
+}
+
+/// This process's resident memory; `None` where `/proc` has no answer.
+fn process_resident_bytes() -> Option<u64> {
+    crate::process::resident_bytes(std::process::id())
 }
 
 /// This process's CPU time: unknown off unix.
@@ -408,6 +423,7 @@ mod tests {
         }
         for name in [
             "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
             "pbft_signatures_checked_total",
             "pbft_signature_check_seconds_total",
         ] {

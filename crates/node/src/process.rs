@@ -7,6 +7,19 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// The resident memory of process `pid` in bytes (`VmRSS` of
+/// `/proc/<pid>/status`); `None` if it is gone or there is no `/proc`.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&status, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// A `<name> <n> kB` field of a `/proc/<pid>/status` text.
+pub(crate) fn status_kib(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// How to run one replica: `exe args... --config <node file>`.
 #[derive(Clone, Debug)]
 pub struct NodeCommand {

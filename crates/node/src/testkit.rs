@@ -413,10 +413,6 @@ pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
 /// system has no `/proc`).
 pub fn rss_mib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024)
-    };
+    let field = |name| crate::process::status_kib(&status, name).map(|kib| kib / 1024);
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }

@@ -25,7 +25,7 @@ use clap::Args;
 use pbft_client::{Client, ClientOptions, KeyPair, ReplicaStatus};
 use pbft_config::{ClientFile, ClientSettings, Durability, NodeFile};
 use pbft_node::process::{NodeCommand, NodeProcesses};
-use report::{Report, Snapshot};
+use report::{ReplicaSnapshot, Report, Snapshot};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -328,7 +328,7 @@ async fn wait_ready(cluster: &mut Cluster) -> CmdResult {
     }
 }
 
-/// Scrapes every replica and reads CPU times.
+/// Scrapes every replica and reads CPU times and resident memory.
 async fn snapshot(cluster: &Cluster) -> Snapshot {
     let mut replicas = Vec::new();
     for (i, addr) in cluster.metrics.iter().enumerate() {
@@ -336,8 +336,16 @@ async fn snapshot(cluster: &Cluster) -> Snapshot {
             Some(a) => scrape::scrape(*a).await.map_err(|e| format!("{e:#}")),
             None => Err("no metrics address".to_string()),
         };
-        let cpu = cluster.pid(i).and_then(cpu::pid_seconds);
-        replicas.push((samples, cpu));
+        let pid = cluster.pid(i);
+        let cpu = pid.and_then(cpu::pid_seconds);
+        let rss = pid
+            .and_then(pbft_node::process::resident_bytes)
+            .or_else(|| {
+                let s = samples.as_ref().ok()?;
+                let name = "process_resident_memory_bytes";
+                s.has(name).then(|| s.get(name, &[]) as u64)
+            });
+        replicas.push(ReplicaSnapshot { samples, cpu, rss });
     }
     Snapshot {
         at: Instant::now(),

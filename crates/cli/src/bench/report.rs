@@ -11,14 +11,25 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::time::Instant;
 
+/// One replica at one instant.
+#[derive(Debug)]
+pub struct ReplicaSnapshot {
+    /// Its metrics (or why not).
+    pub samples: Result<Samples, String>,
+    /// Its CPU seconds, if this bench started it.
+    pub cpu: Option<f64>,
+    /// Its resident memory in bytes (from `/proc` if this bench started it,
+    /// else from its metrics), if known.
+    pub rss: Option<u64>,
+}
+
 /// Every replica's metrics and CPU time at one instant, and this process's.
 #[derive(Debug)]
 pub struct Snapshot {
     /// When it was taken (after the scrapes).
     pub at: Instant,
-    /// Per replica: its samples (or why not) and its CPU seconds if this
-    /// bench started it.
-    pub replicas: Vec<(Result<Samples, String>, Option<f64>)>,
+    /// Per replica.
+    pub replicas: Vec<ReplicaSnapshot>,
     /// This process's CPU seconds.
     pub client_cpu: f64,
 }
@@ -79,6 +90,14 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
+/// Each replica's resident memory in MiB, if known.
+fn rss_mib(s: &Snapshot) -> Vec<Option<f64>> {
+    s.replicas
+        .iter()
+        .map(|r| r.rss.map(|b| b as f64 / (1u64 << 20) as f64))
+        .collect()
+}
+
 fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a.is_finite()).then(|| a / b)
 }
@@ -100,11 +119,11 @@ impl Report {
         let mut replicas: Vec<Option<ReplicaDelta>> = Vec::new();
         let mut total = Samples::default();
         for (id, (b, a)) in i.before.replicas.iter().zip(&i.after.replicas).enumerate() {
-            let cpu_pid = match (b.1, a.1) {
+            let cpu_pid = match (b.cpu, a.cpu) {
                 (Some(x), Some(y)) => Some(y - x),
                 _ => None,
             };
-            match (&b.0, &a.0) {
+            match (&b.samples, &a.samples) {
                 (Ok(before), Ok(after)) => {
                     let d = after.minus(before);
                     let sum = |name: &str| {
@@ -217,6 +236,10 @@ impl Report {
                 "client": client_cpu,
                 "replicas": replicas.iter().map(|r| r.as_ref().and_then(|r| r.cpu)).collect::<Vec<_>>(),
             },
+            "rss_mib": {
+                "start": rss_mib(&i.before),
+                "end": rss_mib(&i.after),
+            },
             "batch_size_mean": batch_size,
             "signatures_per_request": sigs_per_request,
             "fsyncs_per_request": fsyncs_per_request,
@@ -293,6 +316,19 @@ impl Report {
             s,
             "cpu seconds    replicas [{}], client process {client_cpu:.2}",
             cpus.join(", ")
+        );
+        let mib = |s: &Snapshot| -> String {
+            rss_mib(s)
+                .into_iter()
+                .map(|m| opt(m, 1.0, 0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "memory (MiB)   replicas' resident memory at the start [{}], at the end [{}]",
+            mib(&i.before),
+            mib(&i.after)
         );
         let _ = writeln!(
             s,
