@@ -115,10 +115,7 @@ fn only_the_named_replicas_reply_and_the_others_answer_a_retransmission() {
     // from the client table, and the put does not run again.
     let executed = cluster.replica(2).status().last_executed;
     cluster.replies.clear();
-    let again = client.signer.sign(Request {
-        repliers: Repliers::ALL,
-        ..first.value.clone()
-    });
+    let again = client.asking_everyone(&first);
     for r in 0..4 {
         cluster.deliver(ReplicaId(r), Message::Request(again.clone()));
     }
@@ -142,10 +139,7 @@ fn a_later_copy_asking_a_replica_before_execution_makes_it_reply() {
     let first = client.request_naming(put("k", "v"), named);
     // Before the primary proposes the first copy, replica 3 gets it (it
     // does not name replica 3) and then a copy naming everyone.
-    let all = client.signer.sign(Request {
-        repliers: Repliers::ALL,
-        ..first.value.clone()
-    });
+    let all = client.asking_everyone(&first);
     cluster.deliver(ReplicaId(3), Message::Request(first.clone()));
     cluster.deliver(ReplicaId(3), Message::Request(all));
     send(&mut cluster, &first);

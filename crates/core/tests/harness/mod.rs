@@ -351,6 +351,15 @@ impl Client {
         self.request_naming(op, Repliers::ALL)
     }
 
+    /// Another copy of `request` (same id), asking every replica to reply:
+    /// a retransmission as the SDK sends it.
+    pub fn asking_everyone(&self, request: &Signed<Request>) -> Signed<Request> {
+        self.signer.sign(Request {
+            repliers: Repliers::ALL,
+            ..request.value.clone()
+        })
+    }
+
     /// The next request, asking `repliers` to reply.
     pub fn request_naming(&mut self, op: KvOp, repliers: Repliers) -> Signed<Request> {
         let id = self.next_id;
