@@ -120,6 +120,11 @@ MUTATIONS = [
      "            if bytes + size > NEW_VIEW_BATCH_BYTES",
      "            if bytes + size > usize::MAX / 2",
      "normal", "pbft-core/protocol::a_new_view_carries_part_of_its_batches_and_the_rest_are_fetched"),
+    ("M18", "a withheld digest vouches for any result, not only the one it is the digest of",
+     "crates/core/src/client_quorum.rs",
+     "                ReplyStatus::Withheld => r.as_slice() == digest.0,",
+     "                ReplyStatus::Withheld => !r.is_empty(),",
+     "byz-conflict", "pbft-core/client_table::a_withheld_digest_vouches_only_for_the_result_it_matches"),
 ]
 
 

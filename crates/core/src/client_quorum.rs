@@ -412,29 +412,6 @@ mod tests {
     }
 
     #[test]
-    fn a_withheld_digest_vouches_for_the_result_it_matches() {
-        let mut t = ReplyTally::new(RequestId(5), false);
-        t.add(&reply(1, 5, b"ok", false));
-        let mut withheld = reply(2, 5, &Digest::of(b"ok").0, false);
-        withheld.status = ReplyStatus::Withheld;
-        t.add(&withheld);
-        assert_eq!(t.outcome(2), Some(Outcome::Result(b"ok")));
-        assert_eq!(t.agreeing(2), [ReplicaId(1), ReplicaId(2)]);
-        // Not the digest of another result.
-        let mut t = ReplyTally::new(RequestId(5), false);
-        t.add(&reply(1, 5, b"forged", false));
-        t.add(&withheld);
-        assert_eq!(t.outcome(2), None);
-        // And not alone: it takes needed supporters in all.
-        withheld.replica = ReplicaId(3);
-        t.add(&withheld);
-        assert_eq!(t.outcome(3), None);
-        t.add(&reply(0, 5, b"ok", false));
-        assert_eq!(t.outcome(3), Some(Outcome::Result(b"ok")));
-        assert_eq!(t.outcome(4), None);
-    }
-
-    #[test]
     fn the_agreeing_replicas_and_whether_all_named_voted() {
         let mut t = ReplyTally::new(RequestId(5), false);
         let asked = Repliers::of([ReplicaId(1), ReplicaId(2)]);

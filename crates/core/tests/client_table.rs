@@ -7,9 +7,12 @@
 mod harness;
 
 use harness::{config, get, put, Client, Cluster};
-use pbft_core::message::{Message, Repliers, ReplyStatus, Request};
+use pbft_core::client_quorum::{Outcome, ReplyTally};
+use pbft_core::message::{Message, Repliers, Reply, ReplyStatus, Request};
+use pbft_core::{ClientId, View};
 use pbft_core::{ReplicaId, RequestId, SeqNum};
 use pbft_crypto::Signed;
+use pbft_crypto::{Digest, PublicKey};
 
 fn send(cluster: &mut Cluster, request: &Signed<Request>) {
     cluster.deliver(ReplicaId(0), Message::Request(request.clone()));
@@ -168,4 +171,40 @@ fn every_replica_sends_a_result_too_large_to_keep() {
     let small = client.request_naming(put("j", "x"), named);
     send(&mut cluster, &small);
     assert_eq!(repliers_of(&cluster, &client, small.request_id), [1, 2]);
+}
+
+fn reply(replica: u32, status: ReplyStatus, result: &[u8]) -> Reply {
+    Reply {
+        view: View(0),
+        client: ClientId(PublicKey([9; 32])),
+        request_id: RequestId(5),
+        result: result.to_vec(),
+        status,
+        read_only: false,
+        replica: ReplicaId(replica),
+    }
+}
+
+/// A client that meets digests (the table kept only those) counts each for
+/// the full result whose digest it is, and for nothing else.
+#[test]
+fn a_withheld_digest_vouches_only_for_the_result_it_matches() {
+    let digest = Digest::of(b"ok").0;
+    let mut t = ReplyTally::new(RequestId(5), false);
+    t.add(&reply(1, ReplyStatus::Result, b"ok"));
+    t.add(&reply(2, ReplyStatus::Withheld, &digest));
+    assert_eq!(t.outcome(2), Some(Outcome::Result(b"ok")));
+    assert_eq!(t.agreeing(2), [ReplicaId(1), ReplicaId(2)]);
+    // Not for another result: a liar's bytes and honest digests decide
+    // nothing.
+    let mut t = ReplyTally::new(RequestId(5), false);
+    t.add(&reply(1, ReplyStatus::Result, b"forged"));
+    t.add(&reply(2, ReplyStatus::Withheld, &digest));
+    assert_eq!(t.outcome(2), None);
+    // And not alone: it takes `needed` supporters in all.
+    t.add(&reply(3, ReplyStatus::Withheld, &digest));
+    assert_eq!(t.outcome(3), None);
+    t.add(&reply(0, ReplyStatus::Result, b"ok"));
+    assert_eq!(t.outcome(3), Some(Outcome::Result(b"ok")));
+    assert_eq!(t.outcome(4), None);
 }
