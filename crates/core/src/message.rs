@@ -58,10 +58,11 @@ pub struct Request {
 /// of a request's whole cost. The names are the client's, signed with the
 /// request: a primary cannot change them. A replica not named still keeps
 /// the result in its client table and answers retransmissions, and a client
-/// that does not decide in time retransmits with [`Repliers::ALL`], so a
-/// named replica that is faulty costs the client one retransmission
-/// interval, after which it names others
-/// ([`crate::client_quorum::ReplierChoice`]). Replicas with an id of 64 or
+/// that does not decide soon after the first named reply retransmits with
+/// [`Repliers::ALL`] (the SDK after 50 ms), so a named replica that is
+/// faulty costs the client that wait, after which it names others for a
+/// while ([`crate::client_quorum::ReplierChoice`]). A result too large for
+/// the client table is sent by every replica. Replicas with an id of 64 or
 /// more cannot be named and always reply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Repliers(u64);
