@@ -214,7 +214,8 @@ impl ClientTable {
         Ok(table)
     }
 
-    /// [`ClientTable::from_entries`], decoded from `pages`, which are kept
+    /// A table under `floor` (checked like [`ClientTable::check`]), decoded
+    /// from `pages`, which are kept
     /// as the table's own cut where they are the canonical pages (see
     /// [`PageCache::seed`]). The pages may be cut anyhow, but together they
     /// must list the clients in strictly increasing order.
