@@ -623,13 +623,24 @@ impl Authenticated for SignedNote {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_stage_forwards_good_and_drops_bad() {
+    forwards_good_and_drops_bad(2).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn inline_verify_stage_forwards_good_and_drops_bad() {
+    forwards_good_and_drops_bad(0).await;
+}
+
+/// 200 items (a tenth with bad signatures, a tenth naming unknown signers)
+/// through a stage of `workers` threads (0: inline) with batches of 8.
+async fn forwards_good_and_drops_bad(workers: usize) {
     bounded(async {
         let cluster = ClusterId(3);
         let signers: Vec<Signer> = (0..3u8).map(|i| Signer::new(key(i + 1), cluster)).collect();
         let keys = Arc::new(Keys(signers.iter().map(|s| s.public_key()).collect()));
         let (in_tx, in_rx) = mpsc::channel(16);
         let (out_tx, mut out_rx) = mpsc::channel(16);
-        let handle = spawn_verifier_with(Verifier::new(cluster), keys, in_rx, out_tx, 2, 8);
+        let handle = spawn_verifier_with(Verifier::new(cluster), keys, in_rx, out_tx, workers, 8);
 
         let total = 200usize;
         let feeder = tokio::spawn(async move {
@@ -674,6 +685,16 @@ async fn verify_stage_forwards_good_and_drops_bad() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn verify_stage_ends_when_its_output_is_dropped_or_it_is_aborted() {
+    ends_when_output_dropped_or_aborted([3, 2]).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn inline_verify_stage_ends_when_its_output_is_dropped_or_it_is_aborted() {
+    ends_when_output_dropped_or_aborted([0, 0]).await;
+}
+
+/// The two endings, on stages of `workers[0]` and `workers[1]` threads.
+async fn ends_when_output_dropped_or_aborted(workers: [usize; 2]) {
     bounded(async {
         let cluster = ClusterId(3);
         let signer = Signer::new(key(1), cluster);
@@ -687,7 +708,14 @@ async fn verify_stage_ends_when_its_output_is_dropped_or_it_is_aborted() {
         // The output receiver goes away while the input stays open.
         let (in_tx, in_rx) = mpsc::channel(16);
         let (out_tx, mut out_rx) = mpsc::channel(1);
-        let handle = spawn_verifier_with(Verifier::new(cluster), keys.clone(), in_rx, out_tx, 3, 4);
+        let handle = spawn_verifier_with(
+            Verifier::new(cluster),
+            keys.clone(),
+            in_rx,
+            out_tx,
+            workers[0],
+            4,
+        );
         in_tx
             .send(Unchecked::new(PublicKey([0; 32]), note(0)))
             .await
@@ -700,7 +728,8 @@ async fn verify_stage_ends_when_its_output_is_dropped_or_it_is_aborted() {
         // Aborted while idle, input and output open.
         let (in_tx, in_rx) = mpsc::channel::<Unchecked<SignedNote>>(16);
         let (out_tx, _out_rx) = mpsc::channel(1);
-        let handle = spawn_verifier_with(Verifier::new(cluster), keys, in_rx, out_tx, 2, 4);
+        let handle =
+            spawn_verifier_with(Verifier::new(cluster), keys, in_rx, out_tx, workers[1], 4);
         handle.abort();
         handle.join().await;
         assert!(in_tx.is_closed(), "the stage dropped its input");

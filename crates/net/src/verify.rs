@@ -1,5 +1,6 @@
 //! A batched signature-verification stage between the network and the
-//! protocol task, on a fixed pool of dedicated threads.
+//! protocol task, on a fixed pool of dedicated threads or inline on the
+//! runtime.
 //!
 //! ```text
 //!             ┌─► thread 1: take ≤ max_batch ─► Verifier::verify_batch ─► emit in turn ─┐
@@ -19,8 +20,18 @@
 //! so output follows input order (per-sender order survives) while batches
 //! are checked in parallel. No task is spawned and no thread is handed work
 //! per batch: an item costs one wake-up of a verification thread, and of the
-//! consumer. Besides the channels the caller passes in, the stage holds at
-//! most `workers × max_batch` items. Failures are counted and logged, never
+//! consumer.
+//!
+//! With no threads (`workers == 0`) the stage is one task on the caller's
+//! runtime that takes batches the same way and checks each on the runtime
+//! thread polling it, yielding between batches. That costs no thread
+//! hand-off per item (two futex wake-ups and context switches fewer), which
+//! is worth more than a parallel check when replicas share a small host; the
+//! price is that a batch (at most `max_batch` checks, about a millisecond at
+//! 64) holds that runtime thread.
+//!
+//! Besides the channels the caller passes in, the stage holds at
+//! most `max(workers, 1) × max_batch` items. Failures are counted and logged, never
 //! forwarded.
 //!
 //! The stage checks that every signature a value carries is valid for the
@@ -35,7 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 /// Items checked in one batch when not set otherwise.
 pub const DEFAULT_MAX_BATCH: usize = 64;
@@ -134,8 +145,9 @@ impl VerifierHandle {
 }
 
 /// Starts a verification stage with batches of at most [`DEFAULT_MAX_BATCH`]
-/// items on `workers` (at least 1) dedicated threads. Must be called within a
-/// tokio runtime (the threads wait on the channels through its handle).
+/// items on `workers` dedicated threads, or inline in a task on the current
+/// runtime if `workers` is 0. Must be called within a tokio runtime (the
+/// threads wait on the channels through its handle).
 pub fn spawn_verifier<T>(
     verifier: Verifier,
     keys: Arc<T::Keys>,
@@ -179,23 +191,28 @@ where
         turn: Mutex::new(0),
         turn_changed: Condvar::new(),
     });
-    for i in 0..workers.max(1) {
-        let worker = Worker {
-            verifier: verifier.clone(),
-            keys: keys.clone(),
-            shared: shared.clone(),
-            output: output.clone(),
-            counters: counters.clone(),
-            stop: stop_rx.clone(),
-            max_batch: max_batch.max(1),
-            _done: done_tx.clone(),
-        };
-        let handle = handle.clone();
-        let span = tracing::info_span!("verify", thread = i);
-        std::thread::Builder::new()
-            .name(format!("pbft-verify-{i}"))
-            .spawn(move || span.in_scope(|| worker.run(&handle)))
-            .unwrap_or_else(|e| panic!("cannot start a verification thread: {e}"));
+    let worker = Worker {
+        verifier,
+        keys,
+        shared,
+        output,
+        counters: counters.clone(),
+        stop: stop_rx,
+        max_batch: max_batch.max(1),
+        _done: done_tx,
+    };
+    if workers == 0 {
+        tokio::spawn(worker.run_inline().in_current_span());
+    } else {
+        for i in 0..workers {
+            let worker = worker.clone_for_thread();
+            let handle = handle.clone();
+            let span = tracing::info_span!("verify", thread = i);
+            std::thread::Builder::new()
+                .name(format!("pbft-verify-{i}"))
+                .spawn(move || span.in_scope(|| worker.run(&handle)))
+                .unwrap_or_else(|e| panic!("cannot start a verification thread: {e}"));
+        }
     }
     VerifierHandle {
         counters,
@@ -267,37 +284,87 @@ impl<T> Worker<T>
 where
     T: Authenticated,
 {
+    /// Another worker on the same intake, output and counters.
+    fn clone_for_thread(&self) -> Self {
+        Worker {
+            verifier: self.verifier.clone(),
+            keys: self.keys.clone(),
+            shared: self.shared.clone(),
+            output: self.output.clone(),
+            counters: self.counters.clone(),
+            stop: self.stop.clone(),
+            max_batch: self.max_batch,
+            _done: self._done.clone(),
+        }
+    }
+
+    /// Checks one batch: the verified items ready to forward, in order
+    /// (failures are counted and logged here).
+    fn check(&self, batch: Vec<Unchecked<T>>) -> Vec<Checked<T>> {
+        let mut origins = Vec::with_capacity(batch.len());
+        let mut values = Vec::with_capacity(batch.len());
+        for item in batch {
+            origins.push((item.from, item.held));
+            values.push(item.value);
+        }
+        let results = self.verifier.verify_batch(values, &*self.keys);
+        inc(&self.counters.batches);
+        origins
+            .into_iter()
+            .zip(results)
+            .filter_map(|((from, held), result)| match result {
+                Ok(value) => Some(Checked { from, value, held }),
+                Err(e) => {
+                    inc(&self.counters.rejected);
+                    debug!(peer = %Short(&from), error = %e, "dropping message that failed signature verification");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// A dedicated thread's loop: batches are checked in parallel with the
+    /// other threads' and forwarded in ticket order.
     fn run(mut self, handle: &Handle) {
         while let Some((ticket, batch)) = handle.block_on(self.take()) {
-            let mut origins = Vec::with_capacity(batch.len());
-            let mut values = Vec::with_capacity(batch.len());
-            for item in batch {
-                origins.push((item.from, item.held));
-                values.push(item.value);
-            }
-            let results = self.verifier.verify_batch(values, &*self.keys);
-            inc(&self.counters.batches);
+            let checked = self.check(batch);
             let shared = self.shared.clone();
             let _turn = shared.wait_turn(ticket);
-            for ((from, held), result) in origins.into_iter().zip(results) {
-                match result {
-                    Ok(value) => {
-                        let checked = Checked { from, value, held };
-                        if !handle.block_on(self.forward(checked)) {
-                            // The other threads see the same and stop too.
-                            debug!("verified-message receiver dropped or stage aborted; stopping");
-                            return;
-                        }
-                        inc(&self.counters.verified);
-                    }
-                    Err(e) => {
-                        inc(&self.counters.rejected);
-                        debug!(peer = %Short(&from), error = %e, "dropping message that failed signature verification");
-                    }
-                }
+            if !handle.block_on(self.forward_all(checked)) {
+                return;
             }
         }
         debug!("verification thread stopped");
+    }
+
+    /// The inline stage's loop, a task on the caller's runtime: each batch
+    /// is checked on the runtime thread that polls it (blocking it for the
+    /// batch), so an item costs no thread hand-off at all.
+    async fn run_inline(mut self) {
+        while let Some((_, batch)) = self.take().await {
+            let checked = self.check(batch);
+            if !self.forward_all(checked).await {
+                return;
+            }
+            // Let the tasks that feed and drain the stage run between
+            // batches, so a long queue does not hold the thread.
+            tokio::task::yield_now().await;
+        }
+        debug!("inline verification stopped");
+    }
+
+    /// Forwards a checked batch in order; false if the receiver is gone or
+    /// the stage aborted.
+    async fn forward_all(&mut self, checked: Vec<Checked<T>>) -> bool {
+        for item in checked {
+            if !self.forward(item).await {
+                // Any other threads see the same and stop too.
+                debug!("verified-message receiver dropped or stage aborted; stopping");
+                return false;
+            }
+            inc(&self.counters.verified);
+        }
+        true
     }
 
     /// The next batch and its ticket; `None` once the input is closed and

@@ -35,8 +35,9 @@
 //!   the same way before it costs a signature check.
 //! * The **verification stage** ([`pbft_net::spawn_verifier`]) checks every
 //!   signature a message carries against the core [`Config`](pbft_core::Config)
-//!   in batches on [`Threads::verify`] dedicated threads, off the runtime,
-//!   with the replicas' keys decoded once, and forwards only [`Verified`](pbft_crypto::Verified)
+//!   in batches, on [`Threads::verify`] dedicated threads or (with none, the
+//!   default below 4 cores) inline in a task on the runtime, with the
+//!   replicas' keys decoded once, and forwards only [`Verified`](pbft_crypto::Verified)
 //!   messages, in arrival order.
 //! * The **protocol task** owns the [`Replica`], the log writer
 //!   ([`pbft_storage::LogWriter`], on a thread of its own, over the

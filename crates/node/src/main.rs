@@ -43,9 +43,10 @@ struct Args {
     /// half the cores, 1 to 4, for replicas sharing a host).
     #[arg(long, value_name = "N")]
     runtime_threads: Option<NonZeroUsize>,
-    /// Signature-verification threads (default: half the cores, 1 to 8).
+    /// Signature-verification threads; 0 checks signatures inline on the
+    /// runtime (default: 0 below 4 cores, else half the cores, at most 8).
     #[arg(long, value_name = "N")]
-    verify_threads: Option<NonZeroUsize>,
+    verify_threads: Option<usize>,
     /// Run as a BYZANTINE replica, for fault injection: silent, equivocate,
     /// conflict, badsig, replay, slow-primary, checkpoint, viewchange,
     /// forget, censor, flood or wrong-state (`pbft_node::behaviours`; what

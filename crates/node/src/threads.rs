@@ -6,6 +6,15 @@
 //! core for each: half the cores each (at least 1, at most 4 runtime workers
 //! and 8 verification threads). One runtime thread means a current-thread
 //! runtime: no work stealing and no cross-thread wake-ups between tasks.
+//!
+//! Zero verification threads means signatures are checked **inline**, by a
+//! task on the runtime (see [`pbft_net::spawn_verifier`]): no thread
+//! hand-off per message, at the price of checking on the runtime's threads.
+//! That is the default on hosts of fewer than [`INLINE_BELOW_CORES`] cores,
+//! where a verification thread per replica buys no parallelism the replicas
+//! do not already compete for: on 2 cores with 4 replicas, inline checking
+//! cut the CPU per operation by about a tenth (docs/benchmarks.md).
+//!
 //! Record-log writes and fsyncs run on one log writer thread of their own
 //! whatever the size.
 
@@ -15,6 +24,8 @@ use std::num::NonZeroUsize;
 const DEFAULT_RUNTIME_MAX: usize = 4;
 /// Most verification threads the default picks.
 const DEFAULT_VERIFY_MAX: usize = 8;
+/// Hosts with fewer cores than this check signatures inline by default.
+pub const INLINE_BELOW_CORES: usize = 4;
 
 /// Thread counts of one replica process; `None` picks the default for the
 /// host's cores (see the module docs).
@@ -22,12 +33,20 @@ const DEFAULT_VERIFY_MAX: usize = 8;
 pub struct Threads {
     /// Tokio runtime threads; 1 is a current-thread runtime.
     pub runtime: Option<NonZeroUsize>,
-    /// Signature-verification threads.
-    pub verify: Option<NonZeroUsize>,
+    /// Signature-verification threads; 0 checks inline on the runtime.
+    pub verify: Option<usize>,
 }
 
 fn half_of(cores: usize, max: usize) -> usize {
     (cores / 2).clamp(1, max)
+}
+
+fn default_verify(cores: usize) -> usize {
+    if cores < INLINE_BELOW_CORES {
+        0
+    } else {
+        half_of(cores, DEFAULT_VERIFY_MAX)
+    }
 }
 
 impl Threads {
@@ -43,12 +62,9 @@ impl Threads {
         )
     }
 
-    /// The verification threads to start.
+    /// The verification threads to start (0: check inline).
     pub fn verify_threads(&self) -> usize {
-        self.verify.map_or_else(
-            || half_of(Self::cores(), DEFAULT_VERIFY_MAX),
-            NonZeroUsize::get,
-        )
+        self.verify.unwrap_or_else(|| default_verify(Self::cores()))
     }
 
     /// Builds the runtime: current-thread for one thread, else multi-thread
@@ -77,6 +93,11 @@ mod tests {
         assert_eq!(half_of(3, 4), 1);
         assert_eq!(half_of(8, 4), 4);
         assert_eq!(half_of(64, 8), 8);
+        assert_eq!(default_verify(1), 0);
+        assert_eq!(default_verify(2), 0);
+        assert_eq!(default_verify(3), 0);
+        assert_eq!(default_verify(4), 2);
+        assert_eq!(default_verify(64), 8);
     }
 
     #[test]
@@ -85,7 +106,7 @@ mod tests {
         let two = one.saturating_add(1);
         let threads = Threads {
             runtime: Some(two),
-            verify: Some(one),
+            verify: Some(1),
         };
         assert_eq!(
             (threads.runtime_threads(), threads.verify_threads()),
@@ -95,8 +116,9 @@ mod tests {
         assert_eq!(rt.metrics().num_workers(), 2);
         let single = Threads {
             runtime: Some(one),
-            verify: None,
+            verify: Some(0),
         };
+        assert_eq!(single.verify_threads(), 0);
         let rt = single.runtime().expect("current-thread runtime");
         assert_eq!(rt.metrics().num_workers(), 1);
         assert_eq!(rt.block_on(async { 6 * 7 }), 42);
