@@ -6,6 +6,12 @@
 //! failure); 2 bad usage (including unusable configuration files); 3 outcome
 //! unknown (timeout, cluster unavailable or refusing this client).
 
+/// mimalloc instead of the system allocator: a replica allocates and frees
+/// a buffer or two per message, and glibc's malloc took 8% of all CPU under
+/// load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod chaos;
 mod check_history;

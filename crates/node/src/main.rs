@@ -21,6 +21,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc instead of the system allocator: a replica allocates and frees
+/// a buffer or two per message, and glibc's malloc took 8% of all CPU under
+/// load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs one replica of a PBFT (Castro & Liskov) Byzantine fault-tolerant
 /// key-value service until SIGINT or SIGTERM.
 #[derive(Debug, Parser)]
