@@ -7,9 +7,9 @@
 //! ```text
 //! QUIC endpoint ══InboundFrame══► decode tasks ══(peer, Message)══► verification stage
 //!   (pbft-net)     two lanes:       (one per lane) Message::decode;   (pbft-net, batched, on
-//!                  replicas ahead   garbage and client-sent replica    verify threads; replicas'
-//!                  of clients       traffic dropped and counted        lane first; drops bad
-//!                                                                      signatures)
+//!                  replicas ahead   garbage and client-sent replica    verify threads or inline;
+//!                  of clients       traffic dropped and counted        replicas' lane first;
+//!                                                                      drops bad signatures)
 //!                                                                          │ Verified<Message>
 //!                                                                          ▼
 //!   endpoint.send ◄── outbox: sends held ◄──── protocol task: Replica::handle for a group of
