@@ -179,7 +179,6 @@ where
     T: Authenticated + Send + 'static,
     T::Keys: Send + Sync + 'static,
 {
-    let handle = Handle::current();
     let counters = Arc::new(Counters::default());
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, done) = mpsc::channel(1);
@@ -204,6 +203,7 @@ where
     if workers == 0 {
         tokio::spawn(worker.run_inline().in_current_span());
     } else {
+        let handle = Handle::current();
         for i in 0..workers {
             let worker = worker.clone_for_thread();
             let handle = handle.clone();
