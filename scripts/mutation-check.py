@@ -125,6 +125,11 @@ MUTATIONS = [
      "                ReplyStatus::Withheld => r.as_slice() == digest.0,",
      "                ReplyStatus::Withheld => !r.is_empty(),",
      "byz-conflict", "pbft-core/client_table::a_withheld_digest_vouches_only_for_the_result_it_matches"),
+    ("M19", "the ordering watch never leaves the view (a slow primary keeps it)",
+     "crates/core/src/ordering.rs",
+     "        if !self.awaits_ordering() {\n            return;\n        }\n        if self.state_fetch",
+     "        if !self.awaits_ordering() || self.id.0 != u32::MAX {\n            return;\n        }\n        if self.state_fetch",
+     "byz-slow-primary", "ordering_watch"),
 ]
 
 

@@ -9,7 +9,8 @@
 //!
 //! Start reading at [`replica`] (state and dispatch), then [`normal`]
 //! (request, pre-prepare, prepare, commit, execute), [`checkpoint`]
-//! (checkpoints, garbage collection, state transfer) and [`view_change`].
+//! (checkpoints, garbage collection, state transfer), [`view_change`] and
+//! [`ordering`] (the heartbeat that replaces a primary too slow to order).
 //! [`client_quorum`] is the client's side of the protocol (how many matching
 //! replies decide, which view to believe), shared by the SDK and the
 //! simulator so both count replies the same way.
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod io;
 pub mod message;
 pub mod normal;
+pub mod ordering;
 pub mod replica;
 pub mod retransmit;
 pub mod view_change;

@@ -98,6 +98,7 @@ impl Replica {
                 }
                 if timer_changed {
                     self.update_view_change_timer();
+                    self.watch_ordering();
                 }
                 self.forward_to_primary(client, out);
                 return;
@@ -133,6 +134,7 @@ impl Replica {
             self.propose_soon();
         } else if relayed_by.is_none() {
             self.forward_to_primary(client, out);
+            self.watch_ordering();
         }
         self.update_view_change_timer();
     }
@@ -161,6 +163,28 @@ impl Replica {
         }
         p.forwarded = Some(now);
         out.push(Output::Send(primary, Message::Request(p.request.clone())));
+    }
+
+    /// A view began: a backup relays the requests its clients wait on and
+    /// no re-issued pre-prepare holds to the new primary, which may lack
+    /// them (their clients sent them to the old one first), before the
+    /// ordering watch holds it to account for them.
+    pub(crate) fn forward_awaited_requests(&mut self, out: &mut Vec<Output>) {
+        if !self.active || self.is_primary() {
+            return;
+        }
+        let awaited: Vec<ClientId> = self
+            .pending
+            .iter_mut()
+            .filter(|(_, p)| p.deadline.is_some() && !p.proposed)
+            .map(|(client, p)| {
+                p.forwarded = None;
+                *client
+            })
+            .collect();
+        for client in awaited {
+            self.forward_to_primary(client, out);
+        }
     }
 
     /// The read-only fast path: answered at once from the current state; the
@@ -403,6 +427,7 @@ impl Replica {
         }
         let seq = pp.seq;
         self.accept_pre_prepare(pp, Some(batch), out);
+        self.ordering_progressed();
         self.try_prepared(seq, out);
         self.ask_for_a_missed_pre_prepare(seq, out);
     }
@@ -484,6 +509,7 @@ impl Replica {
                 // Proposed: it is to commit within a timeout, whoever
                 // relayed it.
                 p.deadline.get_or_insert(deadline);
+                p.proposed |= p.request.request_id == request.request_id;
                 return;
             }
         } else if self.pending.len() >= self.config.pending_requests_max {
@@ -596,6 +622,9 @@ impl Replica {
         if matching >= quorum {
             slot.committed = true;
             slot.times.committed = Some(self.now);
+            if let Some(pre_prepared) = slot.times.pre_prepared {
+                self.note_round(pre_prepared);
+            }
             tracing::trace!(seq = seq.0, "committed");
             self.try_execute(out);
         }

@@ -101,7 +101,8 @@ impl Slot {
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
     pub request: Signed<Request>,
-    /// Put in a pre-prepare of the current view by this replica (as primary).
+    /// In a pre-prepare of the current view: one this replica sent (as
+    /// primary) or accepted (as a backup).
     pub proposed: bool,
     /// When it arrived (for the batch delay).
     pub arrived: Instant,
@@ -243,6 +244,11 @@ pub struct Replica {
     pub(crate) timer_view_change: Option<Instant>,
     pub(crate) timer_view_change_resend: Option<Instant>,
     pub(crate) timer_batch: Option<Instant>,
+    /// When the ordering watch expires (see [`crate::ordering`]).
+    pub(crate) timer_order: Option<Instant>,
+    /// The moving average of one round of agreement, pre-prepare to
+    /// committed-local (see [`crate::ordering`]).
+    pub(crate) round_estimate: Duration,
     pub(crate) timer_fetch_batches: Option<Instant>,
     /// When to check whether anything executed, and if not send PROGRESS.
     pub(crate) timer_progress: Option<Instant>,
@@ -316,6 +322,8 @@ impl Replica {
             timer_view_change: None,
             timer_view_change_resend: None,
             timer_batch: None,
+            timer_order: None,
+            round_estimate: config.timeout_base / 16,
             invariant_checks: cfg!(debug_assertions),
             timer_fetch_batches: None,
             timer_progress: Some(Instant(0) + config.timeout_base / 2),
@@ -590,6 +598,7 @@ impl Replica {
             self.timer_view_change,
             self.timer_view_change_resend,
             self.timer_batch,
+            self.timer_order,
             self.timer_fetch_batches,
             self.timer_progress,
             self.state_fetch.as_ref().map(|f| f.deadline),
@@ -814,6 +823,9 @@ impl Replica {
         if self.timer_batch.is_some_and(|t| t <= now) {
             self.timer_batch = None;
             self.try_propose(out);
+        }
+        if self.timer_order.is_some_and(|t| t <= now) {
+            self.on_timeout_order(out);
         }
         if self.timer_fetch_batches.is_some_and(|t| t <= now) {
             self.timer_fetch_batches = None;

@@ -177,6 +177,7 @@ impl Replica {
             slot.clear_votes();
         }
         self.timer_batch = None;
+        self.timer_order = None;
         let prepared: Vec<PreparedProof> = self
             .log
             .values()
@@ -462,6 +463,8 @@ impl Replica {
         out.push(Output::EnteredView(self.view));
         self.request_missing_batches(out);
         self.update_view_change_timer();
+        self.forward_awaited_requests(out);
+        self.ordering_progressed();
         self.replay_deferred(out);
         let seqs: Vec<SeqNum> = self.log.keys().copied().collect();
         for seq in seqs {

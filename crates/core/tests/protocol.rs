@@ -1242,3 +1242,44 @@ fn progress_figures_and_status_reports_never_hash_the_whole_state() {
     cluster.replica(1).state_digest();
     assert_eq!(digests.load(Ordering::Relaxed), 1);
 }
+
+/// A backup holding a request its client waits on leaves the view when the
+/// primary sends no new pre-prepare within one ordering timeout (at most
+/// half the view-change timeout), before the request's own deadline. When
+/// the primary orders the request in time, nobody leaves.
+#[test]
+fn a_backup_leaves_a_primary_that_stops_pre_preparing_while_a_client_waits() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    let timeout = cluster.config.timeout_base;
+    // An honest primary orders a request the backups also hold.
+    let request = client.request(put("a", "1"));
+    cluster.deliver(ReplicaId(1), Message::Request(request.clone()));
+    cluster.deliver(ReplicaId(0), Message::Request(request));
+    cluster.advance(timeout * 5);
+    assert!(
+        client.result(&cluster, 1).is_some(),
+        "executed and answered"
+    );
+    cluster.advance(timeout * 5);
+    assert!((0..4).all(|i| {
+        let status = cluster.replica(i).status();
+        status.view == View(0) && status.active
+    }));
+    // Then it goes quiet while a client waits at backup 1.
+    cluster.silent.insert(ReplicaId(0));
+    cluster.deliver(
+        ReplicaId(1),
+        Message::Request(client.request(put("a", "2"))),
+    );
+    cluster.advance(timeout * 6 / 10);
+    let status = cluster.replica(1).status();
+    assert!(
+        status.view > View(0) || !status.active,
+        "one ordering timeout (not one view-change timeout) after the request arrived: {status:?}"
+    );
+    assert!(
+        cluster.replica(2).status().active,
+        "the others held nothing"
+    );
+}

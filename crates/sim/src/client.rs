@@ -88,10 +88,14 @@ pub(crate) struct ClientParams {
     pub read_only: f64,
 }
 
+/// A client's first ordered-request timeout, in replica timeout bases:
+/// until it passes, only the primary holds the request.
+pub(crate) const INITIAL_TIMEOUT_BASES: u64 = 4;
+
 impl ClientParams {
     /// The first ordered-request timeout: well above one view change.
     fn initial_timeout(&self) -> u64 {
-        4 * self.timeout_base
+        INITIAL_TIMEOUT_BASES * self.timeout_base
     }
 
     /// Retransmission timeouts stop doubling here.

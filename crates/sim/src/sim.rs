@@ -1,7 +1,7 @@
 //! The simulation: virtual time, an event queue, replicas (honest, crashed or
 //! Byzantine), clients and the network, all driven by one seeded RNG.
 
-use crate::byzantine::Byzantine;
+use crate::byzantine::{Behavior, Byzantine};
 use crate::checker::agreement::Agreement;
 use crate::checker::certificates::Certificates;
 use crate::checker::linearizability::{self, History};
@@ -27,6 +27,10 @@ use std::time::Duration;
 const GRACE: u64 = 500 * MS;
 /// How soon after the heal a laggard must reach the others (a few timeouts).
 const REJOIN_BOUND: u64 = 10 * TIMEOUT_BASE;
+/// The longest a slow primary may keep its view in `byz-slow-primary` runs:
+/// the clients' first timeout (after which the backups hold the request and
+/// watch the primary), one ordering timeout and a view change, with room.
+const SLOW_VIEW_BOUND: u64 = 10 * TIMEOUT_BASE;
 /// Most events one run may process (a livelock guard).
 const EVENT_BUDGET: u64 = 5_000_000;
 
@@ -275,10 +279,7 @@ impl Sim {
         // that flood requests from made-up clients with far-future ids: once
         // those are evicted they lift the floor above every honest id (the
         // known limit of `client_table`; key admission prevents it).
-        let flood = plan
-            .byzantine
-            .iter()
-            .any(|(_, b)| *b == crate::byzantine::Behavior::Flood);
+        let flood = plan.byzantine.iter().any(|(_, b)| *b == Behavior::Flood);
         if options.seed.is_multiple_of(2) && !flood {
             config.client_table_max = plan.clients.saturating_sub(1).max(1);
         }
@@ -352,6 +353,12 @@ impl Sim {
                             sim.plan.network.muted.map(|v| ReplicaId(v as u32)),
                         );
                         b.forge_checkpoint_proofs = sim.plan.scenario == Scenario::ByzCheckpoint;
+                        // Past the clients' broadcast, halfway to the
+                        // deadline it starts at the backups (with room for
+                        // network delays and clock drift on both sides; see
+                        // `Byzantine::slow_delay_us`).
+                        b.slow_delay_us =
+                            crate::client::INITIAL_TIMEOUT_BASES * TIMEOUT_BASE + TIMEOUT_BASE / 2;
                         b
                     });
             let replica = Replica::new(
@@ -1296,6 +1303,9 @@ impl Sim {
                 ));
             }
         }
+        if self.plan.scenario == Scenario::ByzSlowPrimary && !self.aborted {
+            violations.extend(self.slow_views(end));
+        }
         if let (Some(laggard), false) = (self.plan.network.deaf, self.aborted) {
             let heal = self.plan.stable_at();
             match self.rejoined_at {
@@ -1359,6 +1369,34 @@ impl Sim {
             honest_primary_from_us: self.honest_primary_from(),
             plan: self.plan,
         }
+    }
+
+    /// A view led by a slow primary that lasted longer than
+    /// [`SLOW_VIEW_BOUND`]: one per such view. It ends when an honest
+    /// replica enters a later one (or the run ends).
+    fn slow_views(&self, end: u64) -> Vec<String> {
+        let slow = |view: u64| {
+            let primary = self.config.primary(pbft_core::View(view)).index();
+            self.nodes[primary]
+                .byzantine
+                .as_ref()
+                .is_some_and(|b| b.behavior == Behavior::SlowPrimary)
+        };
+        let mut starts = vec![(0, 0)];
+        starts.extend(self.view_rises.iter().copied());
+        let mut violations = Vec::new();
+        for (k, &(from, view)) in starts.iter().enumerate() {
+            let until = starts.get(k + 1).map_or(end, |&(at, _)| at);
+            if slow(view) && until - from > SLOW_VIEW_BOUND {
+                violations.push(format!(
+                    "replacement: the slow primary of view {view} kept it {}ms (from {}ms, bound {}ms)",
+                    (until - from) / MS,
+                    from / MS,
+                    SLOW_VIEW_BOUND / MS
+                ));
+            }
+        }
+        violations
     }
 
     /// When the group entered the first view after which every primary

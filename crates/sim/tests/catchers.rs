@@ -136,3 +136,14 @@ fn nested_request_signatures() {
     check(Scenario::ByzForge, 1, 1006);
     check(Scenario::ByzForge, 1, 1007);
 }
+
+/// M19: a backup holding a request its client waits on leaves the view when
+/// the primary stops pre-preparing (the ordering watch): a primary that
+/// holds each pre-prepare until just before the request deadlines is
+/// replaced within a second.
+#[test]
+fn ordering_watch() {
+    check(Scenario::ByzSlowPrimary, 1, 1000);
+    check(Scenario::ByzSlowPrimary, 2, 1002);
+    check(Scenario::ByzSlowPrimary, 3, 1001);
+}
