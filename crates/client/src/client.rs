@@ -33,10 +33,18 @@ pub struct ClientOptions {
     /// Overall deadline of one operation (default 30 s). When it passes the
     /// operation fails with [`ClientError::Timeout`]: outcome unknown.
     pub timeout: Duration,
-    /// How long to wait for the believed primary before broadcasting the
-    /// request to every replica (default 500 ms); doubles after each
-    /// retransmission, up to `retransmit_max`.
+    /// The longest wait for the believed primary before the request is
+    /// broadcast to every replica (default 500 ms). The first wait is
+    /// [`LATE_FACTOR`] times this client's smoothed latency, within
+    /// `[retransmit_min, retransmit]`; each later one doubles, up to
+    /// `retransmit_max`.
     pub retransmit: Duration,
+    /// The shortest first wait for the believed primary (default 100 ms).
+    /// A broadcast request is what lets the backups hold a primary to
+    /// account: they watch it pre-prepare only while they hold a request
+    /// its client waits on, so a primary that delays every request by less
+    /// than the first wait is never suspected.
+    pub retransmit_min: Duration,
     /// The longest retransmission interval (default 8 s).
     pub retransmit_max: Duration,
     /// Once one of the replicas an ordered request named has replied, how
@@ -70,6 +78,7 @@ impl ClientOptions {
         ClientOptions {
             timeout,
             retransmit: Duration::from_millis(500),
+            retransmit_min: Duration::from_millis(100),
             retransmit_max: Duration::from_secs(8),
             reply_grace: Duration::from_millis(50),
             read_only_wait: Duration::from_secs(1),
@@ -112,6 +121,32 @@ struct State {
     views: BTreeMap<ReplicaId, View>,
     /// Which replicas ordered requests ask to reply.
     repliers: ReplierChoice<Instant>,
+    /// The moving average of this client's ordered operations' latency
+    /// (`None` before the first).
+    latency: Option<Duration>,
+}
+
+/// An ordered request that has waited this many times the client's
+/// smoothed latency (within the retransmission bounds) is late: it goes to
+/// every replica.
+pub const LATE_FACTOR: u32 = 4;
+
+/// The first wait of an ordered request for the primary, given the
+/// smoothed latency so far: see [`ClientOptions::retransmit`].
+fn first_wait(latency: Option<Duration>, min: Duration, max: Duration) -> Duration {
+    latency.map_or(max, |l| (l * LATE_FACTOR).clamp(min.min(max), max))
+}
+
+/// The moving average after one more sample (each weighs an eighth).
+fn smoothed(average: Option<Duration>, sample: Duration) -> Duration {
+    average.map_or(sample, |a| (a * 7 + sample) / 8)
+}
+
+impl State {
+    /// One more latency sample.
+    fn note_latency(&mut self, sample: Duration) {
+        self.latency = Some(smoothed(self.latency, sample));
+    }
 }
 
 /// How long a replica that was asked to reply and did not agree in time is
@@ -202,6 +237,7 @@ impl Client {
                 last_request_id: RequestId(0),
                 views: BTreeMap::new(),
                 repliers,
+                latency: None,
             }),
         })
     }
@@ -253,8 +289,9 @@ impl Client {
     /// the result that f+1 replicas agree on (2f+1 in a cluster whose read
     /// mode is `fast`: [`Client::ordered_quorum`]).
     ///
-    /// The request goes to the believed primary; if no decision arrives within
-    /// [`ClientOptions::retransmit`] it is broadcast to every replica, again
+    /// The request goes to the believed primary; if no decision arrives
+    /// within a few times this client's usual latency (see
+    /// [`ClientOptions::retransmit`]) it is broadcast to every replica, again
     /// at doubling intervals, until [`ClientOptions::timeout`] passes.
     ///
     /// A retransmission can meet a result the replicas did not keep (it was
@@ -380,6 +417,17 @@ impl Client {
         self.endpoint.shutdown().await;
     }
 
+    /// How long the first copy of an ordered request waits for the believed
+    /// primary: [`LATE_FACTOR`] times the smoothed latency, within
+    /// `[retransmit_min, retransmit]` (the longest before any sample).
+    fn first_retransmit(&self, state: &State) -> Duration {
+        first_wait(
+            state.latency,
+            self.options.retransmit_min,
+            self.options.retransmit,
+        )
+    }
+
     async fn ordered(
         &self,
         state: &mut State,
@@ -395,7 +443,7 @@ impl Client {
         let frame = self.request_frame(request_id, op.clone(), false, named);
         self.send(primary, &frame);
         let mut to_all = None;
-        let mut interval = self.options.retransmit;
+        let mut interval = self.first_retransmit(state);
         let mut retransmit_at = started + interval;
         let needed = self.ordered_quorum();
         let mut tally = ReplyTally::new(request_id, false);
@@ -411,6 +459,7 @@ impl Client {
                         state
                             .repliers
                             .settle(named, &agreeing, Instant::now() + SUSPICION);
+                        state.note_latency(started.elapsed());
                         return match outcome {
                             Outcome::Result(result) => Ok(result.to_vec()),
                             Outcome::Withheld => Err(ClientError::ResultNotKept { request_id }),
@@ -551,5 +600,41 @@ impl Client {
         for id in self.config.ids() {
             self.send(id, frame);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_wait_follows_the_latency_within_its_bounds() {
+        let ms = Duration::from_millis;
+        let (min, max) = (ms(100), ms(500));
+        assert_eq!(
+            first_wait(None, min, max),
+            max,
+            "no sample yet: the longest"
+        );
+        assert_eq!(first_wait(Some(ms(10)), min, max), min, "fast: the floor");
+        assert_eq!(first_wait(Some(ms(50)), min, max), ms(200));
+        assert_eq!(first_wait(Some(ms(900)), min, max), max, "slow: the cap");
+        assert_eq!(
+            first_wait(Some(ms(10)), ms(800), max),
+            max,
+            "a floor above the cap"
+        );
+    }
+
+    #[test]
+    fn the_latency_average_weighs_each_sample_an_eighth() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            smoothed(None, ms(80)),
+            ms(80),
+            "the first sample is the average"
+        );
+        assert_eq!(smoothed(Some(ms(80)), ms(160)), ms(90));
+        assert_eq!(smoothed(Some(ms(90)), ms(90)), ms(90));
     }
 }

@@ -36,7 +36,7 @@ mod error;
 mod kv;
 pub use pbft_core::client_quorum as quorum;
 
-pub use client::{Client, ClientOptions, ReplicaStatus};
+pub use client::{Client, ClientOptions, ReplicaStatus, LATE_FACTOR};
 pub use error::ClientError;
 pub use kv::{CasOutcome, KvClient, ScanOutcome};
 pub use pbft_app::kv::KvError;
