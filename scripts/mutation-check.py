@@ -65,7 +65,7 @@ MUTATIONS = [
      "crates/core/src/normal.rs",
      "                Admission::Old | Admission::Last(_) => continue,",
      "                Admission::Old | Admission::Last(_) => {}",
-     "lossy,crash", "exactly_once"),
+     "crash,long,crash-byz", "exactly_once"),
     ("M8", "checkpoint-proof quorum 2f+1 -> 1",
      "crates/core/src/checkpoint.rs",
      "        signers.len() >= self.config.quorum()",

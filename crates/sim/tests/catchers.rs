@@ -61,12 +61,16 @@ fn batch_digest() {
     check(Scenario::ByzEquivocate, 1, 1002);
 }
 
-/// M7: a request executes at most once per (client, request id).
+/// M7: a request executes at most once per (client, request id). Since a
+/// new primary no longer proposes again the requests its NEW-VIEW
+/// re-issued, a request lands in two batches less often: 1 of 360 lossy
+/// and crash runs (seeds 1000-1059) reach the check, and 5 of 480
+/// partition, mixed, long and crash-byz runs.
 #[test]
 fn exactly_once() {
-    check(Scenario::Lossy, 1, 1017);
-    check(Scenario::Lossy, 2, 1001);
-    check(Scenario::Crash, 2, 1002);
+    check(Scenario::Crash, 2, 1023);
+    check(Scenario::Long, 2, 1015);
+    check(Scenario::CrashByz, 1, 1033);
 }
 
 /// M8: a checkpoint proof needs 2f+1 signatures. A checkpoint liar claims,
