@@ -47,13 +47,14 @@
 //! # What it bounds, and what it does not
 //! A primary that wants to stay in office must now pre-prepare within one
 //! ordering timeout of a backup learning that a client waits. Backups learn
-//! it when the client broadcasts, after its first retransmission timeout
-//! (500 ms in the SDK), so the worst a slow primary can do unreplaced is
-//! hold each operation for about that timeout plus one ordering timeout,
-//! instead of one full view-change timeout after it. Tightening that
-//! further needs backups to see requests sooner (clients broadcasting
-//! earlier, or always) or throughput expectations carried across views, as
-//! Aardvark does; neither is done here.
+//! it when the client broadcasts the request, which the SDK does once the
+//! reply is late for that client (four times its smoothed latency, at
+//! least 100 ms, at most 500 ms), so the worst a slow primary can do
+//! unreplaced is hold each operation for about that wait plus one ordering
+//! timeout, instead of most of a view-change timeout. Tightening that
+//! further needs backups to see requests at once (clients sending to every
+//! replica) or throughput expectations carried across views, as Aardvark
+//! does; neither is done here.
 //!
 //! Nothing here is persisted: after a restart the watch starts again from
 //! whatever requests arrive.
