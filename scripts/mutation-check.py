@@ -16,7 +16,8 @@ touched), builds `pbft-sim` in release mode there and, per mutation:
   the catcher's pinned seeds (`--seeds 0` skips this);
 * runs the mutation's named catcher test in `crates/sim/tests/catchers.rs`
   (or, written `package/binary::name`, a test elsewhere, for the few
-  mutations no simulated run reaches yet).
+  mutations no simulated run reaches yet; binary `lib` names a package's
+  unit tests).
   A mutation counts as caught only if that test fails (`--skip-tests`
   skips this, and then nothing is counted).
 
@@ -130,6 +131,16 @@ MUTATIONS = [
      "        if !self.awaits_ordering() {\n            return;\n        }\n        if self.state_fetch",
      "        if !self.awaits_ordering() || self.id.0 != u32::MAX {\n            return;\n        }\n        if self.state_fetch",
      "byz-slow-primary", "ordering_watch"),
+    ("M20", "replies skip the log in fast read mode too",
+     "crates/core/src/config.rs",
+     "        self.read_mode == ReadMode::Fast\n",
+     "        false\n",
+     "crash-read", "replies_wait_in_fast_mode"),
+    ("M21", "an early reply does not wait for its batch's prepared certificate",
+     "crates/node/src/protocol.rs",
+     "            .is_none_or(|&p| p <= self.outbox.durable_position())",
+     "            .is_none_or(|&p| p <= u64::MAX)",
+     "normal", "pbft-node/lib::tests::a_reply_waits_for_its_own_prepared_certificate"),
 ]
 
 
@@ -140,12 +151,14 @@ def run(cmd, cwd, env=None):
 def catcher_fails(work, env, catcher):
     """Whether the catcher test fails (a build failure is not a catch): a
     name alone is `catchers::<name>` of pbft-sim; `package/binary::name` is
-    a test elsewhere, for a mutation no simulated run reaches yet."""
+    a test elsewhere (binary `lib`: the package's unit tests), for a
+    mutation no simulated run reaches yet."""
     package, binary = "pbft-sim", "catchers"
     if "::" in catcher:
         target, catcher = catcher.split("::", 1)
         package, binary = target.split("/")
-    r = subprocess.run(["cargo", "test", "-p", package, "--release", "--test", binary, "--",
+    target = ["--lib"] if binary == "lib" else ["--test", binary]
+    r = subprocess.run(["cargo", "test", "-p", package, "--release", *target, "--",
                         "--exact", catcher],
                        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if f"test {catcher} ... FAILED" in r.stdout:

@@ -258,6 +258,31 @@ impl Config {
         2 * self.f() + 1
     }
 
+    /// Whether an [`Output::Reply`](crate::Output::Reply) must wait, like
+    /// every other send, until all the records before it are durable. Only
+    /// in a cluster whose read mode is fast: there a restarted replica must
+    /// know how far it had answered ([`Record::Executed`](crate::Record::Executed))
+    /// before it serves a read from its own state.
+    ///
+    /// In an ordered cluster a fresh reply (one of a batch's execution)
+    /// depends on one record only: this replica's latest
+    /// [`Record::Prepared`](crate::Record::Prepared) for the batch's
+    /// sequence number. The replica counted its own COMMIT among the 2f+1
+    /// that let it execute; the other 2f came from replicas that persisted
+    /// their certificates before sending them, of which f may be Byzantine.
+    /// So its own certificate is what makes f+1 honest replicas hold the
+    /// batch durably, which a view change needs to keep it: a reply sent
+    /// before it, counted by the client among f+1 beside f Byzantine
+    /// replies, could be dropped with the batch by a crash that tears the
+    /// certificate. The records after it (the `Executed` marker, and
+    /// whatever the same step persisted about later batches) vouch for
+    /// nothing the reply says. A driver may therefore send such a reply as
+    /// soon as that certificate is durable (often long before the current
+    /// group); a reply repeated from the client table waits like any send.
+    pub fn replies_wait_for_records(&self) -> bool {
+        self.read_mode == ReadMode::Fast
+    }
+
     /// f+1: at least one of any f+1 replicas is honest.
     pub fn weak_quorum(&self) -> usize {
         self.f() + 1

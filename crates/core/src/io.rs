@@ -33,10 +33,16 @@ pub enum Input {
 /// What the core asks its driver to do, **in order**.
 ///
 /// The driver executes outputs in the order given. A [`Output::Persist`] must
-/// be durable before any later `Send`, `Broadcast` or `Reply` leaves the node
-/// (they may depend on it: a replica must never, after a crash, send something
-/// that conflicts with what it sent before). Drivers may group-commit all
-/// records of one `handle` call with one fsync before sending.
+/// be durable before any later `Send`, `Broadcast`, `Status` or `Reply` leaves
+/// the node (they may depend on it: a replica must never, after a crash, send
+/// something that conflicts with what it sent before). Drivers may
+/// group-commit all records of one `handle` call with one fsync before
+/// sending. The one exception: where
+/// [`Config::replies_wait_for_records`](crate::Config::replies_wait_for_records)
+/// is false (an ordered cluster), the replies of a batch's execution (those
+/// between its [`Record::Executed`] and its [`Output::Executed`]) depend only
+/// on this replica's latest [`Record::Prepared`] for that sequence number, and
+/// may leave once it is durable, ahead of the records and sends in between.
 #[derive(Clone, Debug)]
 pub enum Output {
     /// Store durably (see [`Record`]).

@@ -13,7 +13,14 @@
 //! **A send leaves the node only once the writer reported its position
 //! durable, and sends leave in the order the core produced them** (see
 //! [`crate::outbox`]). So a record is durable before any send the core
-//! produced after it, in its step or a later one. Outputs that are not
+//! produced after it, in its step or a later one. The exception is a
+//! client's fresh reply in a cluster whose read mode is ordered: it depends
+//! only on this replica's prepared certificate for the batch it answers
+//! ([`pbft_core::Config::replies_wait_for_records`]), so when that is
+//! already durable the reply is sent as the core produces it, ahead of the
+//! held sends, and the client does not wait for the fsync of the step's
+//! other records (the `Executed` marker, records about later batches).
+//! Outputs that are not
 //! sends (executions, checkpoints, view entries: metrics and logs) are
 //! performed at once; the `reply` phase of an executed batch is timed when
 //! its replies are released.
@@ -34,10 +41,11 @@ use crate::outbox::Outbox;
 use crate::Clock;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
-use pbft_core::{Input, Message, Output, Replica, SeqNum, View};
+use pbft_core::{Input, Message, Output, Record, Replica, SeqNum, View};
 use pbft_crypto::{PublicKey, Verified};
 use pbft_net::{Checked, Endpoint, VerifierHandle};
 use pbft_storage::{LogWriter, Notify, Progress, Stats, Storage, StorageError};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -142,6 +150,17 @@ pub(crate) struct Protocol {
     last_executed: SeqNum,
     /// When the current step's inputs were handled (its executions ran then).
     handled_at: pbft_core::Instant,
+    /// Whether replies wait in the outbox like every other send
+    /// ([`pbft_core::Config::replies_wait_for_records`]); if not, a fresh
+    /// reply waits only for its batch's prepared certificate.
+    replies_wait: bool,
+    /// The group position of the latest `Prepared` record of each sequence
+    /// number whose record may not be durable yet (entries at or below the
+    /// durable position are pruned; a missing entry is durable).
+    prepared_at: BTreeMap<SeqNum, u64>,
+    /// Whether the replies the core is producing now (those of one batch's
+    /// execution) may be sent at once.
+    reply_now: bool,
     /// Alters what a Byzantine replica receives and sends.
     #[cfg(feature = "byzantine")]
     tamper: Option<crate::byzantine::Tamper>,
@@ -170,7 +189,11 @@ impl Protocol {
         let writer =
             LogWriter::spawn(storage, callback).context("cannot start the record log writer")?;
         let status = replica.status();
+        let replies_wait = replica.config().replies_wait_for_records();
         let protocol = Protocol {
+            replies_wait,
+            prepared_at: BTreeMap::new(),
+            reply_now: false,
             replica,
             writer: Some(writer),
             outbox: Outbox::default(),
@@ -372,6 +395,13 @@ impl Protocol {
         );
     }
 
+    /// Whether this replica's latest prepared certificate for `seq` is durable.
+    fn prepared_durable(&self, seq: SeqNum) -> bool {
+        self.prepared_at
+            .get(&seq)
+            .is_none_or(|&p| p <= self.outbox.durable_position())
+    }
+
     /// Holds a frame until everything submitted so far is durable.
     fn hold(&mut self, to: PublicKey, frame: Bytes, kind: &'static str) {
         let position = self.submitted();
@@ -415,10 +445,21 @@ impl Protocol {
         self.handled_at = now;
 
         let mut records = Vec::new();
+        let mut prepared = Vec::new();
         let mut actions = Vec::with_capacity(out.len());
         for output in out.drain(..) {
             match output {
-                Output::Persist(record) => records.push(record),
+                Output::Persist(record) => {
+                    match &record {
+                        Record::Prepared(p) => prepared.push(p.pre_prepare.seq),
+                        // Marks where a batch's replies start.
+                        Record::Executed(seq) => {
+                            actions.push(Output::Persist(Record::Executed(*seq)))
+                        }
+                        _ => {}
+                    }
+                    records.push(record);
+                }
                 other => actions.push(other),
             }
         }
@@ -432,7 +473,11 @@ impl Protocol {
                 self.outbox.fail();
                 return Err(writer_error(progress));
             }
-            debug!(records = count, position = self.submitted(), "submitted");
+            let position = self.submitted();
+            debug!(records = count, position, "submitted");
+            for seq in prepared {
+                self.prepared_at.insert(seq, position);
+            }
         }
         #[cfg(feature = "byzantine")]
         if let Some(t) = &mut self.tamper {
@@ -480,6 +525,11 @@ impl Protocol {
     /// (metrics, logs) is done at once.
     fn perform(&mut self, output: Output) {
         match output {
+            Output::Persist(Record::Executed(seq)) => {
+                // Submitted by `step`; here it marks where the replies of
+                // the batch at `seq` start.
+                self.reply_now = !self.replies_wait && self.prepared_durable(seq);
+            }
             Output::Persist(_) => {
                 // Split off by `step` and submitted to the writer.
             }
@@ -501,7 +551,11 @@ impl Protocol {
             }
             Output::Reply(client, reply) => {
                 let frame = Bytes::from(Message::Reply(reply).encode());
-                self.hold(client.0, frame, "reply");
+                if self.reply_now {
+                    self.send(client.0, frame, "reply");
+                } else {
+                    self.hold(client.0, frame, "reply");
+                }
             }
             Output::Status(client, report) => {
                 let frame = Bytes::from(Message::StatusReport(report).encode());
@@ -520,6 +574,9 @@ impl Protocol {
                 if let Some(t) = timing {
                     self.observe_phases(&t);
                 }
+                self.reply_now = false;
+                let durable = self.outbox.durable_position();
+                self.prepared_at.retain(|_, p| *p > durable);
                 self.last_executed = seq;
                 debug!(seq = seq.0, view = view.0, %digest, requests, "executed");
             }
@@ -571,6 +628,10 @@ impl Protocol {
         m.observe_phase("prepare", seconds(t.pre_prepared, t.prepared));
         m.observe_phase("commit", seconds(t.prepared, t.committed));
         m.observe_phase("execute", seconds(t.committed, self.handled_at));
+        if self.reply_now {
+            // The replies already left, in this step.
+            return self.observe_replied(t.received, self.handled_at);
+        }
         let position = self.submitted();
         self.outbox.push(
             position,

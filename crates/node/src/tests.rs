@@ -8,6 +8,7 @@ use pbft_core::message::{Prepare, Request, StatusRequest};
 use pbft_core::{ClientId, Message, ReplicaId, RequestId, SeqNum, View};
 use pbft_crypto::{keyfile, ClusterId, Digest, KeyPair, Signer};
 use pbft_storage::{Notify, Progress, StorageError};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -411,6 +412,55 @@ async fn sends_wait_until_the_records_before_them_are_durable() {
             .await
             .expect("status");
         assert!(status.last_executed >= SeqNum(1), "{status:?}");
+        c.shutdown().await;
+        stop_all(nodes).await;
+    })
+    .await;
+}
+
+/// Collects replies to `id` from every replica that answers within `wait`.
+async fn replies_within(
+    c: &mut TestClient,
+    id: RequestId,
+    wait: Duration,
+) -> BTreeMap<ReplicaId, Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut all = BTreeMap::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return all;
+        }
+        all.extend(c.collect_replies(id, left).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_waits_for_its_own_prepared_certificate() {
+    bounded(Duration::from_secs(60), async {
+        // An ordered cluster (the default): replies may overtake the
+        // records after their batch's certificate, never the certificate.
+        let (_dir, cluster) = setup(&Spec::default());
+        let gate = Gate::default();
+        let mut nodes = vec![Running::start(cluster.node(0).expect("node"))];
+        nodes.push(Running::start_gated(cluster.node(1).expect("node"), &gate));
+        nodes.extend((2..4).map(|i| Running::start(cluster.node(i).expect("node"))));
+        let mut c = client(&cluster);
+        assert!(c.wait_connected(Duration::from_secs(10)).await);
+        let id = RequestId(1);
+        send_put(&c, id);
+        // Replicas 0, 2 and 3 commit and answer without replica 1, which
+        // executes the batch too (its own COMMIT and theirs), but its
+        // writer's reports are held: its certificate is not known durable.
+        let early = replies_within(&mut c, id, Duration::from_millis(1500)).await;
+        assert!(early.len() >= 2, "the others answer: {early:?}");
+        assert!(
+            !early.contains_key(&ReplicaId(1)),
+            "replica 1 answered before its prepared certificate was durable: {early:?}"
+        );
+        gate.open();
+        let late = replies_within(&mut c, id, Duration::from_millis(1500)).await;
+        assert!(late.contains_key(&ReplicaId(1)), "{late:?}");
         c.shutdown().await;
         stop_all(nodes).await;
     })

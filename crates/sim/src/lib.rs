@@ -92,6 +92,9 @@ pub struct RunReport {
     pub crashes: u64,
     /// Crashes inside a group write (a prefix of a step's records survived).
     pub torn_writes: u64,
+    /// Replies sent ahead of records that a crash then tore (ordered read
+    /// mode only: there replies wait for no record).
+    pub replies_ahead: u64,
     /// State transfers honest replicas completed.
     pub state_transfers: u64,
     /// Those of a state of more than one page.

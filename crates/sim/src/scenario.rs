@@ -24,6 +24,11 @@ pub enum Scenario {
     Partition,
     /// Crashes and restarts of honest replicas, the primary included.
     Crash,
+    /// Crashes of honest replicas in the step that answers a write, tearing
+    /// its group write, in a cluster with the read-only fast path: a
+    /// restarted replica must never answer a read from a state older than
+    /// one it had answered from.
+    CrashRead,
     /// f replicas that send nothing.
     ByzSilent,
     /// Byzantine primaries that send different batches for one (view, seq).
@@ -75,11 +80,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 20] = [
+    pub const ALL: [Scenario; 21] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
         Scenario::Crash,
+        Scenario::CrashRead,
         Scenario::ByzSilent,
         Scenario::ByzEquivocate,
         Scenario::ByzConflict,
@@ -105,6 +111,7 @@ impl Scenario {
             Scenario::Lossy => "lossy",
             Scenario::Partition => "partition",
             Scenario::Crash => "crash",
+            Scenario::CrashRead => "crash-read",
             Scenario::ByzSilent => "byz-silent",
             Scenario::ByzEquivocate => "byz-equivocate",
             Scenario::ByzConflict => "byz-conflict",
@@ -252,6 +259,9 @@ pub struct Plan {
     pub think_max: u64,
     /// Probability that a client tries a `Get` through the read-only fast path.
     pub read_only: f64,
+    /// A crash due at a replica waits for its first step that answers a
+    /// write, and tears that step's group write.
+    pub crash_after_reply: bool,
     /// Checkpoint interval K (log window is 2K).
     pub checkpoint_interval: u64,
     /// Largest batch.
@@ -307,6 +317,7 @@ impl Plan {
             ops_per_client: rng.gen_range(8..=14),
             think_max: rng.gen_range(100..=300) * MS,
             read_only: if rng.gen_bool(0.5) { 0.5 } else { 0.0 },
+            crash_after_reply: false,
             checkpoint_interval: rng.gen_range(4..=8),
             batch_size_max: rng.gen_range(1..=4),
             batch_delay: if rng.gen_bool(0.5) {
@@ -384,6 +395,26 @@ impl Plan {
                 plan.crash_budget = f;
                 if rng.gen_bool(0.3) {
                     lossy(&mut plan, rng);
+                }
+                after_heal(&mut plan, rng);
+            }
+            Scenario::CrashRead => {
+                plan.crashes = true;
+                plan.crash_after_reply = true;
+                if rng.gen_bool(0.5) {
+                    // The read-only fast path: replies wait for every
+                    // record before them.
+                    plan.read_only = 0.5;
+                    plan.crash_budget = f;
+                } else {
+                    // Ordered: a reply waits only for its own batch's
+                    // prepared certificate, beside f replicas that hide
+                    // theirs in view changes and answer clients as usual.
+                    plan.read_only = 0.0;
+                    plan.byzantine = (1..=f).map(|i| (i, Behavior::Forget)).collect();
+                    plan.crash_budget = n - f;
+                    plan.network.partitions = true;
+                    plan.target_primary = rng.gen_bool(0.5);
                 }
                 after_heal(&mut plan, rng);
             }

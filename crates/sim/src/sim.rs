@@ -12,8 +12,10 @@ use crate::scenario::{Plan, Scenario, MS, TIMEOUT_BASE};
 use crate::trace::{describe, TraceHash};
 use crate::{RunOptions, RunReport};
 use pbft_app::kv::KvStore;
-use pbft_core::{ClientId, Config, Input, Instant, Message, Output, Record, Replica, ReplicaId};
-use pbft_crypto::{ClusterId, KeyPair, Scheme, Signer, Verifier};
+use pbft_core::{
+    ClientId, Config, Input, Instant, Message, Output, Record, Replica, ReplicaId, SeqNum,
+};
+use pbft_crypto::{ClusterId, Digest, KeyPair, Scheme, Signer, Verifier};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::OnceCell;
@@ -143,10 +145,10 @@ struct Node {
     crash_pending: bool,
     /// A crash is due inside the replica's step after this many more.
     crash_countdown: Option<u32>,
-    /// The highest `Executed` record it ever persisted: it may have replied
-    /// for everything up to there, so it must never answer a read-only
-    /// request from an older state (checked in the run, whatever the core's
-    /// own floor says).
+    /// The highest `Executed` record it ever persisted, or the highest batch
+    /// it answered ahead of its records: it may have replied for everything
+    /// up to there, so it must never answer a read-only request from an
+    /// older state (checked in the run, whatever the core's own floor says).
     replied_floor: u64,
 }
 
@@ -223,6 +225,7 @@ pub(crate) struct Sim {
     entered_views: u64,
     crashes: u64,
     torn_writes: u64,
+    replies_ahead: u64,
     state_transfers: u64,
     /// State transfers of more than one page.
     chunked_transfers: u64,
@@ -322,6 +325,7 @@ impl Sim {
             entered_views: 0,
             crashes: 0,
             torn_writes: 0,
+            replies_ahead: 0,
             state_transfers: 0,
             chunked_transfers: 0,
             page_target: if options.seed.is_multiple_of(3) {
@@ -788,7 +792,7 @@ impl Sim {
             self.aborted = true;
             return;
         }
-        if self.nodes[i].crash_pending {
+        if self.nodes[i].crash_pending && (!self.plan.crash_after_reply || answers_a_write(&out)) {
             return self.crash_in_step(i, out);
         }
         self.outputs(i, out, None);
@@ -833,15 +837,20 @@ impl Sim {
     /// at a point the node's driver can really stop at: the driver writes
     /// all of a step's records with one fsync, then sends. So either a
     /// prefix of the records survives (a torn group write) and nothing was
-    /// sent, or all of them are durable (the compaction that follows a
+    /// sent but, where replies wait for no record
+    /// ([`pbft_core::Config::replies_wait_for_records`]), some of the step's
+    /// replies; or all of them are durable (the compaction that follows a
     /// checkpoint may not have happened) and a prefix of the sends left.
     fn crash_in_step(&mut self, i: usize, out: Vec<Output>) {
         let records = out
             .iter()
             .filter(|o| matches!(o, Output::Persist(_)))
             .count();
-        if records > 0 && self.rng.gen_bool(0.4) {
+        if records > 0 && (self.plan.crash_after_reply || self.rng.gen_bool(0.4)) {
             let kept = self.rng.gen_range(0..records);
+            if !self.config.replies_wait_for_records() {
+                self.replies_ahead_of_records(i, &out);
+            }
             let prefix: Vec<Record> = out
                 .into_iter()
                 .filter_map(|o| match o {
@@ -866,6 +875,48 @@ impl Sim {
         });
         self.outputs(i, out, Some((kept, in_compaction)));
         self.crash(i);
+    }
+
+    /// Sends a random prefix of the replies in `out`, replica `i`'s step
+    /// whose records a crash is about to tear, that the node sends at once
+    /// ([`pbft_core::Config::replies_wait_for_records`]): those of a batch
+    /// whose prepared certificate an earlier step persisted (the simulator's
+    /// earlier steps are durable). The stale-read oracle's floor rises to
+    /// the batch each reply answered, durable or not.
+    fn replies_ahead_of_records(&mut self, i: usize, out: &[Output]) {
+        let prepared_now = |seq: SeqNum| {
+            out.iter().any(
+                |o| matches!(o, Output::Persist(Record::Prepared(p)) if p.pre_prepare.seq == seq),
+            )
+        };
+        let ready: Vec<(&Output, SeqNum, Digest)> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Reply(..)))
+            .zip(reply_batches(out))
+            .filter_map(|(o, answered)| {
+                let (seq, digest) = answered?;
+                (!prepared_now(seq)).then_some((o, seq, digest))
+            })
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let sent = self.rng.gen_range(0..=ready.len());
+        if sent == 0 {
+            return;
+        }
+        let mut replies = Vec::with_capacity(sent);
+        for (o, seq, digest) in ready.into_iter().take(sent) {
+            let node = &mut self.nodes[i];
+            node.replied_floor = node.replied_floor.max(seq.0);
+            if matches!(o, Output::Reply(_, reply) if !reply.read_only) {
+                self.check_reply_backed(i, seq, digest);
+            }
+            replies.push(o.clone());
+        }
+        self.log(|| format!("r{i} sent {sent} replies ahead of its records"));
+        self.replies_ahead += sent as u64;
+        self.outputs(i, replies, None);
     }
 
     fn reschedule_timer(&mut self, i: usize, after_tick: bool) {
@@ -922,6 +973,7 @@ impl Sim {
         }
         let mut sends_left = crash.map_or(usize::MAX, |(kept, _)| kept);
         let mut outgoing = Vec::new();
+        let mut answers = reply_batches(&out).into_iter();
         for output in out {
             if is_send(&output) {
                 if sends_left == 0 {
@@ -966,6 +1018,11 @@ impl Sim {
                 Output::Reply(client, reply) => {
                     if honest && reply.read_only {
                         self.check_read_only_answer(i);
+                    }
+                    if let (true, false, Some(Some((seq, digest)))) =
+                        (honest, reply.read_only, answers.next())
+                    {
+                        self.check_reply_backed(i, seq, digest);
                     }
                     outgoing.push(Outgoing {
                         to: Dest::Client(client),
@@ -1096,6 +1153,36 @@ impl Sim {
         self.schedule(back, Event::Restart { replica: i });
     }
 
+    /// The in-run oracle for ordered replies: when honest replica `i`'s
+    /// reply for the batch it just executed at `seq` leaves, at least f+1
+    /// honest replicas (it included) hold that batch durably: a persisted
+    /// prepared certificate for (`seq`, `digest`), or a checkpoint at or
+    /// above `seq`. Then no view change can drop the batch, whatever the
+    /// Byzantine replicas hide and whichever honest replicas crash; a reply
+    /// that leaves earlier (ahead of its own certificate) is one the client
+    /// may count towards f+1 for a batch the next view replaces.
+    fn check_reply_backed(&mut self, i: usize, seq: SeqNum, digest: Digest) {
+        let holds = |storage: &[Record]| {
+            storage.iter().rev().any(|r| match r {
+                Record::Prepared(p) => p.pre_prepare.seq == seq && p.pre_prepare.digest == digest,
+                Record::Stable(proof) | Record::Checkpoint(proof, _) => proof.seq >= seq,
+                Record::Snapshot(at, _) => *at >= seq,
+                _ => false,
+            })
+        };
+        let backing = self
+            .nodes
+            .iter()
+            .filter(|n| n.honest() && holds(&n.storage))
+            .count();
+        if backing < self.config.weak_quorum() {
+            self.violations.push(format!(
+                "unbacked reply: r{i} answered the batch at {seq} ({digest}) at {}ms, when only {backing} of the honest replicas held it durably (f+1 must, or a view change may drop it)",
+                self.now / MS,
+            ));
+        }
+    }
+
     /// The in-run oracle for read-only answers: an honest replica never
     /// answers from a state older than one it may already have replied from.
     fn check_read_only_answer(&mut self, i: usize) {
@@ -1106,7 +1193,7 @@ impl Sim {
         let executed = replica.status().last_executed.0;
         if executed < node.replied_floor {
             self.violations.push(format!(
-                "stale read: r{i} answered a read-only request at {}ms from the state after seq {executed}, but it had persisted Executed({}) (and may have replied from there) before",
+                "stale read: r{i} answered a read-only request at {}ms from the state after seq {executed}, but it may have replied from the state after seq {} before (a persisted Executed record, or a reply sent ahead of its records)",
                 self.now / MS,
                 node.replied_floor
             ));
@@ -1191,7 +1278,13 @@ impl Sim {
                 // The crash comes inside the victim's next step, or a little
                 // later between steps if it takes none.
                 self.nodes[v].crash_pending = true;
-                let fallback = self.now + self.rng.gen_range(1..=30 * MS);
+                let fallback = self.now
+                    + if self.plan.crash_after_reply {
+                        // Leaves time for a step that answers a write.
+                        1_000 * MS
+                    } else {
+                        self.rng.gen_range(1..=30 * MS)
+                    };
                 self.schedule(fallback, Event::CrashNow { replica: v });
                 let back =
                     (self.now + self.rng.gen_range(50 * MS..=800 * MS)).min(self.plan.heal_at);
@@ -1340,6 +1433,7 @@ impl Sim {
             max_executed: self.agreement.max_executed(),
             crashes: self.crashes,
             torn_writes: self.torn_writes,
+            replies_ahead: self.replies_ahead,
             state_transfers: self.state_transfers,
             chunked_transfers: self.chunked_transfers,
             pages_fetched: self.pages_fetched,
@@ -1443,6 +1537,38 @@ impl Sim {
         }
         parts.join("; ")
     }
+}
+
+/// Whether a step's outputs answer a write (an ordered request's reply).
+fn answers_a_write(out: &[Output]) -> bool {
+    out.iter()
+        .any(|o| matches!(o, Output::Reply(_, r) if !r.read_only))
+}
+
+/// For each reply in `out`, in order, the batch it answers if it is a fresh
+/// answer: the replies of an execution come after its `Executed` record and
+/// before its `Output::Executed` (which names the digest). A reply repeated
+/// from the client table answers no batch of this step.
+fn reply_batches(out: &[Output]) -> Vec<Option<(SeqNum, Digest)>> {
+    let digest_of = |seq: SeqNum| {
+        out.iter().find_map(|o| match o {
+            Output::Executed { seq: s, digest, .. } if *s == seq => Some(*digest),
+            _ => None,
+        })
+    };
+    let mut executing = None;
+    let mut answers = Vec::new();
+    for o in out {
+        match o {
+            Output::Persist(Record::Executed(seq)) => executing = Some(*seq),
+            Output::Executed { .. } => executing = None,
+            Output::Reply(..) => {
+                answers.push(executing.and_then(|seq| Some((seq, digest_of(seq)?))));
+            }
+            _ => {}
+        }
+    }
+    answers
 }
 
 /// Whether an output leaves the node (and so may be cut by a crash).

@@ -151,3 +151,14 @@ fn ordering_watch() {
     check(Scenario::ByzSlowPrimary, 2, 1002);
     check(Scenario::ByzSlowPrimary, 3, 1001);
 }
+
+/// M20: in fast read mode a reply waits for every record before it: a
+/// reply that leaves before its `Executed` record is durable lets a replica
+/// that crashes and recovers behind it answer a read-only request from a
+/// state older than one it already answered from.
+#[test]
+fn replies_wait_in_fast_mode() {
+    check(Scenario::CrashRead, 1, 1111);
+    check(Scenario::CrashRead, 2, 1023);
+    check(Scenario::CrashRead, 3, 1024);
+}

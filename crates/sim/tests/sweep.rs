@@ -24,6 +24,7 @@ fn fault_happened(scenario: Scenario) -> Option<FaultCount> {
     Some(match scenario {
         Scenario::Crash => ("crashes", |r| r.crashes),
         Scenario::CrashByz => ("crashes inside a group write", |r| r.torn_writes),
+        Scenario::CrashRead => ("replies sent ahead of their records", |r| r.replies_ahead),
         Scenario::ByzBadSig | Scenario::ByzForge => ("rejected signatures", |r| r.rejected),
         Scenario::ByzCensor => ("censored requests", |r| r.censored_requests),
         Scenario::ByzFlood => ("messages refused for their shape", |r| r.malformed),
@@ -99,6 +100,7 @@ sweeps! {
     byz_slow_primary => Scenario::ByzSlowPrimary,
     byz_collude => Scenario::ByzCollude,
     crash_byz => Scenario::CrashByz,
+    crash_read => Scenario::CrashRead,
     byz_censor => Scenario::ByzCensor,
     byz_forge => Scenario::ByzForge,
     byz_flood => Scenario::ByzFlood,
