@@ -482,8 +482,11 @@ impl Protocol {
         #[cfg(feature = "byzantine")]
         if let Some(t) = &mut self.tamper {
             let (others, sends) = t.transform(actions);
+            // Its replies are among the held sends: no reply marker.
             for action in others {
-                self.perform(action);
+                if !matches!(action, Output::Persist(_)) {
+                    self.perform(action);
+                }
             }
             for o in sends {
                 self.hold_tampered(o);

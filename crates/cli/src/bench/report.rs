@@ -261,6 +261,7 @@ impl Report {
                 "single_ceiling_share": throughput / single_ceiling,
                 "openssl_verify_per_s": i.openssl,
                 "openssl_ceiling_ops": openssl_ceiling,
+                "openssl_ceiling_share": openssl_ceiling.map(|c| throughput / c),
             },
             "per_replica": replicas.iter().enumerate().map(|(id, r)| match r {
                 Some(r) => json!({
@@ -368,7 +369,11 @@ impl Report {
             100.0 * throughput / single_ceiling
         );
         if let (Some(v), Some(c)) = (i.openssl, openssl_ceiling) {
-            let _ = writeln!(s, "openssl        {v:.0} ed25519 verify/s per core (openssl speed): single ceiling {c:.0} ops/s");
+            let _ = writeln!(
+                s,
+                "openssl        {v:.0} ed25519 verify/s per core (openssl speed): single ceiling {c:.0} ops/s ({:.1}%)",
+                100.0 * throughput / c
+            );
         }
         Report {
             json,
