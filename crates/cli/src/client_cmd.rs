@@ -99,8 +99,11 @@ pub fn connect(
     } else {
         KeyPair::generate()
     };
-    Client::with_key(&settings.cluster, key, ClientOptions::with_timeout(timeout))
-        .map_err(Failure::client)
+    let options = ClientOptions {
+        timeout,
+        ..ClientOptions::from_settings(settings)
+    };
+    Client::with_key(&settings.cluster, key, options).map_err(Failure::client)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -120,7 +120,7 @@ impl Failure {
         let code = match &error {
             // Outcome unknown.
             E::Timeout { .. } | E::Expired { .. } => 3,
-            E::Config(_) | E::Key(_) => 2,
+            E::Config(_) | E::Key(_) | E::Options(_) => 2,
             // Executed, result lost: a failure to report, not to retry.
             E::Application(_) | E::Protocol(_) | E::Net(_) | E::ResultNotKept { .. } => 1,
         };

@@ -275,6 +275,10 @@ pub fn generate(args: &TestnetArgs, ports: &[u16]) -> Result<(Vec<PathBuf>, Path
         cluster: "cluster.toml".into(),
         key: "client.key".into(),
         timeout_ms: 30_000,
+        retransmit_ms: None,
+        retransmit_min_ms: None,
+        retransmit_max_ms: None,
+        reply_grace_ms: None,
     };
     let client_path = out.join("client.toml");
     write_toml(&client_path, &client)?;

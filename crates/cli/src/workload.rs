@@ -50,7 +50,7 @@ pub fn clients(settings: &ClientSettings, n: usize) -> Result<Vec<Arc<KvClient>>
             Client::with_key(
                 &settings.cluster,
                 KeyPair::generate(),
-                ClientOptions::with_timeout(settings.timeout),
+                ClientOptions::from_settings(settings),
             )
             .map(|c| Arc::new(KvClient::new(c)))
             .map_err(Failure::client)

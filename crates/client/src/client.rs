@@ -73,6 +73,41 @@ impl Default for ClientOptions {
 }
 
 impl ClientOptions {
+    /// The options a `client.toml` asks for: its deadline, and the default
+    /// timing except where the file sets it.
+    pub fn from_settings(settings: &pbft_config::ClientSettings) -> Self {
+        let mut options = ClientOptions::with_timeout(settings.timeout);
+        let t = &settings.timing;
+        options.retransmit = t.retransmit.unwrap_or(options.retransmit);
+        options.retransmit_min = t.retransmit_min.unwrap_or(options.retransmit_min);
+        options.retransmit_max = t.retransmit_max.unwrap_or(options.retransmit_max);
+        options.reply_grace = t.reply_grace.unwrap_or(options.reply_grace);
+        options
+    }
+
+    /// Whether the intervals fit together: all positive, and
+    /// `retransmit_min <= retransmit <= retransmit_max`.
+    pub fn check(&self) -> Result<(), ClientError> {
+        let bad = |why: String| Err(ClientError::Options(why));
+        let named = [
+            ("timeout", self.timeout),
+            ("retransmit", self.retransmit),
+            ("retransmit_min", self.retransmit_min),
+            ("retransmit_max", self.retransmit_max),
+            ("reply_grace", self.reply_grace),
+        ];
+        if let Some((name, _)) = named.iter().find(|(_, d)| d.is_zero()) {
+            return bad(format!("{name} must be positive"));
+        }
+        if self.retransmit_min > self.retransmit || self.retransmit > self.retransmit_max {
+            return bad(format!(
+                "need retransmit_min <= retransmit <= retransmit_max, got {:?}, {:?}, {:?}",
+                self.retransmit_min, self.retransmit, self.retransmit_max
+            ));
+        }
+        Ok(())
+    }
+
     /// The default options with an overall deadline of `timeout`.
     pub fn with_timeout(timeout: Duration) -> Self {
         ClientOptions {
@@ -212,6 +247,7 @@ impl Client {
         key: KeyPair,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
+        options.check()?;
         let (endpoint, inbound) = Endpoint::client(&key, options.net.clone())?;
         for (k, addr) in cluster.keys.iter().zip(&cluster.addresses) {
             endpoint.add_peer(*k, *addr);
@@ -606,6 +642,46 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_check_that_the_intervals_fit_together() {
+        let ms = Duration::from_millis;
+        let d = ClientOptions::default();
+        assert!(d.check().is_ok());
+        // configs/client.toml shows these as the defaults.
+        assert_eq!(
+            (
+                d.retransmit,
+                d.retransmit_min,
+                d.retransmit_max,
+                d.reply_grace
+            ),
+            (ms(500), ms(100), ms(8000), ms(50))
+        );
+        let inverted = ClientOptions {
+            retransmit_min: ms(600),
+            ..ClientOptions::default()
+        };
+        let e = inverted.check().expect_err("min above retransmit");
+        assert!(
+            e.to_string().contains("retransmit_min <= retransmit"),
+            "{e}"
+        );
+        let capped = ClientOptions {
+            retransmit_max: ms(400),
+            ..ClientOptions::default()
+        };
+        assert!(capped.check().is_err(), "retransmit above its cap");
+        let zero = ClientOptions {
+            reply_grace: Duration::ZERO,
+            ..ClientOptions::default()
+        };
+        let e = zero.check().expect_err("zero grace");
+        assert!(
+            e.to_string().contains("reply_grace must be positive"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_first_wait_follows_the_latency_within_its_bounds() {

@@ -22,6 +22,9 @@ pub enum ClientError {
         /// What the connection count suggests.
         hint: &'static str,
     },
+    /// The client's options do not fit together (see `ClientOptions::check`).
+    #[error("client options: {0}")]
+    Options(String),
     /// The configuration could not be loaded or is unusable.
     #[error("configuration error: {0}")]
     Config(#[from] pbft_config::ConfigError),

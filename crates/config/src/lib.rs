@@ -440,10 +440,38 @@ pub struct ClientFile {
     /// Must exceed a view change (several times the replicas' timeout base).
     #[serde(default = "default_client_timeout_ms")]
     pub timeout_ms: u64,
+    /// The longest wait for the believed primary before a request is
+    /// broadcast, in milliseconds (the SDK's default if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retransmit_ms: Option<u64>,
+    /// The shortest first wait before a broadcast, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retransmit_min_ms: Option<u64>,
+    /// The longest retransmission interval, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retransmit_max_ms: Option<u64>,
+    /// How long to wait for the other named repliers once one replied, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_grace_ms: Option<u64>,
 }
 
 fn default_client_timeout_ms() -> u64 {
     30_000
+}
+
+/// The retransmission timing a `client.toml` sets; `None` keeps the SDK's
+/// default (`pbft_client::ClientOptions`, which checks how they relate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientTiming {
+    /// `retransmit_ms`.
+    pub retransmit: Option<Duration>,
+    /// `retransmit_min_ms`.
+    pub retransmit_min: Option<Duration>,
+    /// `retransmit_max_ms`.
+    pub retransmit_max: Option<Duration>,
+    /// `reply_grace_ms`.
+    pub reply_grace: Option<Duration>,
 }
 
 /// A checked `client.toml` with its cluster file.
@@ -455,6 +483,8 @@ pub struct ClientSettings {
     pub key: PathBuf,
     /// The overall timeout of one operation.
     pub timeout: Duration,
+    /// Retransmission timing, where the file sets it.
+    pub timing: ClientTiming,
 }
 
 impl ClientFile {
@@ -465,10 +495,22 @@ impl ClientFile {
         if file.timeout_ms == 0 {
             return Err(invalid(path, "timeout_ms must be positive"));
         }
+        let millis = |name: &str, value: Option<u64>| match value {
+            Some(0) => Err(invalid(path, format!("{name} must be positive"))),
+            Some(ms) => Ok(Some(Duration::from_millis(ms))),
+            None => Ok(None),
+        };
+        let timing = ClientTiming {
+            retransmit: millis("retransmit_ms", file.retransmit_ms)?,
+            retransmit_min: millis("retransmit_min_ms", file.retransmit_min_ms)?,
+            retransmit_max: millis("retransmit_max_ms", file.retransmit_max_ms)?,
+            reply_grace: millis("reply_grace_ms", file.reply_grace_ms)?,
+        };
         Ok(ClientSettings {
             cluster,
             key: resolve(path, &file.key),
             timeout: Duration::from_millis(file.timeout_ms),
+            timing,
         })
     }
 }
@@ -714,6 +756,37 @@ mod tests {
         );
         let e = ClientFile::load(&own).expect_err("read_mode in a client file");
         assert!(e.to_string().contains("read_mode"), "{e}");
+    }
+
+    #[test]
+    fn client_files_may_set_the_retransmission_timing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "cluster.toml", &cluster_toml(4));
+        let client = write(
+            dir.path(),
+            "client.toml",
+            "cluster = \"cluster.toml\"\nkey = \"c.key\"\nretransmit_min_ms = 20\nreply_grace_ms = 5\n",
+        );
+        let settings = ClientFile::load(&client).expect("client file");
+        assert_eq!(
+            settings.timing,
+            ClientTiming {
+                retransmit_min: Some(Duration::from_millis(20)),
+                reply_grace: Some(Duration::from_millis(5)),
+                ..ClientTiming::default()
+            }
+        );
+        let zero = write(
+            dir.path(),
+            "zero.toml",
+            "cluster = \"cluster.toml\"\nkey = \"c.key\"\nretransmit_max_ms = 0\n",
+        );
+        let e = ClientFile::load(&zero).expect_err("a zero interval");
+        let text = e.to_string();
+        assert!(
+            text.contains("zero.toml") && text.contains("retransmit_max_ms must be positive"),
+            "{text}"
+        );
     }
 
     #[test]

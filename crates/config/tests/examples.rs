@@ -23,5 +23,16 @@ fn the_example_files_parse() {
     // The tuning it shows is the default one, so the example documents it.
     assert_eq!(node.tuning, Tuning::default());
     let _: ClusterFile = parse("cluster.toml");
-    let _: ClientFile = parse("client.toml");
+    let client: ClientFile = parse("client.toml");
+    // The timing it shows is the SDK's default (`ClientOptions`, whose
+    // test pins the same figures).
+    assert_eq!(
+        (
+            client.retransmit_ms,
+            client.retransmit_min_ms,
+            client.retransmit_max_ms,
+            client.reply_grace_ms
+        ),
+        (Some(500), Some(100), Some(8000), Some(50))
+    );
 }
