@@ -54,6 +54,13 @@ use tracing::{debug, info, Instrument};
 /// Most inputs handled in one step (one group of records, one round of sends).
 pub const GROUP_INPUTS_MAX: usize = 256;
 
+/// The largest reply frame sent ahead of the outbox. Larger ones (scans of
+/// much data) are held like every send: the outbox's byte bound is what
+/// pauses the protocol task while big outputs pile up, so a flood of large
+/// requests from clients that read nothing cannot outrun it; and a reply
+/// that large spends longer on the wire than in the fsync it would skip.
+const EARLY_REPLY_BYTES_MAX: usize = 64 << 10;
+
 /// How often the counters are logged.
 const STATS_PERIOD: Duration = Duration::from_secs(10);
 
@@ -159,8 +166,10 @@ pub(crate) struct Protocol {
     /// durable position are pruned; a missing entry is durable).
     prepared_at: BTreeMap<SeqNum, u64>,
     /// Whether the replies the core is producing now (those of one batch's
-    /// execution) may be sent at once.
+    /// execution) may be sent at once (each up to [`EARLY_REPLY_BYTES_MAX`]).
     reply_now: bool,
+    /// Whether one of them was held all the same (too large).
+    reply_held: bool,
     /// Alters what a Byzantine replica receives and sends.
     #[cfg(feature = "byzantine")]
     tamper: Option<crate::byzantine::Tamper>,
@@ -194,6 +203,7 @@ impl Protocol {
             replies_wait,
             prepared_at: BTreeMap::new(),
             reply_now: false,
+            reply_held: false,
             replica,
             writer: Some(writer),
             outbox: Outbox::default(),
@@ -532,6 +542,7 @@ impl Protocol {
                 // Submitted by `step`; here it marks where the replies of
                 // the batch at `seq` start.
                 self.reply_now = !self.replies_wait && self.prepared_durable(seq);
+                self.reply_held = false;
             }
             Output::Persist(_) => {
                 // Split off by `step` and submitted to the writer.
@@ -554,9 +565,10 @@ impl Protocol {
             }
             Output::Reply(client, reply) => {
                 let frame = Bytes::from(Message::Reply(reply).encode());
-                if self.reply_now {
+                if self.reply_now && frame.len() <= EARLY_REPLY_BYTES_MAX {
                     self.send(client.0, frame, "reply");
                 } else {
+                    self.reply_held |= self.reply_now;
                     self.hold(client.0, frame, "reply");
                 }
             }
@@ -631,7 +643,7 @@ impl Protocol {
         m.observe_phase("prepare", seconds(t.pre_prepared, t.prepared));
         m.observe_phase("commit", seconds(t.prepared, t.committed));
         m.observe_phase("execute", seconds(t.committed, self.handled_at));
-        if self.reply_now {
+        if self.reply_now && !self.reply_held {
             // The replies already left, in this step.
             return self.observe_replied(t.received, self.handled_at);
         }
