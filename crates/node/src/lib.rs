@@ -68,10 +68,12 @@
 //! behind, the protocol task takes no new inputs (see the outbox's bound).
 //!
 //! One exception: in a cluster whose read mode is ordered (the default) a
-//! client's `Reply` depends on no record
-//! ([`Config::replies_wait_for_records`](pbft_core::Config::replies_wait_for_records))
-//! and is sent as the core produces it, without waiting for the fsync of
-//! records about later batches.
+//! client's fresh `Reply` depends only on the replica's prepared
+//! certificate for its batch
+//! ([`Config::replies_wait_for_records`](pbft_core::Config::replies_wait_for_records)):
+//! once that is durable, a reply of up to 64 KiB is sent as the core
+//! produces it, without waiting for the fsync of records about later
+//! batches.
 //!
 //! Send failures (a full per-peer queue, a client that is not connected) are
 //! counted and logged at debug level; they are never fatal, the protocol

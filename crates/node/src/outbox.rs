@@ -5,8 +5,9 @@
 //! ([`pbft_storage::LogWriter::submit`], which returns the group's position
 //! 1, 2, 3, ...) and goes on with the next step at once. Every send of the
 //! step (send, broadcast, reply, status report, and a Byzantine replica's
-//! tampered sends; not a reply in an ordered cluster, which depends on no
-//! record: see `pbft_core::Config::replies_wait_for_records`) is
+//! tampered sends; not a small fresh reply in an ordered cluster whose
+//! batch's certificate is already durable, which depends on nothing else:
+//! see `pbft_core::Config::replies_wait_for_records`) is
 //! [`push`](Outbox::push)ed here, tagged with the position
 //! of the **last group submitted at or before it** (0 if none yet), whether or
 //! not its own step persisted anything. An item is released only when the

@@ -17,13 +17,12 @@
 //! client's fresh reply in a cluster whose read mode is ordered: it depends
 //! only on this replica's prepared certificate for the batch it answers
 //! ([`pbft_core::Config::replies_wait_for_records`]), so when that is
-//! already durable the reply is sent as the core produces it, ahead of the
-//! held sends, and the client does not wait for the fsync of the step's
+//! already durable the reply (up to [`EARLY_REPLY_BYTES_MAX`]) is sent as
+//! the core produces it, ahead of the held sends, and the client does not wait for the fsync of the step's
 //! other records (the `Executed` marker, records about later batches).
-//! Outputs that are not
-//! sends (executions, checkpoints, view entries: metrics and logs) are
-//! performed at once; the `reply` phase of an executed batch is timed when
-//! its replies are released.
+//! Outputs that are not sends (executions, checkpoints, view entries:
+//! metrics and logs) are performed at once; the `reply` phase of an
+//! executed batch is timed when its replies are released.
 //!
 //! The writer's callback runs on the writer thread: it counts fsyncs and
 //! their time from its [`Progress`] stats and hands the durable position (or
