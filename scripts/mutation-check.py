@@ -141,6 +141,17 @@ MUTATIONS = [
      "            .is_none_or(|&p| p <= self.outbox.durable_position())",
      "            .is_none_or(|&p| p <= u64::MAX)",
      "normal", "pbft-node/lib::tests::a_reply_waits_for_its_own_prepared_certificate"),
+    ("M22", "a restored replica forgets that it may have voted ahead of its records",
+     "crates/core/src/replica.rs",
+     "            r.amnesia = Some(amnesia);",
+     "            let _ = amnesia;",
+     "crash,crash-byz", "restored_primary_keeps_its_amnesia"),
+    ("M23", "a restored backup prepares where it may have prepared ahead of its records",
+     "crates/core/src/normal.rs",
+     "            if !self.may_vote(self.view, seq) {",
+     "            if false && !self.may_vote(self.view, seq) {",
+     "crash-byz,byz-equivocate",
+     "pbft-core/protocol::restored_backup_sends_no_prepare_where_it_may_have_sent_one"),
 ]
 
 

@@ -37,12 +37,33 @@ pub enum Input {
 /// the node (they may depend on it: a replica must never, after a crash, send
 /// something that conflicts with what it sent before). Drivers may
 /// group-commit all records of one `handle` call with one fsync before
-/// sending. The one exception: where
-/// [`Config::replies_wait_for_records`](crate::Config::replies_wait_for_records)
-/// is false (an ordered cluster), the replies of a batch's execution (those
-/// between its [`Record::Executed`] and its [`Output::Executed`]) depend only
-/// on this replica's latest [`Record::Prepared`] for that sequence number, and
-/// may leave once it is durable, ahead of the records and sends in between.
+/// sending. Two exceptions may overtake records:
+///
+/// * **Replies.** Where
+///   [`Config::replies_wait_for_records`](crate::Config::replies_wait_for_records)
+///   is false (an ordered cluster), the replies of a batch's execution (those
+///   between its [`Record::Executed`] and its [`Output::Executed`]) depend
+///   only on this replica's latest [`Record::Prepared`] for that sequence
+///   number, and may leave once it is durable, ahead of the records and sends
+///   in between.
+/// * **Votes ahead of their records.** A broadcast PRE-PREPARE or PREPARE
+///   ([`Message::may_precede_its_record`]) may leave before the
+///   [`Record::PrePrepare`] it rests on is durable, once every earlier record
+///   that [fences votes](Record::fences_votes) (the view, the window) is
+///   durable and, in this incarnation, at least one record is. The fsyncs of
+///   the pre-prepare phase (the primary's, then each backup's) then leave the
+///   critical path, and only the prepared certificate's fsync before COMMIT
+///   stays on it. A replica may thus have sent a PRE-PREPARE or PREPARE it
+///   has no record of after a crash; [`crate::Replica::restore`] makes up for
+///   it: a replica restored from a non-empty log sends no PRE-PREPARE or
+///   PREPARE of its own in the view it comes back in, for any sequence
+///   number up to its stable checkpoint plus the window L (its *amnesia*; see
+///   `Replica::may_vote`). Before the crash, every such vote was in that
+///   view or an earlier one (the view's fence was durable) and at most L
+///   above a stable checkpoint no higher than the restored one (the window's
+///   fence was durable), so nothing it sends afterwards can contradict it.
+///   COMMIT still waits for its record: it is what makes the replica report
+///   the certificate in a view change.
 #[derive(Clone, Debug)]
 pub enum Output {
     /// Store durably (see [`Record`]).
@@ -128,7 +149,9 @@ pub struct PhaseTimes {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// A pre-prepare this replica accepted or (as primary) issued, with its
-    /// batch when known. Persisted before the PREPARE (or PRE-PREPARE) is sent.
+    /// batch when known. Its PREPARE (or PRE-PREPARE) may leave before it is
+    /// durable (see [`Output`]: votes ahead of their records); the COMMIT
+    /// that follows waits for it.
     PrePrepare(Signed<PrePrepare>, Option<Batch>),
     /// A prepared certificate. Persisted before the COMMIT is sent.
     Prepared(PreparedProof),
@@ -173,6 +196,25 @@ impl Record {
             Record::ViewChange(_) | Record::NewView(_) | Record::Executed(_) | Record::Page(_) => {
                 None
             }
+        }
+    }
+}
+
+impl Record {
+    /// Whether a vote sent ahead of its record must wait for this record (and
+    /// every record before it) to be durable: the records that move the
+    /// replica to another view or window, which bound where a replica restored
+    /// after a crash may have voted without a record (see [`Output`]).
+    pub fn fences_votes(&self) -> bool {
+        match self {
+            Record::ViewChange(_) | Record::NewView(_) | Record::Stable(_) | Record::Checkpoint(..) => {
+                true
+            }
+            Record::PrePrepare(..)
+            | Record::Prepared(_)
+            | Record::Page(_)
+            | Record::Snapshot(..)
+            | Record::Executed(_) => false,
         }
     }
 }

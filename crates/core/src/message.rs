@@ -501,6 +501,13 @@ impl Message {
         }
     }
 
+    /// Whether this message, broadcast, may leave before the record it rests
+    /// on is durable (PRE-PREPARE and PREPARE: see [`crate::Output`], votes
+    /// ahead of their records).
+    pub fn may_precede_its_record(&self) -> bool {
+        matches!(self, Message::PrePrepare(..) | Message::Prepare(_))
+    }
+
     /// The replica that signed this message, if a replica did.
     pub fn replica(&self) -> Option<ReplicaId> {
         Some(match self {

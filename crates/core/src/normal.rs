@@ -263,6 +263,9 @@ impl Replica {
             {
                 return; // enough in flight; an execution proposes again
             }
+            if !self.may_vote(self.view, self.last_assigned.next()) {
+                return; // it may have pre-prepared there before a crash
+            }
             let waiting: Vec<ClientId> = self.unproposed();
             if waiting.is_empty() {
                 self.timer_batch = None;
@@ -481,6 +484,13 @@ impl Replica {
         slot.pre_prepare = Some(pp.clone());
         slot.times.pre_prepared = Some(now);
         if self.id != pp.replica {
+            if batch.is_some() {
+                out.push(Output::Persist(Record::PrePrepare(pp, batch)));
+            }
+            if !self.may_vote(self.view, seq) {
+                tracing::debug!(seq = seq.0, "no PREPARE: it may have sent one before its restart");
+                return;
+            }
             let prepare = self.signer.sign(Prepare {
                 view: self.view,
                 seq,
@@ -489,9 +499,6 @@ impl Replica {
             });
             let me = self.id;
             self.slot(seq).prepares.insert(me, prepare.clone());
-            if batch.is_some() {
-                out.push(Output::Persist(Record::PrePrepare(pp, batch)));
-            }
             out.push(Output::Broadcast(Message::Prepare(prepare)));
         }
     }

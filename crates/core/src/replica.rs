@@ -178,6 +178,16 @@ pub enum RestoreError {
     },
 }
 
+/// Where a restored replica may have voted before its crash without a
+/// record (see [`Replica::may_vote`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Amnesia {
+    /// The view it was restored in.
+    pub(crate) view: View,
+    /// Its restored stable checkpoint plus the window L.
+    pub(crate) through: SeqNum,
+}
+
 /// The PBFT replica state machine. See the module docs.
 pub struct Replica {
     pub(crate) id: ReplicaId,
@@ -195,6 +205,9 @@ pub struct Replica {
     pub(crate) missing_batches: BTreeSet<Digest>,
     /// The highest sequence number assigned in the current view.
     pub(crate) last_assigned: SeqNum,
+    /// Where this replica may have voted before its last restart without a
+    /// record of it (see [`Replica::may_vote`]).
+    pub(crate) amnesia: Option<Amnesia>,
     pub(crate) last_executed: SeqNum,
     /// How far this replica had executed (and replied) before its last
     /// restart: it answers read-only requests only once it is back there.
@@ -295,6 +308,7 @@ impl Replica {
             batches: BTreeMap::new(),
             missing_batches: BTreeSet::new(),
             last_assigned: SeqNum(0),
+            amnesia: None,
             last_executed: SeqNum(0),
             read_only_floor: SeqNum(0),
             read_only_served: (Instant(0), 0),
@@ -438,6 +452,20 @@ impl Replica {
             }
         }
         r.last_assigned = r.last_assigned.max(r.stable.seq);
+        if !records.is_empty() {
+            // Votes may have left ahead of their records (see `Output`): in
+            // this view, at most L above the restored stable checkpoint.
+            let amnesia = Amnesia {
+                view,
+                through: SeqNum(r.stable.seq.0.saturating_add(r.config.log_window)),
+            };
+            tracing::info!(
+                view = view.0,
+                through = amnesia.through.0,
+                "restored: no PRE-PREPARE or PREPARE of its own in this view up to this sequence number"
+            );
+            r.amnesia = Some(amnesia);
+        }
         for (pp, prepared) in own_votes {
             let (seq, digest) = (pp.seq, pp.digest);
             if me != primary {
@@ -673,6 +701,19 @@ impl Replica {
     }
 
     /// The high water mark H = h + L.
+    /// Whether this replica may send a PRE-PREPARE or PREPARE of its own for
+    /// (`view`, `seq`) that it has not sent before in this incarnation. Not
+    /// after a restart, in the view it came back in, up to its restored
+    /// stable checkpoint plus L: it may have sent one there before the crash
+    /// without a record of it (votes ahead of their records, see
+    /// [`crate::Output`]), so only the votes it re-derived from its records
+    /// are its own there. It still accepts pre-prepares, collects the others'
+    /// prepares and commits; a later view or window frees it.
+    pub(crate) fn may_vote(&self, view: View, seq: SeqNum) -> bool {
+        self.amnesia
+            .is_none_or(|a| view > a.view || seq > a.through)
+    }
+
     pub(crate) fn high_water_mark(&self) -> SeqNum {
         SeqNum(self.stable.seq.0 + self.config.log_window)
     }

@@ -662,7 +662,10 @@ fn restart_from_persisted_records() {
     );
 }
 
-/// A restarted primary never reuses a sequence number.
+/// A restarted primary never reuses a sequence number: it may have sent
+/// PRE-PREPAREs ahead of records the crash lost (io.rs, votes ahead of their
+/// records), so it proposes nothing more in the view it comes back in; the
+/// backups replace it, and in the next view it votes again.
 #[test]
 fn restarted_primary_does_not_reuse_sequence_numbers() {
     let mut cluster = Cluster::new(4);
@@ -672,9 +675,77 @@ fn restarted_primary_does_not_reuse_sequence_numbers() {
     }
     cluster.crash(0);
     cluster.restart(0);
-    let id = submit(&mut cluster, &mut client, 0, put("x", "y"));
+    let id = broadcast(&mut cluster, &mut client, put("x", "y"));
+    assert!(
+        client.result(&cluster, id).is_none(),
+        "the restarted primary pre-prepares nothing in its view"
+    );
+    cluster.advance(Duration::from_millis(2000));
+    assert_eq!(
+        client.result(&cluster, id),
+        Some(KvResult::Put { previous: None })
+    );
+    for r in 0..4 {
+        let s = cluster.replica(r).status();
+        assert_eq!((s.view, s.last_executed), (View(1), SeqNum(4)), "r{r}");
+    }
+    // In view 1 the restarted replica prepares again: with replica 2 silent,
+    // the new primary needs its PREPARE.
+    cluster.silent.insert(ReplicaId(2));
+    let id = submit(&mut cluster, &mut client, 1, put("z", "w"));
     assert!(client.result(&cluster, id).is_some());
-    assert_eq!(cluster.replica(1).status().last_executed, SeqNum(4));
+}
+
+/// A backup restored from a non-empty log sends no PREPARE in the view it
+/// comes back in, up to its stable checkpoint plus L (it may have sent one
+/// there ahead of a record the crash lost); it still accepts and logs the
+/// pre-prepare. On a fresh start it prepares as usual.
+#[test]
+fn restored_backup_sends_no_prepare_where_it_may_have_sent_one() {
+    let mut cluster = Cluster::new(4);
+    let mut client = Client::new(1, &cluster);
+    submit(&mut cluster, &mut client, 0, put("a", "1"));
+    let primary = cluster.signers[0].clone();
+    let pre_prepare = |client: &mut Client, seq: u64| {
+        let batch = Batch {
+            requests: vec![client.request(put("k", &seq.to_string()))],
+        };
+        let pp = primary.sign(PrePrepare {
+            view: View(0),
+            seq: SeqNum(seq),
+            digest: batch.digest(),
+            replica: ReplicaId(0),
+        });
+        Message::PrePrepare(pp, batch)
+    };
+    let prepares_from_1 = |cluster: &Cluster| {
+        cluster
+            .queue
+            .iter()
+            .filter(|(from, _, m)| *from == ReplicaId(1) && matches!(m, Message::Prepare(_)))
+            .count()
+    };
+    // Before the crash, replica 1 prepares.
+    cluster.deliver(ReplicaId(1), pre_prepare(&mut client, 2));
+    assert_eq!(prepares_from_1(&cluster), 3);
+    cluster.queue.clear();
+    cluster.crash(1);
+    cluster.restart(1);
+    cluster.queue.clear();
+    cluster.deliver(ReplicaId(1), pre_prepare(&mut client, 3));
+    assert_eq!(prepares_from_1(&cluster), 0, "no PREPARE in its window");
+    assert!(
+        cluster.storage[1]
+            .iter()
+            .any(|r| matches!(r, Record::PrePrepare(pp, Some(_)) if pp.seq == SeqNum(3))),
+        "the pre-prepare and its batch are still logged"
+    );
+    // A fresh replica (no records) prepares at once.
+    cluster.storage[1].clear();
+    cluster.restart(1);
+    cluster.queue.clear();
+    cluster.deliver(ReplicaId(1), pre_prepare(&mut client, 3));
+    assert_eq!(prepares_from_1(&cluster), 3);
 }
 
 /// Compacted records restore the same replica as the full ones: same view,

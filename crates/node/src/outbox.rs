@@ -7,7 +7,8 @@
 //! step (send, broadcast, reply, status report, and a Byzantine replica's
 //! tampered sends; not a small fresh reply in an ordered cluster whose
 //! batch's certificate is already durable, which depends on nothing else:
-//! see `pbft_core::Config::replies_wait_for_records`) is
+//! see `pbft_core::Config::replies_wait_for_records`; nor a PRE-PREPARE or
+//! PREPARE whose vote fence is durable: see `pbft_core::Output`) is
 //! [`push`](Outbox::push)ed here, tagged with the position
 //! of the **last group submitted at or before it** (0 if none yet), whether or
 //! not its own step persisted anything. An item is released only when the

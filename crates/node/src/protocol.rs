@@ -20,6 +20,15 @@
 //! already durable the reply (up to [`EARLY_REPLY_BYTES_MAX`]) is sent as
 //! the core produces it, ahead of the held sends, and the client does not wait for the fsync of the step's
 //! other records (the `Executed` marker, records about later batches).
+//! The other exception: a broadcast PRE-PREPARE or PREPARE
+//! ([`Message::may_precede_its_record`]) is sent at once, ahead of the held
+//! sends and of its own `PrePrepare` record, when the last group holding a
+//! record that [fences votes](Record::fences_votes) (a view or window
+//! change) is durable and so is at least one group of this run; otherwise it
+//! is held like every send. The core's restore rule makes this safe (see
+//! [`pbft_core::Output`], votes ahead of their records): the pre-prepare
+//! phase then waits for no fsync, and only the prepared certificate's fsync
+//! before COMMIT stays on a batch's critical path.
 //! Outputs that are not sends (executions, checkpoints, view entries:
 //! metrics and logs) are performed at once; the `reply` phase of an
 //! executed batch is timed when its replies are released.
@@ -169,6 +178,9 @@ pub(crate) struct Protocol {
     reply_now: bool,
     /// Whether one of them was held all the same (too large).
     reply_held: bool,
+    /// The group position of the latest record that fences votes
+    /// ([`Record::fences_votes`]); 0 if none in this run.
+    fence_at: u64,
     /// Alters what a Byzantine replica receives and sends.
     #[cfg(feature = "byzantine")]
     tamper: Option<crate::byzantine::Tamper>,
@@ -203,6 +215,7 @@ impl Protocol {
             prepared_at: BTreeMap::new(),
             reply_now: false,
             reply_held: false,
+            fence_at: 0,
             replica,
             writer: Some(writer),
             outbox: Outbox::default(),
@@ -411,6 +424,12 @@ impl Protocol {
             .is_none_or(|&p| p <= self.outbox.durable_position())
     }
 
+    /// Whether a PRE-PREPARE or PREPARE may be sent ahead of its record now:
+    /// the latest vote fence, and some group of this run, are durable.
+    fn votes_may_go(&self) -> bool {
+        self.outbox.durable_position() >= self.fence_at.max(1)
+    }
+
     /// Holds a frame until everything submitted so far is durable.
     fn hold(&mut self, to: PublicKey, frame: Bytes, kind: &'static str) {
         let position = self.submitted();
@@ -455,6 +474,7 @@ impl Protocol {
 
         let mut records = Vec::new();
         let mut prepared = Vec::new();
+        let mut fenced = false;
         let mut actions = Vec::with_capacity(out.len());
         for output in out.drain(..) {
             match output {
@@ -467,6 +487,7 @@ impl Protocol {
                         }
                         _ => {}
                     }
+                    fenced |= record.fences_votes();
                     records.push(record);
                 }
                 other => actions.push(other),
@@ -486,6 +507,9 @@ impl Protocol {
             debug!(records = count, position, "submitted");
             for seq in prepared {
                 self.prepared_at.insert(seq, position);
+            }
+            if fenced {
+                self.fence_at = position;
             }
         }
         #[cfg(feature = "byzantine")]
@@ -556,8 +580,14 @@ impl Protocol {
             Output::Broadcast(message) => {
                 let frame = Bytes::from(message.encode());
                 let me = self.replica.id();
+                let now = message.may_precede_its_record() && self.votes_may_go();
                 for i in 0..self.keys.len() {
-                    if i != me.index() {
+                    if i == me.index() {
+                        continue;
+                    }
+                    if now {
+                        self.send(self.keys[i], frame.clone(), message.kind());
+                    } else {
                         self.hold(self.keys[i], frame.clone(), message.kind());
                     }
                 }

@@ -95,6 +95,9 @@ pub struct RunReport {
     /// Replies sent ahead of records that a crash then tore (ordered read
     /// mode only: there replies wait for no record).
     pub replies_ahead: u64,
+    /// PRE-PREPAREs and PREPAREs sent ahead of records that a crash then
+    /// tore.
+    pub votes_ahead: u64,
     /// State transfers honest replicas completed.
     pub state_transfers: u64,
     /// Those of a state of more than one page.

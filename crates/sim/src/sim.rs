@@ -226,6 +226,7 @@ pub(crate) struct Sim {
     crashes: u64,
     torn_writes: u64,
     replies_ahead: u64,
+    votes_ahead: u64,
     state_transfers: u64,
     /// State transfers of more than one page.
     chunked_transfers: u64,
@@ -326,6 +327,7 @@ impl Sim {
             crashes: 0,
             torn_writes: 0,
             replies_ahead: 0,
+            votes_ahead: 0,
             state_transfers: 0,
             chunked_transfers: 0,
             page_target: if options.seed.is_multiple_of(3) {
@@ -848,6 +850,7 @@ impl Sim {
             .count();
         if records > 0 && (self.plan.crash_after_reply || self.rng.gen_bool(0.4)) {
             let kept = self.rng.gen_range(0..records);
+            self.votes_ahead_of_records(i, &out);
             if !self.config.replies_wait_for_records() {
                 self.replies_ahead_of_records(i, &out);
             }
@@ -875,6 +878,35 @@ impl Sim {
         });
         self.outputs(i, out, Some((kept, in_compaction)));
         self.crash(i);
+    }
+
+    /// Sends a random prefix of the PRE-PREPAREs and PREPAREs in `out`,
+    /// replica `i`'s step whose records a crash is about to tear, that the
+    /// node sends ahead of their records (votes ahead of their records, see
+    /// [`pbft_core::Output`]): all of the step's, unless the step persists
+    /// a record that fences votes, or the replica has no durable record yet
+    /// (the simulator's earlier steps are durable). The certificate ledger
+    /// learns the votes that left, so a restored replica that contradicts
+    /// one is caught.
+    fn votes_ahead_of_records(&mut self, i: usize, out: &[Output]) {
+        let fenced = out
+            .iter()
+            .any(|o| matches!(o, Output::Persist(r) if r.fences_votes()));
+        if fenced || self.nodes[i].storage.is_empty() {
+            return;
+        }
+        let votes: Vec<Output> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Broadcast(m) if m.may_precede_its_record()))
+            .cloned()
+            .collect();
+        let sent = self.rng.gen_range(0..=votes.len());
+        if sent == 0 {
+            return;
+        }
+        self.log(|| format!("r{i} sent {sent} votes ahead of its records"));
+        self.votes_ahead += sent as u64;
+        self.outputs(i, votes.into_iter().take(sent).collect(), None);
     }
 
     /// Sends a random prefix of the replies in `out`, replica `i`'s step
@@ -1434,6 +1466,7 @@ impl Sim {
             crashes: self.crashes,
             torn_writes: self.torn_writes,
             replies_ahead: self.replies_ahead,
+            votes_ahead: self.votes_ahead,
             state_transfers: self.state_transfers,
             chunked_transfers: self.chunked_transfers,
             pages_fetched: self.pages_fetched,

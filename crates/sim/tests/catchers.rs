@@ -162,3 +162,15 @@ fn replies_wait_in_fast_mode() {
     check(Scenario::CrashRead, 2, 1023);
     check(Scenario::CrashRead, 3, 1024);
 }
+
+/// M22: a replica restored from its records pre-prepares nothing in its
+/// window of the view it comes back in: it may have sent PRE-PREPAREs there
+/// ahead of records the crash tore, and would assign their sequence numbers
+/// to other batches.
+#[test]
+fn restored_primary_keeps_its_amnesia() {
+    check(Scenario::Crash, 1, 1014);
+    check(Scenario::Crash, 1, 1269);
+    check(Scenario::Crash, 3, 215);
+    check(Scenario::CrashByz, 2, 162);
+}

@@ -22,7 +22,7 @@ type FaultCount = (&'static str, fn(&RunReport) -> u64);
 /// What must add up to more than zero over a scenario's runs.
 fn fault_happened(scenario: Scenario) -> Option<FaultCount> {
     Some(match scenario {
-        Scenario::Crash => ("crashes", |r| r.crashes),
+        Scenario::Crash => ("votes sent ahead of their records", |r| r.votes_ahead),
         Scenario::CrashByz => ("crashes inside a group write", |r| r.torn_writes),
         Scenario::CrashRead => ("replies sent ahead of their records", |r| r.replies_ahead),
         Scenario::ByzBadSig | Scenario::ByzForge => ("rejected signatures", |r| r.rejected),

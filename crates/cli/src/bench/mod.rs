@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// A started cluster's replicas' largest batch (default: the node's).
     #[arg(long)]
     pub batch_size_max: Option<usize>,
+    /// A started cluster's replicas' most sequence numbers in flight
+    /// (default: the node's).
+    #[arg(long)]
+    pub in_flight_max: Option<u64>,
     /// A started cluster's record-log durability. `none` never syncs the
     /// log: it gives up crash safety, to measure what the fsyncs cost.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
@@ -142,11 +146,12 @@ impl BenchArgs {
         }
         if self.config.is_some()
             && (self.batch_size_max.is_some()
+                || self.in_flight_max.is_some()
                 || self.keep
                 || self.durability != DurabilityArg::Fsync)
         {
             return Err(usage(
-                "--batch-size-max, --durability and --keep are for a cluster the bench starts, \
+                "--batch-size-max, --in-flight-max, --durability and --keep are for a cluster the bench starts, \
                  not with --config"
                     .into(),
             ));
@@ -198,6 +203,9 @@ impl BenchArgs {
         }
         if self.batch_size_max == Some(0) {
             return Err(usage("--batch-size-max must be positive".into()));
+        }
+        if self.in_flight_max == Some(0) {
+            return Err(usage("--in-flight-max must be positive".into()));
         }
         Ok(())
     }
@@ -261,7 +269,10 @@ fn start_cluster(args: &BenchArgs, dir: &Path) -> Result<Cluster, Failure> {
     for path in &nodes {
         let node = NodeFile::load(path).map_err(Failure::failed)?;
         metrics.push(node.metrics);
-        if args.batch_size_max.is_some() || args.durability != DurabilityArg::Fsync {
+        if args.batch_size_max.is_some()
+            || args.in_flight_max.is_some()
+            || args.durability != DurabilityArg::Fsync
+        {
             edit_node_file(path, args)?;
         }
     }
@@ -275,13 +286,17 @@ fn start_cluster(args: &BenchArgs, dir: &Path) -> Result<Cluster, Failure> {
     })
 }
 
-/// Sets `--batch-size-max` and `--durability` in a generated node file.
+/// Sets `--batch-size-max`, `--in-flight-max` and `--durability` in a
+/// generated node file.
 fn edit_node_file(path: &Path, args: &BenchArgs) -> Result<(), Failure> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut node: NodeFile = toml::from_str(&text).context("cannot parse a node file")?;
     if let Some(batch) = args.batch_size_max {
         node.tuning.batch_size_max = batch;
+    }
+    if let Some(in_flight) = args.in_flight_max {
+        node.tuning.in_flight_max = in_flight;
     }
     node.storage.durability = args.durability.into();
     let text = toml::to_string(&node).context("cannot encode a node file")?;
