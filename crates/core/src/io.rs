@@ -207,9 +207,10 @@ impl Record {
     /// after a crash may have voted without a record (see [`Output`]).
     pub fn fences_votes(&self) -> bool {
         match self {
-            Record::ViewChange(_) | Record::NewView(_) | Record::Stable(_) | Record::Checkpoint(..) => {
-                true
-            }
+            Record::ViewChange(_)
+            | Record::NewView(_)
+            | Record::Stable(_)
+            | Record::Checkpoint(..) => true,
             Record::PrePrepare(..)
             | Record::Prepared(_)
             | Record::Page(_)

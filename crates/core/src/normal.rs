@@ -488,7 +488,10 @@ impl Replica {
                 out.push(Output::Persist(Record::PrePrepare(pp, batch)));
             }
             if !self.may_vote(self.view, seq) {
-                tracing::debug!(seq = seq.0, "no PREPARE: it may have sent one before its restart");
+                tracing::debug!(
+                    seq = seq.0,
+                    "no PREPARE: it may have sent one before its restart"
+                );
                 return;
             }
             let prepare = self.signer.sign(Prepare {
