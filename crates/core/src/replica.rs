@@ -700,7 +700,6 @@ impl Replica {
         self.primary() == self.id
     }
 
-    /// The high water mark H = h + L.
     /// Whether this replica may send a PRE-PREPARE or PREPARE of its own for
     /// (`view`, `seq`) that it has not sent before in this incarnation. Not
     /// after a restart, in the view it came back in, up to its restored
@@ -714,6 +713,7 @@ impl Replica {
             .is_none_or(|a| view > a.view || seq > a.through)
     }
 
+    /// The high water mark H = h + L.
     pub(crate) fn high_water_mark(&self) -> SeqNum {
         SeqNum(self.stable.seq.0 + self.config.log_window)
     }
