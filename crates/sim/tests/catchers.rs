@@ -158,9 +158,9 @@ fn ordering_watch() {
 /// state older than one it already answered from.
 #[test]
 fn replies_wait_in_fast_mode() {
-    check(Scenario::CrashRead, 1, 1111);
-    check(Scenario::CrashRead, 2, 1023);
-    check(Scenario::CrashRead, 3, 1024);
+    check(Scenario::CrashRead, 2, 1125);
+    check(Scenario::CrashRead, 2, 1215);
+    check(Scenario::CrashRead, 3, 1159);
 }
 
 /// M22: a replica restored from its records pre-prepares nothing in its
