@@ -580,12 +580,12 @@ impl Protocol {
             Output::Broadcast(message) => {
                 let frame = Bytes::from(message.encode());
                 let me = self.replica.id();
-                let now = message.may_precede_its_record() && self.votes_may_go();
+                let at_once = message.may_precede_its_record() && self.votes_may_go();
                 for i in 0..self.keys.len() {
                     if i == me.index() {
                         continue;
                     }
-                    if now {
+                    if at_once {
                         self.send(self.keys[i], frame.clone(), message.kind());
                     } else {
                         self.hold(self.keys[i], frame.clone(), message.kind());
