@@ -198,9 +198,7 @@ impl Record {
             }
         }
     }
-}
 
-impl Record {
     /// Whether a vote sent ahead of its record must wait for this record (and
     /// every record before it) to be durable: the records that move the
     /// replica to another view or window, which bound where a replica restored
